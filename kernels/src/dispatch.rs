@@ -1,0 +1,154 @@
+//! The one place kernels are chosen: a [`Kernels`] value is a table of function pointers for an
+//! ISA the running CPU supports, built once per process (or per test) and then called without
+//! further checks. Its methods are the safe public API; they validate shapes and split work
+//! across the rayon pool.
+
+use crate::cpu::Isa;
+use crate::isa::{self, Table};
+use crate::{Attention, MatmulKn, MatmulNt};
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// Kernels bound to one ISA. Cheap to copy.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    isa: Isa,
+    table: Table,
+}
+
+static GLOBAL: OnceLock<Result<Kernels, String>> = OnceLock::new();
+
+/// The process-wide kernels: the ISA from `INFERNEO_ISA`, else the best available.
+/// Errors (once, then every call) if `INFERNEO_ISA` asks for something this CPU cannot run.
+pub fn kernels() -> Result<Kernels, String> {
+    GLOBAL.get_or_init(|| Isa::from_env().map(|isa| Kernels::for_isa(isa).expect("available ISA"))).clone()
+}
+
+/// Below this many multiply-adds a product runs on the calling thread: a rayon fork costs
+/// microseconds, more than the work itself.
+const PAR_MIN_FLOPS: usize = 1 << 17;
+/// Column chunks are multiples of this, so every ISA's vector tiles stay whole.
+const COL_ALIGN: usize = 16;
+
+impl Kernels {
+    /// The table for `isa`, or `None` if this CPU cannot run it.
+    pub fn for_isa(isa: Isa) -> Option<Kernels> {
+        if !isa.available() {
+            return None;
+        }
+        let table = match isa {
+            Isa::Scalar => isa::scalar::table(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => isa::avx2::table(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx2 => return None,
+        };
+        Some(Kernels { isa, table })
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// `out[M,N] (+)= x[M,K] · w[K,N] + bias[N]`, `w` row-major `[K, N]` (GPT-2 `Conv1D`).
+    /// With `accumulate`, the product is added to `out` (the fused residual add).
+    pub fn matmul_kn(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], dims: Dims, accumulate: bool) {
+        let Dims { m, k, n } = dims;
+        assert!(x.len() >= m * k && w.len() >= k * n && out.len() >= m * n, "matmul_kn: slices shorter than {dims:?}");
+        assert!(bias.is_none_or(|b| b.len() >= n), "matmul_kn: bias shorter than n = {n}");
+        let f = self.table.matmul_kn;
+        for_column_chunks(&mut out[..m * n], dims, |col0, rows| {
+            let a = MatmulKn { x, k, w, n, bias, col0, accumulate };
+            // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+            unsafe { f(&a, rows) }
+        });
+    }
+
+    /// `out[M,N] = x[M,K] · w[N,K]^T`, `w` row-major `[N, K]` (the tied `lm_head`).
+    pub fn matmul_nt(&self, x: &[f32], w: &[f32], out: &mut [f32], dims: Dims) {
+        let Dims { m, k, n } = dims;
+        assert!(x.len() >= m * k && w.len() >= k * n && out.len() >= m * n, "matmul_nt: slices shorter than {dims:?}");
+        let f = self.table.matmul_nt;
+        for_column_chunks(&mut out[..m * n], dims, |col0, rows| {
+            let a = MatmulNt { x, k, w, col0 };
+            // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+            unsafe { f(&a, rows) }
+        });
+    }
+
+    /// Layer norm of one row: `out = (x - mean) / sqrt(var + eps) * gamma + beta`.
+    pub fn layernorm(&self, x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+        let n = x.len();
+        assert!(gamma.len() == n && beta.len() == n && out.len() == n, "layernorm: length mismatch");
+        if n == 0 {
+            return;
+        }
+        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+        unsafe { (self.table.layernorm)(x, gamma, beta, eps, out) }
+    }
+
+    /// GPT-2 `gelu_new` (tanh approximation), in place.
+    pub fn gelu_new(&self, x: &mut [f32]) {
+        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+        unsafe { (self.table.gelu_new)(x) }
+    }
+
+    /// Softmax of one row, in place.
+    pub fn softmax(&self, x: &mut [f32]) {
+        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+        unsafe { (self.table.softmax)(x) }
+    }
+
+    /// `out = a + b`.
+    pub fn add(&self, a: &[f32], b: &[f32], out: &mut [f32]) {
+        assert!(a.len() == out.len() && b.len() == out.len(), "add: length mismatch");
+        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+        unsafe { (self.table.add)(a, b, out) }
+    }
+
+    /// One query head attending to `a.len` cached positions; `out` gets `head_dim` values.
+    /// `scores` is scratch of at least `a.len` floats.
+    pub fn attend(&self, a: &Attention, out: &mut [f32], scores: &mut [f32]) {
+        assert!(a.len > 0, "attend: no keys");
+        assert!(a.q.len() >= a.head_dim && out.len() >= a.head_dim, "attend: q/out shorter than head_dim");
+        assert!(scores.len() >= a.len, "attend: scores scratch shorter than len");
+        assert!(
+            a.k.covers(a.len, a.head_offset + a.head_dim) && a.v.covers(a.len, a.head_offset + a.head_dim),
+            "attend: K/V view shorter than len"
+        );
+        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+        unsafe { (self.table.attend)(a, out, scores) }
+    }
+}
+
+/// Shape of a product: `x` is `[m, k]`, the result `[m, n]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+}
+
+/// Splits `out` (`[m, n]` row-major) into column chunks, hands each chunk to `f` as its rows'
+/// sub-slices (`f(col0, rows)`), in parallel when the product is big enough. Chunk boundaries
+/// never change the arithmetic (see the batch-invariance contract in `ops/matmul.rs`).
+fn for_column_chunks(out: &mut [f32], dims: Dims, f: impl Fn(usize, &mut [&mut [f32]]) + Sync) {
+    let Dims { m, k, n } = dims;
+    if m == 0 || n == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let chunks = if m * n * k < PAR_MIN_FLOPS || threads == 1 { 1 } else { (threads * 4).min(n.div_ceil(COL_ALIGN)) };
+    let width = n.div_ceil(chunks).div_ceil(COL_ALIGN) * COL_ALIGN;
+    let mut tasks: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(width)).map(|_| Vec::with_capacity(m)).collect();
+    for row in out.chunks_mut(n) {
+        for (t, piece) in row.chunks_mut(width).enumerate() {
+            tasks[t].push(piece);
+        }
+    }
+    if tasks.len() == 1 {
+        f(0, &mut tasks[0]);
+    } else {
+        tasks.par_iter_mut().enumerate().for_each(|(t, rows)| f(t * width, rows));
+    }
+}

@@ -1,0 +1,75 @@
+//! Per-ISA instantiations of the kernel bodies: one file per ISA, each building a [`Table`].
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+pub mod scalar;
+
+use crate::{Attention, MatmulKn, MatmulNt};
+
+/// Function pointers for one ISA. Entries may be `#[target_feature]` functions, hence `unsafe fn`:
+/// calling one is sound only on a CPU with that ISA, which `dispatch.rs` checks before it hands a
+/// table out.
+/// `layernorm(x, gamma, beta, eps, out)`.
+pub type LayerNormFn = unsafe fn(&[f32], &[f32], &[f32], f32, &mut [f32]);
+
+#[derive(Clone, Copy)]
+pub struct Table {
+    pub matmul_kn: unsafe fn(&MatmulKn, &mut [&mut [f32]]),
+    pub matmul_nt: unsafe fn(&MatmulNt, &mut [&mut [f32]]),
+    pub layernorm: LayerNormFn,
+    pub gelu_new: unsafe fn(&mut [f32]),
+    pub softmax: unsafe fn(&mut [f32]),
+    pub add: unsafe fn(&[f32], &[f32], &mut [f32]),
+    pub attend: unsafe fn(&Attention, &mut [f32], &mut [f32]),
+}
+
+/// Writes one shim per op that binds a body to an ISA token, under the given attributes
+/// (`#[target_feature(...)]` for SIMD ISAs), and a `table()` listing them.
+macro_rules! instantiate {
+    ($(#[$attr:meta])* token: $token:expr) => {
+        use crate::ops;
+        use crate::{Attention, MatmulKn, MatmulNt};
+
+        $(#[$attr])*
+        fn matmul_kn(a: &MatmulKn, out: &mut [&mut [f32]]) {
+            ops::matmul::matmul_kn($token, a, out)
+        }
+        $(#[$attr])*
+        fn matmul_nt(a: &MatmulNt, out: &mut [&mut [f32]]) {
+            ops::matmul::matmul_nt($token, a, out)
+        }
+        $(#[$attr])*
+        fn layernorm(x: &[f32], g: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+            ops::norm::layernorm($token, x, g, b, eps, out)
+        }
+        $(#[$attr])*
+        fn gelu_new(x: &mut [f32]) {
+            ops::elementwise::gelu_new($token, x)
+        }
+        $(#[$attr])*
+        fn softmax(x: &mut [f32]) {
+            ops::elementwise::softmax($token, x)
+        }
+        $(#[$attr])*
+        fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
+            ops::elementwise::add($token, a, b, out)
+        }
+        $(#[$attr])*
+        fn attend(a: &Attention, out: &mut [f32], scores: &mut [f32]) {
+            ops::attention::attend($token, a, out, scores)
+        }
+
+        pub fn table() -> super::Table {
+            super::Table {
+                matmul_kn,
+                matmul_nt,
+                layernorm,
+                gelu_new,
+                softmax,
+                add,
+                attend,
+            }
+        }
+    };
+}
+pub(crate) use instantiate;

@@ -1,0 +1,3 @@
+//! Scalar instantiation: runs everywhere; the dispatch fallback.
+
+super::instantiate!(token: crate::simd::scalar::Scalar);

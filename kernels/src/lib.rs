@@ -1,0 +1,86 @@
+//! Inferneo's compute kernels: the only crate with `unsafe` and intrinsics.
+//!
+//! Reading order: [`reference`] (the naive oracle every fast kernel is tested against) →
+//! `dispatch.rs` ([`Kernels`], chosen once per process from [`Isa`]) → `ops/` (bodies written once,
+//! generic over `simd::Simd`) → `isa/` (one file per ISA instantiating the bodies).
+//! No model knowledge lives here: only shapes, slices and arithmetic.
+
+// Kernels index several arrays with one counter (rows, lanes, k); iterator zips would hide that.
+#![allow(clippy::needless_range_loop)]
+
+pub mod cpu;
+mod dispatch;
+mod isa;
+mod ops;
+pub mod reference;
+mod simd;
+
+pub use cpu::{Isa, ISA_ENV};
+pub use dispatch::{kernels, Dims, Kernels};
+
+/// Arguments of one column chunk of `y = x · W (+ b) (+ y)`, `W` row-major `[k, n]`.
+pub struct MatmulKn<'a> {
+    /// `[m, k]` row-major activations (`m` = number of output rows handed to the kernel).
+    pub x: &'a [f32],
+    pub k: usize,
+    /// `[k, n]` row-major weights.
+    pub w: &'a [f32],
+    pub n: usize,
+    /// `[n]`, added after the reduction.
+    pub bias: Option<&'a [f32]>,
+    /// First weight column of this chunk.
+    pub col0: usize,
+    /// Add the result to the output instead of overwriting it.
+    pub accumulate: bool,
+}
+
+/// Arguments of one column chunk of `y = x · W^T`, `W` row-major `[n, k]`.
+pub struct MatmulNt<'a> {
+    /// `[m, k]` row-major activations.
+    pub x: &'a [f32],
+    pub k: usize,
+    /// `[n, k]` row-major weights.
+    pub w: &'a [f32],
+    /// First weight row (output column) of this chunk.
+    pub col0: usize,
+}
+
+/// A sequence's cached keys or values for one layer, stored in fixed-size blocks:
+/// token `t` lives in `blocks[t / block_tokens]` at offset `(t % block_tokens) * token_stride`.
+#[derive(Clone, Copy)]
+pub struct KvView<'a> {
+    pub blocks: &'a [&'a [f32]],
+    pub block_tokens: usize,
+    pub token_stride: usize,
+}
+
+impl<'a> KvView<'a> {
+    /// The `len` values at `offset` of token `t`.
+    #[inline(always)]
+    pub fn row(&self, t: usize, offset: usize, len: usize) -> &'a [f32] {
+        let start = (t % self.block_tokens) * self.token_stride + offset;
+        &self.blocks[t / self.block_tokens][start..start + len]
+    }
+
+    /// Whether tokens `0..len` exist with at least `width` values each.
+    pub fn covers(&self, len: usize, width: usize) -> bool {
+        width <= self.token_stride
+            && self.blocks.len() * self.block_tokens >= len
+            && self.blocks.iter().all(|b| b.len() >= self.block_tokens * self.token_stride)
+    }
+}
+
+/// One query head attending to the first `len` tokens of `k`/`v`.
+pub struct Attention<'a> {
+    /// `[head_dim]` query.
+    pub q: &'a [f32],
+    pub k: KvView<'a>,
+    pub v: KvView<'a>,
+    /// Offset of this head inside each token's row.
+    pub head_offset: usize,
+    pub head_dim: usize,
+    /// Number of positions attended to (causality is the caller's choice of `len`).
+    pub len: usize,
+    /// Usually `1 / sqrt(head_dim)`.
+    pub scale: f32,
+}

@@ -1,0 +1,87 @@
+//! The naive oracle: one obviously-correct loop nest per op, in the spirit of llm.c's
+//! `matmul_forward_naive`. Never optimised; every fast kernel is tested against these.
+//! Accumulation is in `f64` so the oracle's own rounding is negligible next to the tolerances.
+
+/// `out[m,n] = x[m,k] · w[k,n] + bias[n]` (`w` row-major `[k, n]`).
+pub fn matmul_kn(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], m: usize, k: usize, n: usize) {
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = bias.map_or(0.0, |b| b[j] as f64);
+            for p in 0..k {
+                acc += x[i * k + p] as f64 * w[p * n + j] as f64;
+            }
+            out[i * n + j] = acc as f32;
+        }
+    }
+}
+
+/// `out[m,n] = x[m,k] · w[n,k]^T` (`w` row-major `[n, k]`).
+pub fn matmul_nt(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0f64;
+            for p in 0..k {
+                acc += x[i * k + p] as f64 * w[j * k + p] as f64;
+            }
+            out[i * n + j] = acc as f32;
+        }
+    }
+}
+
+/// Layer norm of one row `x[n]` with biased variance.
+pub fn layernorm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let rstd = 1.0 / (var + eps as f64).sqrt();
+    for i in 0..x.len() {
+        out[i] = ((x[i] as f64 - mean) * rstd * gamma[i] as f64 + beta[i] as f64) as f32;
+    }
+}
+
+/// GPT-2 `gelu_new`: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+pub fn gelu_new(x: &mut [f32]) {
+    let c = (2.0f64 / std::f64::consts::PI).sqrt();
+    for v in x.iter_mut() {
+        let y = *v as f64;
+        *v = (0.5 * y * (1.0 + (c * (y + 0.044715 * y * y * y)).tanh())) as f32;
+    }
+}
+
+/// Softmax of one row, max-subtracted.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let sum: f64 = x.iter().map(|&v| (v as f64 - max).exp()).sum();
+    for v in x.iter_mut() {
+        *v = ((*v as f64 - max).exp() / sum) as f32;
+    }
+}
+
+/// Causal self-attention for one head over contiguous rows.
+/// `q`, `k`, `v`: `[t, hd]`; `out`: `[t, hd]`; query `i` attends to keys `0..=i + past`, where
+/// `past = k_len - t` positions precede the queries (`k`/`v` hold `k_len` rows).
+pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], t: usize, k_len: usize, hd: usize) {
+    let past = k_len - t;
+    let scale = 1.0 / (hd as f64).sqrt();
+    for i in 0..t {
+        let len = past + i + 1;
+        let scores: Vec<f64> = (0..len)
+            .map(|j| (0..hd).map(|d| q[i * hd + d] as f64 * k[j * hd + d] as f64).sum::<f64>() * scale)
+            .collect();
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        for d in 0..hd {
+            out[i * hd + d] = ((0..len).map(|j| e[j] * v[j * hd + d] as f64).sum::<f64>() / sum) as f32;
+        }
+    }
+}
+
+/// `out[t, c] = wte[tokens[t], c] + wpe[start + t, c]`.
+pub fn embed(wte: &[f32], wpe: &[f32], tokens: &[u32], start: usize, c: usize, out: &mut [f32]) {
+    for (t, &tok) in tokens.iter().enumerate() {
+        for j in 0..c {
+            out[t * c + j] = wte[tok as usize * c + j] + wpe[(start + t) * c + j];
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The small SIMD vocabulary every kernel body is written in.
+//!
+//! A kernel body is written once, `#[inline(always)]` and generic over [`Simd`]; each ISA file
+//! only instantiates it inside a `#[target_feature]` function. An ISA type is a zero-sized
+//! *token*: holding one proves the CPU supports the ISA, so its methods are safe to call and the
+//! bodies need no `unsafe`. Tokens are only minted by `dispatch.rs` after feature detection.
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+pub mod scalar;
+
+/// One SIMD register's worth of `f32` lanes and the operations kernels need.
+pub trait Simd: Copy {
+    /// Number of `f32` lanes in [`Simd::V`].
+    const LANES: usize;
+    type V: Copy;
+
+    fn splat(self, x: f32) -> Self::V;
+    /// Loads the first `LANES` values of `s` (panics if `s` is shorter).
+    fn load(self, s: &[f32]) -> Self::V;
+    /// Stores into the first `LANES` values of `s` (panics if `s` is shorter).
+    fn store(self, s: &mut [f32], v: Self::V);
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    fn sub(self, a: Self::V, b: Self::V) -> Self::V;
+    fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    fn div(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a * b + c` (a single rounding where the ISA has FMA).
+    fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Scalar `a * b + c`, rounded exactly like one lane of [`Simd::fma`] (so ragged tails give
+    /// the same bits as full vectors would).
+    fn fma1(self, a: f32, b: f32, c: f32) -> f32;
+    fn max(self, a: Self::V, b: Self::V) -> Self::V;
+    fn min(self, a: Self::V, b: Self::V) -> Self::V;
+    /// Round to nearest integer (ties to even), still as float.
+    fn round(self, a: Self::V) -> Self::V;
+    /// `2^n` for lanes holding integral values in [-126, 127].
+    fn pow2i(self, n: Self::V) -> Self::V;
+    /// Sum of all lanes, in a fixed tree order (part of the batch-invariance contract).
+    fn hsum(self, v: Self::V) -> f32;
+    fn hmax(self, v: Self::V) -> f32;
+
+    #[inline(always)]
+    fn zero(self) -> Self::V {
+        self.splat(0.0)
+    }
+
+    /// `e^x`, max relative error ~2e-7 for x in [-87, 88]; clamps outside that range
+    /// (so `exp(-inf)` is ~0 and never NaN from the range reduction).
+    #[inline(always)]
+    fn exp(self, x: Self::V) -> Self::V {
+        // Cody-Waite: x = n ln2 + r, |r| <= ln2/2, e^r by a degree-6 Taylor/minimax polynomial.
+        let x = self.min(self.max(x, self.splat(-87.3)), self.splat(88.3));
+        let n = self.round(self.mul(x, self.splat(std::f32::consts::LOG2_E)));
+        let r = self.fma(n, self.splat(-0.693_145_75), x);
+        let r = self.fma(n, self.splat(-1.428_606_8e-6), r);
+        let mut p = self.splat(1.0 / 720.0);
+        p = self.fma(p, r, self.splat(1.0 / 120.0));
+        p = self.fma(p, r, self.splat(1.0 / 24.0));
+        p = self.fma(p, r, self.splat(1.0 / 6.0));
+        p = self.fma(p, r, self.splat(0.5));
+        p = self.fma(p, r, self.splat(1.0));
+        p = self.fma(p, r, self.splat(1.0));
+        // n may be 128 at the top of the clamp: split the scale so 2^n never overflows early.
+        let half = self.round(self.mul(n, self.splat(0.5)));
+        let rest = self.sub(n, half);
+        self.mul(self.mul(p, self.pow2i(half)), self.pow2i(rest))
+    }
+
+    /// `tanh(x)` via `1 - 2 / (e^{2x} + 1)`; absolute error below 3e-7.
+    #[inline(always)]
+    fn tanh(self, x: Self::V) -> Self::V {
+        let x = self.min(self.max(x, self.splat(-9.0)), self.splat(9.0));
+        let e = self.exp(self.add(x, x));
+        let one = self.splat(1.0);
+        self.sub(one, self.div(self.splat(2.0), self.add(e, one)))
+    }
+}

@@ -1,0 +1,75 @@
+//! One-lane [`Simd`] implementation: the portable fallback every machine can run.
+
+use super::Simd;
+
+/// Token for plain scalar code; always available.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scalar;
+
+impl Simd for Scalar {
+    const LANES: usize = 1;
+    type V = f32;
+
+    #[inline(always)]
+    fn splat(self, x: f32) -> f32 {
+        x
+    }
+    #[inline(always)]
+    fn load(self, s: &[f32]) -> f32 {
+        s[0]
+    }
+    #[inline(always)]
+    fn store(self, s: &mut [f32], v: f32) {
+        s[0] = v;
+    }
+    #[inline(always)]
+    fn add(self, a: f32, b: f32) -> f32 {
+        a + b
+    }
+    #[inline(always)]
+    fn sub(self, a: f32, b: f32) -> f32 {
+        a - b
+    }
+    #[inline(always)]
+    fn mul(self, a: f32, b: f32) -> f32 {
+        a * b
+    }
+    #[inline(always)]
+    fn div(self, a: f32, b: f32) -> f32 {
+        a / b
+    }
+    #[inline(always)]
+    fn fma(self, a: f32, b: f32, c: f32) -> f32 {
+        // Two roundings on purpose: without the FMA feature `mul_add` is a libm call that is
+        // ~20x slower, and this path exists for CPUs that lack FMA.
+        a * b + c
+    }
+    #[inline(always)]
+    fn fma1(self, a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+    #[inline(always)]
+    fn max(self, a: f32, b: f32) -> f32 {
+        a.max(b)
+    }
+    #[inline(always)]
+    fn min(self, a: f32, b: f32) -> f32 {
+        a.min(b)
+    }
+    #[inline(always)]
+    fn round(self, a: f32) -> f32 {
+        a.round_ties_even()
+    }
+    #[inline(always)]
+    fn pow2i(self, n: f32) -> f32 {
+        f32::from_bits((((n as i32) + 127) as u32) << 23)
+    }
+    #[inline(always)]
+    fn hsum(self, v: f32) -> f32 {
+        v
+    }
+    #[inline(always)]
+    fn hmax(self, v: f32) -> f32 {
+        v
+    }
+}

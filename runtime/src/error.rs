@@ -1,0 +1,40 @@
+//! The runtime's error type: every variant names the file, tensor or value at fault, so the CLI
+//! and server can print it as one line.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: malformed JSON: {msg}", path.display())]
+    Json { path: PathBuf, msg: String },
+    #[error("{}: unsupported model: {msg}", path.display())]
+    Unsupported { path: PathBuf, msg: String },
+    #[error("{}: invalid config: {msg}", path.display())]
+    Config { path: PathBuf, msg: String },
+    #[error("{}: invalid safetensors file: {msg}", path.display())]
+    Safetensors { path: PathBuf, msg: String },
+    #[error("{}: missing tensor '{name}'", path.display())]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("{}: tensor '{name}' has shape {got:?}, expected {want:?}", path.display())]
+    Shape { path: PathBuf, name: String, got: Vec<usize>, want: Vec<usize> },
+    #[error("{}: tensor '{name}' has unsupported dtype {dtype} (supported: F32, F16, BF16)", path.display())]
+    Dtype { path: PathBuf, name: String, dtype: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("context length exceeded: {need} positions needed, the model has {max}")]
+    Context { need: usize, max: usize },
+    #[error("token id {id} is outside the vocabulary (size {vocab})")]
+    Token { id: u32, vocab: usize },
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io { path: path.into(), source }
+    }
+}

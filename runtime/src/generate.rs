@@ -1,0 +1,68 @@
+//! Single-sequence generation: prefill the prompt, then decode token by token over the KV cache.
+
+use crate::error::{Error, Result};
+use crate::gpt2::{Gpt2, Logits, SeqInput};
+use crate::kv_cache::KvCache;
+use crate::sampling::{Sampler, SamplingParams};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// `max_tokens` were generated.
+    Length,
+    /// A stop token was generated (it is included in the output).
+    Stop,
+}
+
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub finish: FinishReason,
+}
+
+/// A request for [`generate`].
+#[derive(Clone, Debug, Default)]
+pub struct GenerateRequest {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation ends after any of these ids.
+    pub stop_tokens: Vec<u32>,
+}
+
+impl GenerateRequest {
+    /// Checks everything that can be checked before running the model.
+    pub fn validate(&self, model: &Gpt2) -> Result<()> {
+        let c = model.config();
+        if self.prompt.is_empty() {
+            return Err(Error::Invalid("the prompt is empty".into()));
+        }
+        if let Some(&id) = self.prompt.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(Error::Token { id, vocab: c.vocab_size });
+        }
+        let need = self.prompt.len() + self.max_tokens;
+        if need > c.n_positions {
+            return Err(Error::Context { need, max: c.n_positions });
+        }
+        self.sampling.validate()
+    }
+}
+
+/// Generates up to `req.max_tokens` tokens, calling `on_token` with each as it is chosen.
+pub fn generate(model: &Gpt2, req: &GenerateRequest, mut on_token: impl FnMut(u32)) -> Result<Generation> {
+    req.validate(model)?;
+    let mut cache = KvCache::new(model.config());
+    let mut sampler = Sampler::new(req.sampling.clone());
+    let mut tokens = Vec::with_capacity(req.max_tokens);
+    let mut input = req.prompt.clone();
+    while tokens.len() < req.max_tokens {
+        let logits = model.forward(&mut [SeqInput { tokens: &input, cache: &mut cache, logits: Logits::Last }])?;
+        let next = sampler.sample(&logits);
+        tokens.push(next);
+        on_token(next);
+        if req.stop_tokens.contains(&next) {
+            return Ok(Generation { tokens, finish: FinishReason::Stop });
+        }
+        input = vec![next];
+    }
+    Ok(Generation { tokens, finish: FinishReason::Length })
+}

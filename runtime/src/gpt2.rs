@@ -1,0 +1,271 @@
+//! The GPT-2 model: weights by checkpoint name and a batched forward pass that reads like the
+//! architecture (llm.c's `gpt2_forward`). No intrinsics here: all arithmetic goes through
+//! [`Kernels`].
+//!
+//! `forward` takes a batch of sequences, each with its own tokens (a prefill chunk or one decode
+//! token) and KV cache; every linear layer runs once over all rows of the batch.
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::init::{Preset, RandomWeights};
+use crate::kv_cache::KvCache;
+use crate::weights::{SafetensorsFile, Tensor, WeightSource};
+use inferneo_kernels::{Attention, Dims, Kernels};
+use rayon::prelude::*;
+use std::path::Path;
+
+/// Seed of the embedded default model's random weights.
+pub const EMBEDDED_SEED: u64 = 0;
+
+struct LayerNorm {
+    weight: Tensor, // [n_embd]
+    bias: Tensor,   // [n_embd]
+}
+
+/// A GPT-2 `Conv1D`: `y = x W + b` with `W` stored `[in, out]` (the transpose of `nn.Linear`),
+/// which is exactly the `kn` layout the kernels consume, so the mapped file is used in place.
+struct Conv1D {
+    weight: Tensor, // [n_in, n_out]
+    bias: Tensor,   // [n_out]
+    n_in: usize,
+    n_out: usize,
+}
+
+struct Block {
+    ln_1: LayerNorm,
+    c_attn: Conv1D,    // [n_embd, 3 n_embd]: q, k, v side by side
+    attn_proj: Conv1D, // [n_embd, n_embd]
+    ln_2: LayerNorm,
+    c_fc: Conv1D,     // [n_embd, n_inner]
+    mlp_proj: Conv1D, // [n_inner, n_embd]
+}
+
+pub struct Gpt2 {
+    config: Config,
+    kernels: Kernels,
+    wte: Tensor, // [vocab, n_embd], also the tied lm_head
+    wpe: Tensor, // [n_positions, n_embd]
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+}
+
+/// One sequence's block slices of a layer: (keys, values).
+type KvBlocks<'a> = (Vec<&'a [f32]>, Vec<&'a [f32]>);
+
+/// Which rows of a sequence's chunk get logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    Last,
+    All,
+}
+
+/// One sequence's part of a batch.
+pub struct SeqInput<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    pub logits: Logits,
+}
+
+impl Gpt2 {
+    /// Loads a HuggingFace GPT-2 directory (`config.json` + `model.safetensors`).
+    pub fn load(dir: &Path, kernels: Kernels) -> Result<Gpt2> {
+        let config = Config::from_file(&dir.join("config.json"))?;
+        let st = dir.join("model.safetensors");
+        if !st.exists() && dir.join("pytorch_model.bin").exists() {
+            return Err(Error::Unsupported {
+                path: dir.join("pytorch_model.bin"),
+                msg: "only model.safetensors is supported; convert with transformers' save_pretrained(safe_serialization=True)".into(),
+            });
+        }
+        Gpt2::from_source(config, &SafetensorsFile::open(&st)?, kernels)
+    }
+
+    /// The built-in GPT-2 124M-shape model with deterministic random weights (not a trained model).
+    pub fn embedded(kernels: Kernels) -> Gpt2 {
+        Gpt2::random(Preset::Gpt2, EMBEDDED_SEED, kernels)
+    }
+
+    /// A model of `preset`'s shape with `init`'s deterministic random weights.
+    pub fn random(preset: Preset, seed: u64, kernels: Kernels) -> Gpt2 {
+        let config = preset.config();
+        let weights = RandomWeights::new(&config, seed);
+        Gpt2::from_source(config, &weights, kernels).expect("generated weights are complete")
+    }
+
+    pub fn from_source(config: Config, src: &dyn WeightSource, kernels: Kernels) -> Result<Gpt2> {
+        let (e, i) = (config.n_embd, config.n_inner());
+        let ln = |name: &str| -> Result<LayerNorm> {
+            Ok(LayerNorm {
+                weight: src.get(&format!("{name}.weight"), &[e])?,
+                bias: src.get(&format!("{name}.bias"), &[e])?,
+            })
+        };
+        let conv = |name: &str, n_in: usize, n_out: usize| -> Result<Conv1D> {
+            Ok(Conv1D {
+                weight: src.get(&format!("{name}.weight"), &[n_in, n_out])?,
+                bias: src.get(&format!("{name}.bias"), &[n_out])?,
+                n_in,
+                n_out,
+            })
+        };
+        let blocks = (0..config.n_layer)
+            .map(|l| {
+                Ok(Block {
+                    ln_1: ln(&format!("h.{l}.ln_1"))?,
+                    c_attn: conv(&format!("h.{l}.attn.c_attn"), e, 3 * e)?,
+                    attn_proj: conv(&format!("h.{l}.attn.c_proj"), e, e)?,
+                    ln_2: ln(&format!("h.{l}.ln_2"))?,
+                    c_fc: conv(&format!("h.{l}.mlp.c_fc"), e, i)?,
+                    mlp_proj: conv(&format!("h.{l}.mlp.c_proj"), i, e)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Gpt2 {
+            wte: src.get("wte.weight", &[config.vocab_size, e])?,
+            wpe: src.get("wpe.weight", &[config.n_positions, e])?,
+            ln_f: ln("ln_f")?,
+            blocks,
+            config,
+            kernels,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// Whether the big matrices are used in place from the mapped file.
+    pub fn weights_mapped(&self) -> bool {
+        self.wte.is_mapped() && self.blocks.iter().all(|b| b.c_fc.weight.is_mapped())
+    }
+
+    /// Runs one step over a batch: appends each sequence's tokens to its cache and returns the
+    /// requested logits rows (`[rows, vocab]`, sequences in order). Inputs are validated before
+    /// any cache is touched, so an error leaves every cache as it was.
+    pub fn forward(&self, seqs: &mut [SeqInput]) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let (e, vocab) = (c.n_embd, c.vocab_size);
+        for s in seqs.iter() {
+            if s.tokens.is_empty() {
+                return Err(Error::Invalid("a sequence in the batch has no tokens".into()));
+            }
+            let need = s.cache.len() + s.tokens.len();
+            if need > c.n_positions {
+                return Err(Error::Context { need, max: c.n_positions });
+            }
+            if let Some(&id) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(Error::Token { id, vocab });
+            }
+        }
+        // rows[r] = (sequence index, position) of row r of every activation buffer.
+        let mut rows = Vec::new();
+        for (si, s) in seqs.iter_mut().enumerate() {
+            let start = s.cache.grow(s.tokens.len());
+            rows.extend((0..s.tokens.len()).map(|t| (si, start + t)));
+        }
+        let m = rows.len();
+        let k = self.kernels;
+        let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+
+        let mut x = vec![0.0f32; m * e]; // [m, n_embd] residual stream
+        let (wte, wpe) = (self.wte.as_slice(), self.wpe.as_slice());
+        for (r, (&tok, &(_, pos))) in tokens.iter().zip(&rows).enumerate() {
+            let t = tok as usize;
+            k.add(&wte[t * e..][..e], &wpe[pos * e..][..e], &mut x[r * e..][..e]);
+        }
+
+        let mut h = vec![0.0f32; m * e]; // [m, n_embd] layer-norm output
+        let mut qkv = vec![0.0f32; m * 3 * e]; // [m, 3 n_embd]
+        let mut att = vec![0.0f32; m * e]; // [m, n_embd] attention output (heads side by side)
+        let mut fc = vec![0.0f32; m * c.n_inner()]; // [m, n_inner]
+        for (l, b) in self.blocks.iter().enumerate() {
+            self.layernorm_rows(&b.ln_1, &x, &mut h);
+            self.conv1d(&b.c_attn, &h, &mut qkv, false);
+            for (r, &(si, pos)) in rows.iter().enumerate() {
+                let row = &qkv[r * 3 * e..][..3 * e];
+                seqs[si].cache.write(l, pos, &row[e..2 * e], &row[2 * e..]);
+            }
+            self.attention(l, seqs, &rows, &qkv, &mut att);
+            self.conv1d(&b.attn_proj, &att, &mut x, true);
+            self.layernorm_rows(&b.ln_2, &x, &mut h);
+            self.conv1d(&b.c_fc, &h, &mut fc, false);
+            fc.par_chunks_mut(c.n_inner()).for_each(|row| k.gelu_new(row));
+            self.conv1d(&b.mlp_proj, &fc, &mut x, true);
+        }
+
+        // Only the rows that need logits go through ln_f and the (large) lm_head.
+        let mut wanted = Vec::new();
+        let mut r = 0;
+        for s in seqs.iter() {
+            let n = s.tokens.len();
+            match s.logits {
+                Logits::None => {}
+                Logits::Last => wanted.push(r + n - 1),
+                Logits::All => wanted.extend(r..r + n),
+            }
+            r += n;
+        }
+        let mut hf = vec![0.0f32; wanted.len() * e];
+        for (j, &r) in wanted.iter().enumerate() {
+            let ln = &self.ln_f;
+            k.layernorm(
+                &x[r * e..][..e],
+                ln.weight.as_slice(),
+                ln.bias.as_slice(),
+                c.layer_norm_epsilon,
+                &mut hf[j * e..][..e],
+            );
+        }
+        let mut logits = vec![0.0f32; wanted.len() * vocab];
+        k.matmul_nt(&hf, wte, &mut logits, Dims { m: wanted.len(), k: e, n: vocab });
+        Ok(logits)
+    }
+
+    fn layernorm_rows(&self, ln: &LayerNorm, x: &[f32], out: &mut [f32]) {
+        let e = self.config.n_embd;
+        let (w, b, eps) = (ln.weight.as_slice(), ln.bias.as_slice(), self.config.layer_norm_epsilon);
+        for (xr, or) in x.chunks_exact(e).zip(out.chunks_exact_mut(e)) {
+            self.kernels.layernorm(xr, w, b, eps, or);
+        }
+    }
+
+    fn conv1d(&self, conv: &Conv1D, x: &[f32], out: &mut [f32], accumulate: bool) {
+        let m = x.len() / conv.n_in;
+        let dims = Dims { m, k: conv.n_in, n: conv.n_out };
+        self.kernels.matmul_kn(x, conv.weight.as_slice(), Some(conv.bias.as_slice()), out, dims, accumulate);
+    }
+
+    /// Causal multi-head attention of every row against its own sequence's cache.
+    fn attention(&self, layer: usize, seqs: &[SeqInput], rows: &[(usize, usize)], qkv: &[f32], att: &mut [f32]) {
+        let c = &self.config;
+        let (e, nh, hd) = (c.n_embd, c.n_head, c.head_dim());
+        let scale = 1.0 / (hd as f32).sqrt();
+        let blocks: Vec<KvBlocks> =
+            seqs.iter().map(|s| (s.cache.layer_blocks(layer, 0), s.cache.layer_blocks(layer, 1))).collect();
+        let k = self.kernels;
+        att.par_chunks_mut(hd).enumerate().for_each_init(
+            || vec![0.0f32; c.n_positions],
+            |scores, (idx, out)| {
+                let (r, head) = (idx / nh, idx % nh);
+                let (si, pos) = rows[r];
+                let (kb, vb) = &blocks[si];
+                let cache = &seqs[si].cache;
+                let a = Attention {
+                    q: &qkv[r * 3 * e + head * hd..][..hd],
+                    k: cache.view(kb),
+                    v: cache.view(vb),
+                    head_offset: head * hd,
+                    head_dim: hd,
+                    len: pos + 1,
+                    scale,
+                };
+                k.attend(&a, out, scores);
+            },
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! Workspace-level test and benchmark package; the product lives in the member crates.

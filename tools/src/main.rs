@@ -1,0 +1,319 @@
+//! The `inferneo` command line: argument parsing and one function per subcommand.
+//! No model math here; everything runs through `inferneo_runtime`.
+
+mod npy;
+
+use clap::{Args, Parser, Subcommand};
+use inferneo_kernels::{Isa, Kernels};
+use inferneo_runtime::init::{self, Preset, StoreDtype};
+use inferneo_runtime::tokenizer::IncrementalDecoder;
+use inferneo_runtime::{generate, GenerateRequest, Gpt2, Logits, SamplingParams, SeqInput, Tokenizer};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const EMBEDDED_NOTE: &str =
+    "Without --model, the embedded default is used: GPT-2 124M shape with deterministic random \
+weights (seed 0) and the real GPT-2 tokenizer. It runs offline, but its text is not meaningful language.";
+
+#[derive(Parser)]
+#[command(name = "inferneo", version, about = "Inferneo: a CPU runtime for GPT-2-family models.", after_help = EMBEDDED_NOTE)]
+struct Cli {
+    /// Kernel ISA: auto (best available), avx2 or scalar. Also settable with INFERNEO_ISA.
+    #[arg(long, global = true, value_name = "ISA")]
+    isa: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write the logits of every position as a little-endian f32 .npy of shape [len, vocab].
+    Logits(LogitsArgs),
+    /// Generate a continuation of a prompt.
+    Generate(GenerateArgs),
+    /// Print the token ids of a text.
+    Tokenize(TokenizeArgs),
+    /// Print the text of comma-separated token ids.
+    Detokenize(DetokenizeArgs),
+    /// Write a HuggingFace-format GPT-2 directory with deterministic random weights.
+    Init(InitArgs),
+}
+
+#[derive(Args)]
+#[command(after_help = EMBEDDED_NOTE)]
+struct ModelArg {
+    /// HuggingFace GPT-2 directory (config.json, model.safetensors, tokenizer files).
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+}
+
+#[derive(Args)]
+#[command(after_help = EMBEDDED_NOTE)]
+struct LogitsArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Comma-separated token ids, e.g. 464,2068,7586.
+    #[arg(long, value_name = "IDS", conflicts_with = "prompt", required_unless_present = "prompt")]
+    tokens: Option<String>,
+    /// Text to tokenize instead of --tokens.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Output .npy file.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+#[command(after_help = EMBEDDED_NOTE)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Prompt text.
+    #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
+    prompt: Option<String>,
+    /// Prompt as comma-separated token ids.
+    #[arg(long, value_name = "IDS")]
+    tokens: Option<String>,
+    /// Number of tokens to generate.
+    #[arg(long, default_value_t = 32)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling mass in (0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Keep only the K most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// RNG seed: the same seed gives the same tokens.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print token ids instead of text.
+    #[arg(long)]
+    ids: bool,
+    /// Stop at <|endoftext|>.
+    #[arg(long)]
+    stop_at_eos: bool,
+}
+
+#[derive(Args)]
+#[command(after_help = EMBEDDED_NOTE)]
+struct TokenizeArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    text: String,
+}
+
+#[derive(Args)]
+#[command(after_help = EMBEDDED_NOTE)]
+struct DetokenizeArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Comma-separated token ids.
+    ids: String,
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// Model shape: tiny, gpt2, distilgpt2, gpt2-medium or gpt2-large.
+    #[arg(long)]
+    preset: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output directory.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Stored weight precision: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+type CliResult<T = ()> = Result<T, String>;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help / --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            eprintln!("{} (see --help)", text.lines().next().unwrap_or("error: invalid arguments"));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> CliResult {
+    let kernels = select_kernels(cli.isa.as_deref())?;
+    match cli.command {
+        Command::Logits(a) => logits(a, kernels),
+        Command::Generate(a) => generate_cmd(a, kernels),
+        Command::Tokenize(a) => {
+            let tok = tokenizer(&a.model.model)?;
+            let ids = tok.encode(&a.text).map_err(|e| e.to_string())?;
+            println!("{}", join_ids(&ids));
+            Ok(())
+        }
+        Command::Detokenize(a) => {
+            let tok = tokenizer(&a.model.model)?;
+            let ids = parse_ids(&a.ids)?;
+            if let Some(&bad) = ids.iter().find(|&&i| i as usize >= tok.vocab_size()) {
+                return Err(format!("token id {bad} is outside the vocabulary (size {})", tok.vocab_size()));
+            }
+            println!("{}", tok.decode(&ids).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Command::Init(a) => {
+            let preset = Preset::from_name(&a.preset).map_err(|e| e.to_string())?;
+            let dtype = match a.dtype.as_str() {
+                "f32" => StoreDtype::F32,
+                "f16" => StoreDtype::F16,
+                "bf16" => StoreDtype::Bf16,
+                other => return Err(format!("unknown dtype '{other}' (expected f32, f16 or bf16)")),
+            };
+            init::write_model_dir(&a.out, &preset.config(), a.seed, dtype).map_err(|e| e.to_string())?;
+            eprintln!("wrote {} (preset {}, seed {}, {})", a.out.display(), preset.name(), a.seed, a.dtype);
+            Ok(())
+        }
+    }
+}
+
+fn select_kernels(flag: Option<&str>) -> CliResult<Kernels> {
+    match flag {
+        None | Some("auto") => inferneo_kernels::kernels(),
+        Some(name) => {
+            let isa: Isa = name.parse()?;
+            Kernels::for_isa(isa).ok_or_else(|| format!("--isa {name}: this CPU does not support {name}"))
+        }
+    }
+}
+
+fn load_model(dir: &Option<PathBuf>, kernels: Kernels) -> CliResult<(Gpt2, Option<Tokenizer>)> {
+    match dir {
+        None => {
+            eprintln!("note: using the embedded GPT-2 (124M shape, random weights; text is not meaningful)");
+            Ok((Gpt2::embedded(kernels), Some(Tokenizer::gpt2())))
+        }
+        Some(d) => {
+            let model = Gpt2::load(d, kernels).map_err(|e| e.to_string())?;
+            let tok = Tokenizer::from_dir(d).map_err(|e| e.to_string())?;
+            Ok((model, tok))
+        }
+    }
+}
+
+fn tokenizer(dir: &Option<PathBuf>) -> CliResult<Tokenizer> {
+    match dir {
+        None => Ok(Tokenizer::gpt2()),
+        Some(d) => Tokenizer::from_dir(d)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{}: no tokenizer.json or vocab.json + merges.txt", d.display())),
+    }
+}
+
+fn prompt_ids(
+    tok: Option<&Tokenizer>,
+    dir: &Option<PathBuf>,
+    prompt: &Option<String>,
+    tokens: &Option<String>,
+) -> CliResult<Vec<u32>> {
+    match (prompt, tokens) {
+        (_, Some(ids)) => parse_ids(ids),
+        (Some(text), None) => {
+            let tok = tok.ok_or_else(|| {
+                format!(
+                    "{}: no tokenizer files, so --prompt cannot be used; pass --tokens",
+                    dir.as_ref().map_or("model".into(), |d| d.display().to_string())
+                )
+            })?;
+            tok.encode(text).map_err(|e| e.to_string())
+        }
+        (None, None) => Err("give --prompt or --tokens".into()),
+    }
+}
+
+fn logits(a: LogitsArgs, kernels: Kernels) -> CliResult {
+    let (model, tok) = load_model(&a.model.model, kernels)?;
+    let ids = prompt_ids(tok.as_ref(), &a.model.model, &a.prompt, &a.tokens)?;
+    if ids.is_empty() {
+        return Err("no tokens to score".into());
+    }
+    let mut cache = inferneo_runtime::KvCache::new(model.config());
+    let out = model
+        .forward(&mut [SeqInput { tokens: &ids, cache: &mut cache, logits: Logits::All }])
+        .map_err(|e| e.to_string())?;
+    let bytes = npy::encode_f32(&out, ids.len(), model.config().vocab_size);
+    std::fs::write(&a.out, bytes).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    eprintln!("wrote {} ([{}, {}] f32)", a.out.display(), ids.len(), model.config().vocab_size);
+    Ok(())
+}
+
+fn generate_cmd(a: GenerateArgs, kernels: Kernels) -> CliResult {
+    let (model, tok) = load_model(&a.model.model, kernels)?;
+    let prompt = prompt_ids(tok.as_ref(), &a.model.model, &a.prompt, &a.tokens)?;
+    let eos = tok.as_ref().and_then(|t| t.eos_id()).or(model.config().eos_token_id);
+    let req = GenerateRequest {
+        prompt,
+        max_tokens: a.max_tokens,
+        sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
+        stop_tokens: if a.stop_at_eos { eos.into_iter().collect() } else { Vec::new() },
+    };
+    req.validate(&model).map_err(|e| e.to_string())?;
+    let text_mode = !a.ids && tok.is_some();
+    let mut out = std::io::stdout().lock();
+    let mut decoder = IncrementalDecoder::default();
+    let mut first = true;
+    let mut failed = None;
+    let result = generate(&model, &req, |id| {
+        if text_mode {
+            match decoder.push(tok.as_ref().expect("text mode has a tokenizer"), id) {
+                Ok(delta) => {
+                    let _ = out.write_all(delta.as_bytes());
+                }
+                Err(e) => failed = Some(e.to_string()),
+            }
+        } else {
+            let _ = write!(out, "{}{id}", if first { "" } else { "," });
+        }
+        let _ = out.flush();
+        first = false;
+    })
+    .map_err(|e| e.to_string())?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if text_mode {
+        let rest = decoder.finish(tok.as_ref().expect("tokenizer")).map_err(|e| e.to_string())?;
+        let _ = out.write_all(rest.as_bytes());
+    }
+    let _ = writeln!(out);
+    eprintln!("[{} tokens, finish: {:?}]", result.tokens.len(), result.finish);
+    Ok(())
+}
+
+fn parse_ids(s: &str) -> CliResult<Vec<u32>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<u32>()
+                .map_err(|_| format!("'{t}' is not a token id (expected comma-separated non-negative integers)"))
+        })
+        .collect()
+}
+
+fn join_ids(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
