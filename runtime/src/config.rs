@@ -11,7 +11,7 @@ use std::path::Path;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     pub vocab_size: usize,
-    #[serde(alias = "n_ctx")]
+    /// Context length (very old configs only have `n_ctx`; see [`Config::from_json`]).
     pub n_positions: usize,
     pub n_embd: usize,
     pub n_layer: usize,
@@ -47,10 +47,22 @@ impl Config {
     /// Reads and validates `path` (a `config.json`).
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let config: Config =
-            serde_json::from_str(&text).map_err(|e| Error::Json { path: path.into(), msg: e.to_string() })?;
+        let config = Config::from_json(&text).map_err(|msg| Error::Json { path: path.into(), msg })?;
         config.validate(path)?;
         Ok(config)
+    }
+
+    /// Parses config.json text. Real configs often carry both `n_positions` and its old name
+    /// `n_ctx`, so `n_ctx` only fills in when `n_positions` is absent.
+    pub fn from_json(text: &str) -> Result<Config, String> {
+        let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let obj = value.as_object_mut().ok_or("expected a JSON object")?;
+        if !obj.contains_key("n_positions") {
+            if let Some(n_ctx) = obj.get("n_ctx").cloned() {
+                obj.insert("n_positions".into(), n_ctx);
+            }
+        }
+        serde_json::from_value(value).map_err(|e| e.to_string())
     }
 
     pub fn validate(&self, path: &Path) -> Result<()> {

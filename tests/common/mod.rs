@@ -1,0 +1,104 @@
+//! Shared helpers for the integration tests: golden files from `tools/reference/hf_reference.py`
+//! and the comparison that reports where and by how much logits differ.
+#![allow(dead_code)]
+
+use inferneo_kernels::{Isa, Kernels};
+use safetensors::SafeTensors;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Max abs logit difference allowed against HuggingFace fp32.
+pub const LOGIT_TOL: f32 = 1e-4;
+
+pub fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+pub struct Golden {
+    pub meta: HashMap<String, String>,
+    pub tokens: Vec<u32>,
+    /// `[tokens.len(), vocab]`
+    pub logits: Vec<f32>,
+    pub vocab: usize,
+    pub greedy: Vec<u32>,
+    pub greedy_margin: Vec<f32>,
+}
+
+impl Golden {
+    pub fn load(name: &str) -> Golden {
+        let path = data_dir().join(format!("golden-{name}.safetensors"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let (_, header) = SafeTensors::read_metadata(&bytes).expect("golden header");
+        let meta = header.metadata().clone().unwrap_or_default();
+        assert_eq!(meta.get("format").map(String::as_str), Some("inferneo-golden"), "{}", path.display());
+        assert_eq!(meta.get("version").map(String::as_str), Some("1"), "{}: unsupported version", path.display());
+        let st = SafeTensors::deserialize(&bytes).expect("golden tensors");
+        let i64s = |n: &str| -> Vec<u32> {
+            st.tensor(n)
+                .unwrap()
+                .data()
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+                .collect()
+        };
+        let f32s = |n: &str| -> Vec<f32> {
+            st.tensor(n).unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+        };
+        let vocab = st.tensor("logits").unwrap().shape()[1];
+        Golden {
+            meta,
+            tokens: i64s("tokens"),
+            logits: f32s("logits"),
+            vocab,
+            greedy: i64s("greedy"),
+            greedy_margin: f32s("greedy_margin"),
+        }
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.meta["seed"].parse().unwrap()
+    }
+}
+
+/// Compares `[rows, vocab]` logits with the golden: max abs diff within `tol` at every position
+/// and identical argmax. Panics at the first failing row with its index, the first few pairs and
+/// the max diff; returns the max abs diff.
+pub fn check_logits(label: &str, got: &[f32], want: &[f32], vocab: usize, tol: f32) -> f32 {
+    assert_eq!(got.len(), want.len(), "{label}: logits length");
+    let mut worst = 0.0f32;
+    for (row, (g, w)) in got.chunks(vocab).zip(want.chunks(vocab)).enumerate() {
+        let (idx, diff) = g.iter().zip(w).map(|(a, b)| (a - b).abs()).enumerate().fold((0, 0.0f32), |best, (i, d)| {
+            if d > best.1 || d.is_nan() {
+                (i, d)
+            } else {
+                best
+            }
+        });
+        worst = worst.max(diff);
+        let pairs: Vec<String> = g.iter().zip(w).take(4).map(|(a, b)| format!("({a:.6}, {b:.6})")).collect();
+        assert!(
+            diff <= tol,
+            "{label}: position {row}: max abs diff {diff:.3e} at vocab index {idx} (ours {}, HF {}) exceeds {tol:.0e}; first pairs {}",
+            g[idx],
+            w[idx],
+            pairs.join(" ")
+        );
+        let (ga, wa) = (inferneo_runtime::sampling::argmax(g), inferneo_runtime::sampling::argmax(w));
+        assert_eq!(ga, wa, "{label}: position {row}: argmax {ga} differs from HF's {wa}");
+    }
+    worst
+}
+
+/// Every ISA this CPU can run, announcing the ones it cannot (so a skip is never silent).
+pub fn available_kernels() -> Vec<Kernels> {
+    Isa::ALL
+        .into_iter()
+        .filter_map(|isa| {
+            let k = Kernels::for_isa(isa);
+            if k.is_none() {
+                eprintln!("NOTICE: skipping ISA {isa}: not supported by this CPU");
+            }
+            k
+        })
+        .collect()
+}
