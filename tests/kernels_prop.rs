@@ -1,0 +1,218 @@
+//! Every kernel on every ISA this CPU has, against the naive oracle in `kernels::reference`, on
+//! random shapes with ragged edges (sizes that are not multiples of the vector width or tile),
+//! plus the batch-invariance contract and NaN-poisoned outputs.
+
+mod common;
+
+use common::available_kernels;
+use inferneo_kernels::{reference, Attention, Dims, Kernels, KvView};
+use proptest::prelude::*;
+
+/// Relative tolerance for f32 reductions vs the f64 oracle, scaled by the sum of |terms|.
+const REL: f32 = 2e-6;
+/// Elementwise ops (exp/tanh polynomial approximations).
+const ELEM_ABS: f32 = 2e-6;
+
+fn vals(len: usize, seed: u64) -> Vec<f32> {
+    let mut z = seed;
+    (0..len)
+        .map(|_| {
+            z = inferneo_runtime::init::splitmix64(z);
+            ((z >> 40) as f32 / 16_777_216.0) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn assert_close(label: &str, got: &[f32], want: &[f32], bound: impl Fn(usize) -> f32) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = bound(i);
+        assert!((g - w).abs() <= tol, "{label}: index {i}: got {g}, want {w}, |diff| {} > {tol}", (g - w).abs());
+    }
+}
+
+fn kernels() -> Vec<Kernels> {
+    available_kernels()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn matmul_kn_matches_reference(m in 1usize..14, k in 1usize..70, n in 1usize..70, seed: u64, acc: bool, bias: bool) {
+        let (x, w, b, prior) = (vals(m * k, seed), vals(k * n, seed ^ 1), vals(n, seed ^ 2), vals(m * n, seed ^ 3));
+        let mut want = vec![0.0; m * n];
+        reference::matmul_kn(&x, &w, bias.then_some(&b[..]), &mut want, m, k, n);
+        if acc {
+            want.iter_mut().zip(&prior).for_each(|(v, p)| *v += p);
+        }
+        for kern in kernels() {
+            // Poisoned: NaN where nothing may be read (overwrite mode) and past the end.
+            let mut out = vec![f32::NAN; m * n + 7];
+            if acc {
+                out[..m * n].copy_from_slice(&prior);
+            }
+            kern.matmul_kn(&x, &w, bias.then_some(&b[..]), &mut out, Dims { m, k, n }, acc);
+            assert!(out[m * n..].iter().all(|v| v.is_nan()), "wrote past the output");
+            let scale = |i: usize| {
+                let (r, c) = (i / n, i % n);
+                let s: f32 = (0..k).map(|p| (x[r * k + p] * w[p * n + c]).abs()).sum();
+                REL * (s + 1.0) * 4.0
+            };
+            assert_close(&format!("matmul_kn/{}", kern.isa()), &out[..m * n], &want, scale);
+        }
+    }
+
+    #[test]
+    fn matmul_nt_matches_reference(m in 1usize..10, k in 1usize..90, n in 1usize..40, seed: u64) {
+        let (x, w) = (vals(m * k, seed), vals(n * k, seed ^ 5));
+        let mut want = vec![0.0; m * n];
+        reference::matmul_nt(&x, &w, &mut want, m, k, n);
+        for kern in kernels() {
+            let mut out = vec![f32::NAN; m * n + 3];
+            kern.matmul_nt(&x, &w, &mut out, Dims { m, k, n });
+            assert!(out[m * n..].iter().all(|v| v.is_nan()), "wrote past the output");
+            let scale = |i: usize| {
+                let (r, c) = (i / n, i % n);
+                REL * ((0..k).map(|p| (x[r * k + p] * w[c * k + p]).abs()).sum::<f32>() + 1.0) * 4.0
+            };
+            assert_close(&format!("matmul_nt/{}", kern.isa()), &out[..m * n], &want, scale);
+        }
+    }
+
+    #[test]
+    fn layernorm_matches_reference(n in 1usize..300, seed: u64, shift in -3.0f32..3.0) {
+        let x: Vec<f32> = vals(n, seed).iter().map(|v| v * 2.0 + shift).collect();
+        let (g, b) = (vals(n, seed ^ 7), vals(n, seed ^ 8));
+        let mut want = vec![0.0; n];
+        reference::layernorm(&x, &g, &b, 1e-5, &mut want);
+        for kern in kernels() {
+            let mut out = vec![f32::NAN; n];
+            kern.layernorm(&x, &g, &b, 1e-5, &mut out);
+            assert_close(&format!("layernorm/{}", kern.isa()), &out, &want, |_| 1e-5);
+        }
+    }
+
+    #[test]
+    fn gelu_and_softmax_match_reference(n in 1usize..200, seed: u64, scale in 0.1f32..12.0) {
+        let x: Vec<f32> = vals(n, seed).iter().map(|v| v * scale).collect();
+        let mut gelu_want = x.clone();
+        reference::gelu_new(&mut gelu_want);
+        let mut soft_want = x.clone();
+        reference::softmax(&mut soft_want);
+        for kern in kernels() {
+            let mut g = x.clone();
+            kern.gelu_new(&mut g);
+            assert_close(&format!("gelu_new/{}", kern.isa()), &g, &gelu_want, |i| ELEM_ABS * (1.0 + x[i].abs()));
+            let mut s = x.clone();
+            kern.softmax(&mut s);
+            assert_close(&format!("softmax/{}", kern.isa()), &s, &soft_want, |i| 1e-6 + 4e-6 * soft_want[i]);
+        }
+    }
+
+    #[test]
+    fn add_matches_reference_embedding(c in 1usize..100, t in 1usize..5, seed: u64) {
+        let (wte, wpe) = (vals(10 * c, seed), vals(8 * c, seed ^ 9));
+        let tokens: Vec<u32> = (0..t as u32).map(|i| (i * 7 + 3) % 10).collect();
+        let mut want = vec![0.0; t * c];
+        reference::embed(&wte, &wpe, &tokens, 2, c, &mut want);
+        for kern in kernels() {
+            let mut out = vec![0.0; t * c];
+            for (r, &tok) in tokens.iter().enumerate() {
+                let tok = tok as usize;
+                kern.add(&wte[tok * c..][..c], &wpe[(2 + r) * c..][..c], &mut out[r * c..][..c]);
+            }
+            prop_assert_eq!(&out, &want);
+        }
+    }
+
+    /// Paged attention (blocks of `bt` tokens, heads side by side in a row) vs the contiguous
+    /// oracle, for a chunk of `t` queries after `past` cached positions.
+    #[test]
+    fn paged_attention_matches_reference(past in 0usize..40, t in 1usize..6, hd in 1usize..40, heads in 1usize..3, bt in 1usize..9, seed: u64) {
+        let len = past + t;
+        let stride = heads * hd;
+        let (kr, vr, qr) = (vals(len * stride, seed), vals(len * stride, seed ^ 11), vals(t * stride, seed ^ 12));
+        let blocks_of = |rows: &[f32]| -> Vec<Vec<f32>> {
+            let mut b = vec![vec![f32::NAN; bt * stride]; len.div_ceil(bt)];
+            for p in 0..len {
+                b[p / bt][(p % bt) * stride..][..stride].copy_from_slice(&rows[p * stride..][..stride]);
+            }
+            b
+        };
+        let (kb, vb) = (blocks_of(&kr), blocks_of(&vr));
+        let (kref, vref): (Vec<&[f32]>, Vec<&[f32]>) = (kb.iter().map(|b| &b[..]).collect(), vb.iter().map(|b| &b[..]).collect());
+        for h in 0..heads {
+            let head = |rows: &[f32], n: usize| -> Vec<f32> { (0..n).flat_map(|p| rows[p * stride + h * hd..][..hd].to_vec()).collect() };
+            let mut want = vec![0.0; t * hd];
+            reference::causal_attention(&head(&qr, t), &head(&kr, len), &head(&vr, len), &mut want, t, len, hd);
+            for kern in kernels() {
+                let mut scores = vec![f32::NAN; len];
+                for i in 0..t {
+                    let a = Attention {
+                        q: &qr[i * stride + h * hd..][..hd],
+                        k: KvView { blocks: &kref, block_tokens: bt, token_stride: stride },
+                        v: KvView { blocks: &vref, block_tokens: bt, token_stride: stride },
+                        head_offset: h * hd,
+                        head_dim: hd,
+                        len: past + i + 1,
+                        scale: 1.0 / (hd as f32).sqrt(),
+                    };
+                    let mut out = vec![f32::NAN; hd];
+                    kern.attend(&a, &mut out, &mut scores);
+                    assert_close(&format!("attention/{}", kern.isa()), &out, &want[i * hd..][..hd], |_| 2e-6);
+                }
+            }
+        }
+    }
+
+    /// Row i of a product is bitwise equal to the product of row i alone, whatever M and however
+    /// the columns are split across threads (the big shapes here take the parallel path).
+    #[test]
+    fn matmul_rows_are_batch_invariant(m in 2usize..40, k in 1usize..200, n in 1usize..300, seed: u64) {
+        let (x, w, b) = (vals(m * k, seed), vals(k * n, seed ^ 1), vals(n, seed ^ 2));
+        let wt = vals(n * k, seed ^ 3);
+        for kern in kernels() {
+            let mut all = vec![0.0; m * n];
+            kern.matmul_kn(&x, &w, Some(&b), &mut all, Dims { m, k, n }, false);
+            let mut all_nt = vec![0.0; m * n];
+            kern.matmul_nt(&x, &wt, &mut all_nt, Dims { m, k, n });
+            for i in [0, m / 2, m - 1] {
+                let mut one = vec![0.0; n];
+                kern.matmul_kn(&x[i * k..][..k], &w, Some(&b), &mut one, Dims { m: 1, k, n }, false);
+                prop_assert!(one.iter().zip(&all[i * n..][..n]).all(|(a, b)| a.to_bits() == b.to_bits()), "kn row {} differs ({})", i, kern.isa());
+                kern.matmul_nt(&x[i * k..][..k], &wt, &mut one, Dims { m: 1, k, n });
+                prop_assert!(one.iter().zip(&all_nt[i * n..][..n]).all(|(a, b)| a.to_bits() == b.to_bits()), "nt row {} differs ({})", i, kern.isa());
+            }
+        }
+    }
+}
+
+/// Exact construction: multiplying by an identity gives the input bit for bit on every ISA.
+#[test]
+fn identity_products_are_exact() {
+    for n in [1, 7, 8, 15, 16, 17, 33] {
+        let x = vals(5 * n, n as u64);
+        let mut eye = vec![0.0; n * n];
+        (0..n).for_each(|i| eye[i * n + i] = 1.0);
+        for kern in kernels() {
+            let mut out = vec![f32::NAN; 5 * n];
+            kern.matmul_kn(&x, &eye, None, &mut out, Dims { m: 5, k: n, n }, false);
+            assert_eq!(out, x, "kn identity, n = {n}, {}", kern.isa());
+            kern.matmul_nt(&x, &eye, &mut out, Dims { m: 5, k: n, n });
+            assert_eq!(out, x, "nt identity, n = {n}, {}", kern.isa());
+        }
+    }
+}
+
+/// `INFERNEO_ISA` cannot silently fall back: an unknown or unavailable ISA is an error.
+#[test]
+fn forced_isa_is_checked() {
+    assert!("avx9000".parse::<inferneo_kernels::Isa>().is_err());
+    for isa in inferneo_kernels::Isa::ALL {
+        assert_eq!(Kernels::for_isa(isa).is_some(), isa.available());
+        if !isa.available() {
+            eprintln!("NOTICE: ISA {isa} not available on this CPU; its kernels are untested here");
+        }
+    }
+}
