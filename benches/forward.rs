@@ -1,1 +1,35 @@
-fn main() {}
+//! End-to-end forward pass of the GPT-2 124M shape: prefill (time to first token for a 50-token
+//! prompt) and decode (one token over a 50-token cache), separately, after criterion's warm-up.
+//!
+//! `cargo bench --bench forward`
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use inferneo_runtime::{Gpt2, KvCache, Logits, Preset, SeqInput};
+
+fn forward(c: &mut Criterion) {
+    let model = Gpt2::random(Preset::Gpt2, 0, inferneo_kernels::kernels().unwrap());
+    let prompt: Vec<u32> = (0..50).map(|i| (i * 389 + 11) % 50257).collect();
+    let mut g = c.benchmark_group("gpt2_124m");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(50));
+    g.bench_function("prefill_50_tokens", |b| {
+        b.iter(|| {
+            let mut cache = KvCache::new(model.config());
+            model.forward(&mut [SeqInput { tokens: &prompt, cache: &mut cache, logits: Logits::Last }]).unwrap()
+        })
+    });
+    let mut cache = KvCache::new(model.config());
+    model.forward(&mut [SeqInput { tokens: &prompt, cache: &mut cache, logits: Logits::None }]).unwrap();
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("decode_1_token_at_50", |b| {
+        b.iter(|| {
+            let logits = model.forward(&mut [SeqInput { tokens: &[464], cache: &mut cache, logits: Logits::Last }]).unwrap();
+            cache.truncate(50);
+            logits
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, forward);
+criterion_main!(benches);

@@ -74,7 +74,7 @@ fn tiny_from_disk_matches_hf() {
     let dir = tempfile::tempdir().unwrap();
     init::write_model_dir(dir.path(), &Preset::Tiny.config(), g.seed(), StoreDtype::F32).unwrap();
     let model = Gpt2::load(dir.path(), inferneo_kernels::kernels().unwrap()).unwrap();
-    assert!(model.weights_mapped(), "f32 weights should be used in place from the mapped file");
+    assert!(model.wte_mapped(), "f32 embeddings should be used in place from the mapped file");
     check_logits("tiny/disk", &all_logits(&model, &g.tokens), &g.logits, g.vocab, LOGIT_TOL);
 }
 

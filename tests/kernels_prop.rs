@@ -5,7 +5,7 @@
 mod common;
 
 use common::available_kernels;
-use inferneo_kernels::{reference, Attention, Dims, Kernels, KvView};
+use inferneo_kernels::{reference, Attention, Dims, Kernels, KvView, PackedKn};
 use proptest::prelude::*;
 
 /// Relative tolerance for f32 reductions vs the f64 oracle, scaled by the sum of |terms|.
@@ -52,7 +52,7 @@ proptest! {
             if acc {
                 out[..m * n].copy_from_slice(&prior);
             }
-            kern.matmul_kn(&x, &w, bias.then_some(&b[..]), &mut out, Dims { m, k, n }, acc);
+            kern.matmul_kn(&x, &PackedKn::pack(&w, k, n), bias.then_some(&b[..]), &mut out, m, acc);
             assert!(out[m * n..].iter().all(|v| v.is_nan()), "wrote past the output");
             let scale = |i: usize| {
                 let (r, c) = (i / n, i % n);
@@ -173,13 +173,14 @@ proptest! {
         let (x, w, b) = (vals(m * k, seed), vals(k * n, seed ^ 1), vals(n, seed ^ 2));
         let wt = vals(n * k, seed ^ 3);
         for kern in kernels() {
+            let wp = PackedKn::pack(&w, k, n);
             let mut all = vec![0.0; m * n];
-            kern.matmul_kn(&x, &w, Some(&b), &mut all, Dims { m, k, n }, false);
+            kern.matmul_kn(&x, &wp, Some(&b), &mut all, m, false);
             let mut all_nt = vec![0.0; m * n];
             kern.matmul_nt(&x, &wt, &mut all_nt, Dims { m, k, n });
             for i in [0, m / 2, m - 1] {
                 let mut one = vec![0.0; n];
-                kern.matmul_kn(&x[i * k..][..k], &w, Some(&b), &mut one, Dims { m: 1, k, n }, false);
+                kern.matmul_kn(&x[i * k..][..k], &wp, Some(&b), &mut one, 1, false);
                 prop_assert!(one.iter().zip(&all[i * n..][..n]).all(|(a, b)| a.to_bits() == b.to_bits()), "kn row {} differs ({})", i, kern.isa());
                 kern.matmul_nt(&x[i * k..][..k], &wt, &mut one, Dims { m: 1, k, n });
                 prop_assert!(one.iter().zip(&all_nt[i * n..][..n]).all(|(a, b)| a.to_bits() == b.to_bits()), "nt row {} differs ({})", i, kern.isa());
@@ -197,7 +198,7 @@ fn identity_products_are_exact() {
         (0..n).for_each(|i| eye[i * n + i] = 1.0);
         for kern in kernels() {
             let mut out = vec![f32::NAN; 5 * n];
-            kern.matmul_kn(&x, &eye, None, &mut out, Dims { m: 5, k: n, n }, false);
+            kern.matmul_kn(&x, &PackedKn::pack(&eye, n, n), None, &mut out, 5, false);
             assert_eq!(out, x, "kn identity, n = {n}, {}", kern.isa());
             kern.matmul_nt(&x, &eye, &mut out, Dims { m: 5, k: n, n });
             assert_eq!(out, x, "nt identity, n = {n}, {}", kern.isa());

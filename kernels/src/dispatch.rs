@@ -5,7 +5,7 @@
 
 use crate::cpu::Isa;
 use crate::isa::{self, Table};
-use crate::{Attention, MatmulKn, MatmulNt};
+use crate::{Attention, MatmulKn, MatmulNt, PackedKn};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -27,8 +27,8 @@ pub fn kernels() -> Result<Kernels, String> {
 /// Below this many multiply-adds a product runs on the calling thread: a rayon fork costs
 /// microseconds, more than the work itself.
 const PAR_MIN_FLOPS: usize = 1 << 17;
-/// Column chunks are multiples of this, so every ISA's vector tiles stay whole.
-const COL_ALIGN: usize = 16;
+/// Column chunks are multiples of this, so every chunk starts on a packed panel.
+const COL_ALIGN: usize = crate::ops::matmul::KN_NR;
 
 impl Kernels {
     /// The table for `isa`, or `None` if this CPU cannot run it.
@@ -50,13 +50,15 @@ impl Kernels {
         self.isa
     }
 
-    /// `out[M,N] (+)= x[M,K] · w[K,N] + bias[N]`, `w` row-major `[K, N]` (GPT-2 `Conv1D`).
-    /// With `accumulate`, the product is added to `out` (the fused residual add).
-    pub fn matmul_kn(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], dims: Dims, accumulate: bool) {
-        let Dims { m, k, n } = dims;
-        assert!(x.len() >= m * k && w.len() >= k * n && out.len() >= m * n, "matmul_kn: slices shorter than {dims:?}");
+    /// `out[M,N] (+)= x[M,K] · w[K,N] + bias[N]`, `w` packed from a row-major `[K, N]` (GPT-2
+    /// `Conv1D`). With `accumulate`, the product is added to `out` (the fused residual add).
+    pub fn matmul_kn(&self, x: &[f32], w: &PackedKn, bias: Option<&[f32]>, out: &mut [f32], m: usize, accumulate: bool) {
+        let dims = Dims { m, k: w.k(), n: w.n() };
+        let Dims { k, n, .. } = dims;
+        assert!(x.len() >= m * k && out.len() >= m * n, "matmul_kn: slices shorter than {dims:?}");
         assert!(bias.is_none_or(|b| b.len() >= n), "matmul_kn: bias shorter than n = {n}");
         let f = self.table.matmul_kn;
+        let w = w.data();
         for_column_chunks(&mut out[..m * n], dims, |col0, rows| {
             let a = MatmulKn { x, k, w, n, bias, col0, accumulate };
             // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.

@@ -12,23 +12,25 @@ pub mod cpu;
 mod dispatch;
 mod isa;
 mod ops;
+mod pack;
 pub mod reference;
 mod simd;
 
 pub use cpu::{Isa, ISA_ENV};
 pub use dispatch::{kernels, Dims, Kernels};
+pub use pack::PackedKn;
 
-/// Arguments of one column chunk of `y = x · W (+ b) (+ y)`, `W` row-major `[k, n]`.
+/// Arguments of one column chunk of `y = x · W (+ b) (+ y)`, `W` packed (see [`PackedKn`]).
 pub struct MatmulKn<'a> {
     /// `[m, k]` row-major activations (`m` = number of output rows handed to the kernel).
     pub x: &'a [f32],
     pub k: usize,
-    /// `[k, n]` row-major weights.
+    /// Packed `[k, n]` weights ([`PackedKn::data`]).
     pub w: &'a [f32],
     pub n: usize,
     /// `[n]`, added after the reduction.
     pub bias: Option<&'a [f32]>,
-    /// First weight column of this chunk.
+    /// First weight column of this chunk (a multiple of the panel width).
     pub col0: usize,
     /// Add the result to the output instead of overwriting it.
     pub accumulate: bool,

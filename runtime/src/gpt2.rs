@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::init::{Preset, RandomWeights};
 use crate::kv_cache::KvCache;
 use crate::weights::{SafetensorsFile, Tensor, WeightSource};
-use inferneo_kernels::{Attention, Dims, Kernels};
+use inferneo_kernels::{Attention, Dims, Kernels, PackedKn};
 use rayon::prelude::*;
 use std::path::Path;
 
@@ -22,13 +22,12 @@ struct LayerNorm {
     bias: Tensor,   // [n_embd]
 }
 
-/// A GPT-2 `Conv1D`: `y = x W + b` with `W` stored `[in, out]` (the transpose of `nn.Linear`),
-/// which is exactly the `kn` layout the kernels consume, so the mapped file is used in place.
+/// A GPT-2 `Conv1D`: `y = x W + b` with `W` stored `[in, out]` (the transpose of `nn.Linear`).
+/// The weight is packed into the kernels' panel layout once, at load; the packed copy replaces
+/// the checkpoint's (which is dropped), so the streaming GEMV reads it contiguously.
 struct Conv1D {
-    weight: Tensor, // [n_in, n_out]
-    bias: Tensor,   // [n_out]
-    n_in: usize,
-    n_out: usize,
+    weight: PackedKn, // [n_in, n_out], packed
+    bias: Tensor,     // [n_out]
 }
 
 struct Block {
@@ -102,12 +101,8 @@ impl Gpt2 {
             })
         };
         let conv = |name: &str, n_in: usize, n_out: usize| -> Result<Conv1D> {
-            Ok(Conv1D {
-                weight: src.get(&format!("{name}.weight"), &[n_in, n_out])?,
-                bias: src.get(&format!("{name}.bias"), &[n_out])?,
-                n_in,
-                n_out,
-            })
+            let weight = src.get(&format!("{name}.weight"), &[n_in, n_out])?;
+            Ok(Conv1D { weight: PackedKn::pack(weight.as_slice(), n_in, n_out), bias: src.get(&format!("{name}.bias"), &[n_out])? })
         };
         let blocks = (0..config.n_layer)
             .map(|l| {
@@ -139,9 +134,10 @@ impl Gpt2 {
         self.kernels
     }
 
-    /// Whether the big matrices are used in place from the mapped file.
-    pub fn weights_mapped(&self) -> bool {
-        self.wte.is_mapped() && self.blocks.iter().all(|b| b.c_fc.weight.is_mapped())
+    /// Whether the token embedding (also the lm_head, the largest matrix) is used in place
+    /// from the mapped file.
+    pub fn wte_mapped(&self) -> bool {
+        self.wte.is_mapped()
     }
 
     /// Runs one step over a batch: appends each sequence's tokens to its cache and returns the
@@ -235,9 +231,8 @@ impl Gpt2 {
     }
 
     fn conv1d(&self, conv: &Conv1D, x: &[f32], out: &mut [f32], accumulate: bool) {
-        let m = x.len() / conv.n_in;
-        let dims = Dims { m, k: conv.n_in, n: conv.n_out };
-        self.kernels.matmul_kn(x, conv.weight.as_slice(), Some(conv.bias.as_slice()), out, dims, accumulate);
+        let m = x.len() / conv.weight.k();
+        self.kernels.matmul_kn(x, &conv.weight, Some(conv.bias.as_slice()), out, m, accumulate);
     }
 
     /// Causal multi-head attention of every row against its own sequence's cache.

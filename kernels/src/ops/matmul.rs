@@ -1,6 +1,7 @@
 //! Matrix-product bodies for the two weight layouts GPT-2 checkpoints carry.
 //!
-//! * `kn`: `W` is `[K, N]` row-major (GPT-2's `Conv1D`), `y = x W (+ b) (+ y)`; vectorised over N.
+//! * `kn`: `W` is `[K, N]` (GPT-2's `Conv1D`) packed into panels of `KN_NR` columns (see
+//!   [`crate::PackedKn`]), `y = x W (+ b) (+ y)`; vectorised over N.
 //! * `nt`: `W` is `[N, K]` row-major (the tied `lm_head` = `wte`), `y = x W^T`; dot products over K.
 //!
 //! Batch invariance contract: every output element is reduced over K in one fixed order that
@@ -14,6 +15,8 @@ use std::array::from_fn;
 
 /// Rows per `kn` register tile (6 x 2 vectors = 12 accumulators of the 16 ymm registers).
 pub const KN_MR: usize = 6;
+/// Columns per packed `kn` panel (see [`crate::PackedKn`]); two ymm vectors.
+pub const KN_NR: usize = 16;
 /// Rows per `nt` register tile.
 pub const NT_MR: usize = 4;
 /// Weight rows per `nt` register tile.
@@ -39,37 +42,22 @@ pub fn matmul_kn<S: Simd>(s: S, a: &MatmulKn, out: &mut [&mut [f32]]) {
 
 #[inline(always)]
 fn kn_rows<S: Simd, const R: usize>(s: S, a: &MatmulKn, out: &mut [&mut [f32]], r0: usize) {
-    let l = S::LANES;
-    let width = out[r0].len();
     let x: [&[f32]; R] = from_fn(|r| &a.x[(r0 + r) * a.k..][..a.k]);
     let out = &mut out[r0..r0 + R];
-    let mut j = 0;
-    while j + 2 * l <= width {
-        kn_tile::<S, R, 2>(s, a, &x, out, j);
-        j += 2 * l;
-    }
-    while j + l <= width {
-        kn_tile::<S, R, 1>(s, a, &x, out, j);
-        j += l;
-    }
-    for jj in j..width {
-        let col = a.col0 + jj;
-        for (r, xr) in x.iter().enumerate() {
-            let mut acc = 0.0f32;
-            for (kk, &xv) in xr.iter().enumerate() {
-                acc = s.fma1(xv, a.w[kk * a.n + col], acc);
-            }
-            if let Some(b) = a.bias {
-                acc += b[col];
-            }
-            if a.accumulate {
-                acc += out[r][jj];
-            }
-            out[r][jj] = acc;
+    let width = out[0].len();
+    for j in (0..width).step_by(KN_NR) {
+        // One packed panel = KN_NR columns = KN_NR / LANES vectors per row.
+        match S::LANES {
+            16 => kn_tile::<S, R, 1>(s, a, &x, out, j),
+            8 => kn_tile::<S, R, 2>(s, a, &x, out, j),
+            4 => kn_tile::<S, R, 4>(s, a, &x, out, j),
+            _ => kn_tile::<S, R, KN_NR>(s, a, &x, out, j),
         }
     }
 }
 
+/// `R` rows times one packed panel. The panel is read front to back, `KN_NR` floats per k,
+/// so the weights stream contiguously whatever N is.
 #[inline(always)]
 fn kn_tile<S: Simd, const R: usize, const C: usize>(
     s: S,
@@ -79,10 +67,11 @@ fn kn_tile<S: Simd, const R: usize, const C: usize>(
     j: usize,
 ) {
     let l = S::LANES;
+    debug_assert_eq!(C * l, KN_NR);
     let col = a.col0 + j;
+    let panel = &a.w[(col / KN_NR) * a.k * KN_NR..][..a.k * KN_NR];
     let mut acc = [[s.zero(); C]; R];
-    for kk in 0..a.k {
-        let wrow = &a.w[kk * a.n + col..];
+    for (kk, wrow) in panel.chunks_exact(KN_NR).enumerate() {
         let wv: [S::V; C] = from_fn(|c| s.load(&wrow[c * l..]));
         for r in 0..R {
             let xv = s.splat(x[r][kk]);
@@ -91,17 +80,36 @@ fn kn_tile<S: Simd, const R: usize, const C: usize>(
             }
         }
     }
+    let valid = (out[0].len() - j).min(KN_NR);
     for r in 0..R {
-        for c in 0..C {
-            let mut v = acc[r][c];
-            if let Some(b) = a.bias {
-                v = s.add(v, s.load(&b[col + c * l..]));
+        let dst = &mut out[r][j..j + valid];
+        if valid == KN_NR {
+            for c in 0..C {
+                let mut v = acc[r][c];
+                if let Some(b) = a.bias {
+                    v = s.add(v, s.load(&b[col + c * l..]));
+                }
+                if a.accumulate {
+                    v = s.add(s.load(&dst[c * l..]), v);
+                }
+                s.store(&mut dst[c * l..], v);
             }
-            let dst = &mut out[r][j + c * l..];
-            if a.accumulate {
-                v = s.add(s.load(dst), v);
+        } else {
+            // Ragged last panel: the same two additions, one element at a time.
+            let mut tmp = [0.0f32; KN_NR];
+            for c in 0..C {
+                s.store(&mut tmp[c * l..], acc[r][c]);
             }
-            s.store(dst, v);
+            for (i, d) in dst.iter_mut().enumerate() {
+                let mut v = tmp[i];
+                if let Some(b) = a.bias {
+                    v += b[col + i];
+                }
+                if a.accumulate {
+                    v += *d;
+                }
+                *d = v;
+            }
         }
     }
 }

@@ -1,0 +1,140 @@
+//! The `inferneo` binary end to end: every subcommand, and one-line errors for bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn inferneo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_inferneo")).args(args).output().expect("run inferneo")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = inferneo(args);
+    assert!(out.status.success(), "inferneo {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Fails with a non-zero exit and a single-line message on stderr containing `needle`.
+fn fails(args: &[&str], needle: &str) {
+    let out = inferneo(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "inferneo {args:?} should fail");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("note:")).collect();
+    assert_eq!(lines.len(), 1, "inferneo {args:?}: expected a one-line error, got: {err}");
+    assert!(lines[0].contains(needle), "inferneo {args:?}: '{}' does not mention '{needle}'", lines[0]);
+}
+
+fn tiny(dir: &Path) -> String {
+    let d = dir.join("tiny");
+    ok(&["init", "--preset", "tiny", "--seed", "3", "--out", d.to_str().unwrap()]);
+    d.to_str().unwrap().to_string()
+}
+
+/// Parses a little-endian f32 `.npy` written by `inferneo logits`.
+fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..8], b"\x93NUMPY\x01\x00");
+    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+    assert_eq!((10 + hlen) % 64, 0, "header not 64-byte aligned");
+    let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
+    assert!(header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"), "{header}");
+    let shape_txt = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape: Vec<usize> = shape_txt.split(',').filter_map(|s| s.trim().parse().ok()).collect();
+    let data = b[10 + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    (shape, data)
+}
+
+#[test]
+fn help_on_every_subcommand() {
+    for sub in ["logits", "generate", "tokenize", "detokenize", "init"] {
+        let text = ok(&[sub, "--help"]);
+        assert!(text.contains("Usage: inferneo"), "{sub} --help: {text}");
+    }
+    let top = ok(&["--help"]);
+    assert!(top.contains("random") && top.contains("not meaningful"), "top-level help must say the default is random: {top}");
+}
+
+#[test]
+fn init_logits_generate_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path());
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt"] {
+        assert!(Path::new(&model).join(f).exists(), "init did not write {f}");
+    }
+    let npy = tmp.path().join("l.npy");
+    ok(&["logits", "--model", &model, "--tokens", "464,2068,7586", "--out", npy.to_str().unwrap()]);
+    let (shape, data) = read_npy(&npy);
+    assert_eq!(shape, vec![3, 50257]);
+    assert!(data.iter().all(|v| v.is_finite()));
+    // The same positions through --prompt (which tokenizes to the same ids) give the same bytes.
+    assert_eq!(ok(&["tokenize", "--model", &model, "The quick brown"]).trim(), "464,2068,7586");
+    let npy2 = tmp.path().join("l2.npy");
+    ok(&["logits", "--model", &model, "--prompt", "The quick brown", "--out", npy2.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&npy).unwrap(), std::fs::read(&npy2).unwrap());
+
+    let greedy = ok(&["generate", "--model", &model, "--tokens", "464,2068", "--max-tokens", "8", "--ids"]);
+    assert_eq!(greedy.trim().split(',').count(), 8);
+    // The first greedy token is the argmax of the last logits row.
+    let (_, two) = {
+        let p = tmp.path().join("two.npy");
+        ok(&["logits", "--model", &model, "--tokens", "464,2068", "--out", p.to_str().unwrap()]);
+        read_npy(&p)
+    };
+    let last = &two[50257..];
+    let argmax = (0..last.len()).fold(0, |b, i| if last[i] > last[b] { i } else { b });
+    assert_eq!(greedy.trim().split(',').next().unwrap(), argmax.to_string());
+
+    let sample = |seed: &str| {
+        ok(&["generate", "--model", &model, "--prompt", "Hi", "--max-tokens", "12", "--temperature", "0.9", "--top-p", "0.9", "--top-k", "50", "--seed", seed, "--ids"])
+    };
+    assert_eq!(sample("5"), sample("5"));
+    assert_ne!(sample("5"), sample("6"));
+    let text = ok(&["generate", "--model", &model, "--prompt", "Hello", "--max-tokens", "5"]);
+    assert!(!text.trim().is_empty());
+}
+
+#[test]
+fn tokenize_and_detokenize_with_embedded_tokenizer() {
+    assert_eq!(ok(&["tokenize", "Hello, world!"]).trim(), "15496,11,995,0");
+    assert_eq!(ok(&["detokenize", "15496,11,995,0"]).trim_end_matches('\n'), "Hello, world!");
+}
+
+#[test]
+fn directory_without_tokenizer_works_with_token_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path());
+    for f in ["tokenizer.json", "vocab.json", "merges.txt"] {
+        std::fs::remove_file(Path::new(&model).join(f)).unwrap();
+    }
+    let out = ok(&["generate", "--model", &model, "--tokens", "1,2,3", "--max-tokens", "4"]);
+    assert_eq!(out.trim().split(',').count(), 4, "without a tokenizer, ids are printed: {out}");
+    fails(&["generate", "--model", &model, "--prompt", "hi"], "no tokenizer files");
+}
+
+#[test]
+fn bad_input_is_a_one_line_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path());
+    let out = tmp.path().join("x.npy");
+    let out = out.to_str().unwrap();
+    fails(&["generate", "--bogus"], "unexpected argument");
+    fails(&["logits", "--model", &model, "--tokens", "1,x,3", "--out", out], "'x' is not a token id");
+    fails(&["logits", "--model", &model, "--tokens", "99999", "--out", out], "outside the vocabulary");
+    fails(&["generate", "--model", &model, "--tokens", "1,2", "--max-tokens", "200"], "context length exceeded");
+    fails(&["generate", "--model", &model, "--tokens", "1", "--temperature", "-1"], "temperature");
+    fails(&["generate", "--model", &model, "--tokens", "1", "--top-p", "0"], "top_p");
+    fails(&["generate", "--model", "/nonexistent/dir", "--tokens", "1"], "config.json");
+    fails(&["init", "--preset", "gpt5", "--out", out], "unknown preset");
+    fails(&["detokenize", "70000"], "outside the vocabulary");
+    fails(&["generate", "--isa", "avx9000", "--tokens", "1"], "unknown ISA");
+}
+
+#[test]
+fn forced_scalar_isa_gives_the_same_greedy_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path());
+    let args = ["generate", "--model", &model, "--tokens", "464,2068,7586", "--max-tokens", "10", "--ids"];
+    let auto = ok(&args);
+    let mut scalar_args = args.to_vec();
+    scalar_args.extend(["--isa", "scalar"]);
+    assert_eq!(ok(&scalar_args), auto);
+}
