@@ -23,7 +23,8 @@ fn forward(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("decode_1_token_at_50", |b| {
         b.iter(|| {
-            let logits = model.forward(&mut [SeqInput { tokens: &[464], cache: &mut cache, logits: Logits::Last }]).unwrap();
+            let logits =
+                model.forward(&mut [SeqInput { tokens: &[464], cache: &mut cache, logits: Logits::Last }]).unwrap();
             cache.truncate(50);
             logits
         })

@@ -52,7 +52,15 @@ impl Kernels {
 
     /// `out[M,N] (+)= x[M,K] · w[K,N] + bias[N]`, `w` packed from a row-major `[K, N]` (GPT-2
     /// `Conv1D`). With `accumulate`, the product is added to `out` (the fused residual add).
-    pub fn matmul_kn(&self, x: &[f32], w: &PackedKn, bias: Option<&[f32]>, out: &mut [f32], m: usize, accumulate: bool) {
+    pub fn matmul_kn(
+        &self,
+        x: &[f32],
+        w: &PackedKn,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        m: usize,
+        accumulate: bool,
+    ) {
         let dims = Dims { m, k: w.k(), n: w.n() };
         let Dims { k, n, .. } = dims;
         assert!(x.len() >= m * k && out.len() >= m * n, "matmul_kn: slices shorter than {dims:?}");

@@ -50,7 +50,10 @@ fn help_on_every_subcommand() {
         assert!(text.contains("Usage: inferneo"), "{sub} --help: {text}");
     }
     let top = ok(&["--help"]);
-    assert!(top.contains("random") && top.contains("not meaningful"), "top-level help must say the default is random: {top}");
+    assert!(
+        top.contains("random") && top.contains("not meaningful"),
+        "top-level help must say the default is random: {top}"
+    );
 }
 
 #[test]
@@ -84,7 +87,24 @@ fn init_logits_generate_round_trip() {
     assert_eq!(greedy.trim().split(',').next().unwrap(), argmax.to_string());
 
     let sample = |seed: &str| {
-        ok(&["generate", "--model", &model, "--prompt", "Hi", "--max-tokens", "12", "--temperature", "0.9", "--top-p", "0.9", "--top-k", "50", "--seed", seed, "--ids"])
+        ok(&[
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "Hi",
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "0.9",
+            "--top-p",
+            "0.9",
+            "--top-k",
+            "50",
+            "--seed",
+            seed,
+            "--ids",
+        ])
     };
     assert_eq!(sample("5"), sample("5"));
     assert_ne!(sample("5"), sample("6"));
