@@ -4,7 +4,7 @@
 //! `cargo bench --bench kernels` (filter with e.g. `-- matmul_kn/avx2`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use inferneo_kernels::{Dims, Isa, Kernels, PackedKn};
+use inferneo_kernels::{Dims, Isa, Kernels};
 use std::hint::black_box;
 
 fn vals(n: usize) -> Vec<f32> {
@@ -27,7 +27,7 @@ fn matmul(c: &mut Criterion) {
                 if kern.isa() == Isa::Scalar && m > 8 {
                     continue;
                 }
-                let (x, w, b) = (vals(m * k), PackedKn::pack(&vals(k * n), k, n), vals(n));
+                let (x, w, b) = (vals(m * k), kern.pack_kn(&vals(k * n), k, n), vals(n));
                 let mut out = vec![0.0; m * n];
                 g.throughput(Throughput::Elements((2 * m * n * k) as u64));
                 g.bench_function(BenchmarkId::new(kern.isa().name(), format!("m{m}_k{k}_n{n}")), |bch| {

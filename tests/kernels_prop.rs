@@ -5,7 +5,7 @@
 mod common;
 
 use common::available_kernels;
-use inferneo_kernels::{reference, Attention, Dims, Kernels, KvView, PackedKn};
+use inferneo_kernels::{reference, Attention, Dims, Kernels, KvView};
 use proptest::prelude::*;
 
 /// Relative tolerance for f32 reductions vs the f64 oracle, scaled by the sum of |terms|.
@@ -52,7 +52,7 @@ proptest! {
             if acc {
                 out[..m * n].copy_from_slice(&prior);
             }
-            kern.matmul_kn(&x, &PackedKn::pack(&w, k, n), bias.then_some(&b[..]), &mut out, m, acc);
+            kern.matmul_kn(&x, &kern.pack_kn(&w, k, n), bias.then_some(&b[..]), &mut out, m, acc);
             assert!(out[m * n..].iter().all(|v| v.is_nan()), "wrote past the output");
             let scale = |i: usize| {
                 let (r, c) = (i / n, i % n);
@@ -173,7 +173,7 @@ proptest! {
         let (x, w, b) = (vals(m * k, seed), vals(k * n, seed ^ 1), vals(n, seed ^ 2));
         let wt = vals(n * k, seed ^ 3);
         for kern in kernels() {
-            let wp = PackedKn::pack(&w, k, n);
+            let wp = kern.pack_kn(&w, k, n);
             let mut all = vec![0.0; m * n];
             kern.matmul_kn(&x, &wp, Some(&b), &mut all, m, false);
             let mut all_nt = vec![0.0; m * n];
@@ -198,7 +198,7 @@ fn identity_products_are_exact() {
         (0..n).for_each(|i| eye[i * n + i] = 1.0);
         for kern in kernels() {
             let mut out = vec![f32::NAN; 5 * n];
-            kern.matmul_kn(&x, &PackedKn::pack(&eye, n, n), None, &mut out, 5, false);
+            kern.matmul_kn(&x, &kern.pack_kn(&eye, n, n), None, &mut out, 5, false);
             assert_eq!(out, x, "kn identity, n = {n}, {}", kern.isa());
             kern.matmul_nt(&x, &eye, &mut out, Dims { m: 5, k: n, n });
             assert_eq!(out, x, "nt identity, n = {n}, {}", kern.isa());

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Environment variable that forces an ISA: `scalar`, `avx2` or `auto` (default).
+/// Environment variable that forces an ISA: `scalar`, `avx2`, `avx512` or `auto` (default).
 pub const ISA_ENV: &str = "INFERNEO_ISA";
 
 /// An instruction set the kernels are instantiated for, slowest first.
@@ -13,15 +13,17 @@ pub const ISA_ENV: &str = "INFERNEO_ISA";
 pub enum Isa {
     Scalar,
     Avx2,
+    Avx512,
 }
 
 impl Isa {
-    pub const ALL: [Isa; 2] = [Isa::Scalar, Isa::Avx2];
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
         }
     }
 
@@ -31,8 +33,10 @@ impl Isa {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => crate::simd::avx2::Avx2::detect().is_some(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => crate::simd::avx512::Avx512::detect().is_some(),
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 => false,
+            Isa::Avx2 | Isa::Avx512 => false,
         }
     }
 
@@ -66,7 +70,7 @@ impl FromStr for Isa {
         Isa::ALL
             .into_iter()
             .find(|i| i.name() == s)
-            .ok_or_else(|| format!("unknown ISA '{s}' (expected one of: scalar, avx2, auto)"))
+            .ok_or_else(|| format!("unknown ISA '{s}' (expected one of: scalar, avx2, avx512, auto)"))
     }
 }
 

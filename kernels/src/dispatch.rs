@@ -27,8 +27,8 @@ pub fn kernels() -> Result<Kernels, String> {
 /// Below this many multiply-adds a product runs on the calling thread: a rayon fork costs
 /// microseconds, more than the work itself.
 const PAR_MIN_FLOPS: usize = 1 << 17;
-/// Column chunks are multiples of this, so every chunk starts on a packed panel.
-const COL_ALIGN: usize = crate::ops::matmul::KN_NR;
+/// Column chunks are at least this wide, so a chunk amortises its start-up.
+const MIN_CHUNK: usize = 64;
 
 impl Kernels {
     /// The table for `isa`, or `None` if this CPU cannot run it.
@@ -40,14 +40,21 @@ impl Kernels {
             Isa::Scalar => isa::scalar::table(),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => isa::avx2::table(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => isa::avx512::table(),
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 => return None,
+            Isa::Avx2 | Isa::Avx512 => return None,
         };
         Some(Kernels { isa, table })
     }
 
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// Packs a row-major `[k, n]` weight matrix for this ISA's `matmul_kn`.
+    pub fn pack_kn(&self, w: &[f32], k: usize, n: usize) -> PackedKn {
+        PackedKn::pack(w, k, n, self.table.kn_nr)
     }
 
     /// `out[M,N] (+)= x[M,K] · w[K,N] + bias[N]`, `w` packed from a row-major `[K, N]` (GPT-2
@@ -64,10 +71,11 @@ impl Kernels {
         let dims = Dims { m, k: w.k(), n: w.n() };
         let Dims { k, n, .. } = dims;
         assert!(x.len() >= m * k && out.len() >= m * n, "matmul_kn: slices shorter than {dims:?}");
+        assert_eq!(w.nr(), self.table.kn_nr, "matmul_kn: weights packed for another ISA");
         assert!(bias.is_none_or(|b| b.len() >= n), "matmul_kn: bias shorter than n = {n}");
         let f = self.table.matmul_kn;
         let w = w.data();
-        for_column_chunks(&mut out[..m * n], dims, |col0, rows| {
+        for_column_chunks(&mut out[..m * n], dims, self.table.kn_nr, |col0, rows| {
             let a = MatmulKn { x, k, w, n, bias, col0, accumulate };
             // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
             unsafe { f(&a, rows) }
@@ -79,7 +87,7 @@ impl Kernels {
         let Dims { m, k, n } = dims;
         assert!(x.len() >= m * k && w.len() >= k * n && out.len() >= m * n, "matmul_nt: slices shorter than {dims:?}");
         let f = self.table.matmul_nt;
-        for_column_chunks(&mut out[..m * n], dims, |col0, rows| {
+        for_column_chunks(&mut out[..m * n], dims, 1, |col0, rows| {
             let a = MatmulNt { x, k, w, col0 };
             // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
             unsafe { f(&a, rows) }
@@ -140,16 +148,17 @@ pub struct Dims {
 }
 
 /// Splits `out` (`[m, n]` row-major) into column chunks, hands each chunk to `f` as its rows'
-/// sub-slices (`f(col0, rows)`), in parallel when the product is big enough. Chunk boundaries
-/// never change the arithmetic (see the batch-invariance contract in `ops/matmul.rs`).
-fn for_column_chunks(out: &mut [f32], dims: Dims, f: impl Fn(usize, &mut [&mut [f32]]) + Sync) {
+/// sub-slices (`f(col0, rows)`), in parallel when the product is big enough. Chunks start on
+/// multiples of `align` (the packed panel width). Chunk boundaries never change the arithmetic
+/// (see the batch-invariance contract in `ops/matmul.rs`).
+fn for_column_chunks(out: &mut [f32], dims: Dims, align: usize, f: impl Fn(usize, &mut [&mut [f32]]) + Sync) {
     let Dims { m, k, n } = dims;
     if m == 0 || n == 0 {
         return;
     }
     let threads = rayon::current_num_threads();
-    let chunks = if m * n * k < PAR_MIN_FLOPS || threads == 1 { 1 } else { (threads * 4).min(n.div_ceil(COL_ALIGN)) };
-    let width = n.div_ceil(chunks).div_ceil(COL_ALIGN) * COL_ALIGN;
+    let chunks = if m * n * k < PAR_MIN_FLOPS || threads == 1 { 1 } else { (threads * 4).min(n.div_ceil(MIN_CHUNK)) };
+    let width = n.div_ceil(chunks.max(1)).div_ceil(align) * align;
     let mut tasks: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(width)).map(|_| Vec::with_capacity(m)).collect();
     for row in out.chunks_mut(n) {
         for (t, piece) in row.chunks_mut(width).enumerate() {

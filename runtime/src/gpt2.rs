@@ -103,7 +103,7 @@ impl Gpt2 {
         let conv = |name: &str, n_in: usize, n_out: usize| -> Result<Conv1D> {
             let weight = src.get(&format!("{name}.weight"), &[n_in, n_out])?;
             Ok(Conv1D {
-                weight: PackedKn::pack(weight.as_slice(), n_in, n_out),
+                weight: kernels.pack_kn(weight.as_slice(), n_in, n_out),
                 bias: src.get(&format!("{name}.bias"), &[n_out])?,
             })
         };

@@ -1,9 +1,13 @@
 //! AVX2 + FMA instantiation.
 
 super::instantiate!(
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    simd: crate::simd::avx2::Avx2,
     token:
         // SAFETY: these functions are only reachable through the table that `dispatch.rs` hands
-        // out after `Avx2::detect()` succeeded, so the running CPU has AVX2 and FMA.
-        unsafe { crate::simd::avx2::Avx2::assume() }
+        // out after `Avx2::detect()` succeeded, so the running CPU has AVX2, FMA and F16C.
+        unsafe { crate::simd::avx2::Avx2::assume() },
+    // 6 x 16 (BLIS's Haswell/Zen shape): 12 ymm accumulators + 2 weight vectors + 1 broadcast.
+    kn_vecs: 2,
+    kn_mr: 6
 );

@@ -2,6 +2,8 @@
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
 pub mod scalar;
 
 use crate::{Attention, MatmulKn, MatmulNt};
@@ -14,6 +16,8 @@ pub type LayerNormFn = unsafe fn(&[f32], &[f32], &[f32], f32, &mut [f32]);
 
 #[derive(Clone, Copy)]
 pub struct Table {
+    /// Columns per packed `kn` panel: the width of one register tile.
+    pub kn_nr: usize,
     pub matmul_kn: unsafe fn(&MatmulKn, &mut [&mut [f32]]),
     pub matmul_nt: unsafe fn(&MatmulNt, &mut [&mut [f32]]),
     pub layernorm: LayerNormFn,
@@ -26,13 +30,13 @@ pub struct Table {
 /// Writes one shim per op that binds a body to an ISA token, under the given attributes
 /// (`#[target_feature(...)]` for SIMD ISAs), and a `table()` listing them.
 macro_rules! instantiate {
-    ($(#[$attr:meta])* token: $token:expr) => {
+    ($(#[$attr:meta])* simd: $simd:ty, token: $token:expr, kn_vecs: $c:literal, kn_mr: $mr:literal) => {
         use crate::ops;
         use crate::{Attention, MatmulKn, MatmulNt};
 
         $(#[$attr])*
         fn matmul_kn(a: &MatmulKn, out: &mut [&mut [f32]]) {
-            ops::matmul::matmul_kn($token, a, out)
+            ops::matmul::matmul_kn::<_, $c, $mr>($token, a, out)
         }
         $(#[$attr])*
         fn matmul_nt(a: &MatmulNt, out: &mut [&mut [f32]]) {
@@ -61,6 +65,7 @@ macro_rules! instantiate {
 
         pub fn table() -> super::Table {
             super::Table {
+                kn_nr: $c * <$simd as crate::simd::Simd>::LANES,
                 matmul_kn,
                 matmul_nt,
                 layernorm,

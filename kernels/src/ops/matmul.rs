@@ -1,6 +1,6 @@
 //! Matrix-product bodies for the two weight layouts GPT-2 checkpoints carry.
 //!
-//! * `kn`: `W` is `[K, N]` (GPT-2's `Conv1D`) packed into panels of `KN_NR` columns (see
+//! * `kn`: `W` is `[K, N]` (GPT-2's `Conv1D`) packed into panels of `NR` columns (see
 //!   [`crate::PackedKn`]), `y = x W (+ b) (+ y)`; vectorised over N.
 //! * `nt`: `W` is `[N, K]` row-major (the tied `lm_head` = `wte`), `y = x W^T`; dot products over K.
 //!
@@ -13,53 +13,54 @@ use crate::simd::Simd;
 use crate::{MatmulKn, MatmulNt};
 use std::array::from_fn;
 
-/// Rows per `kn` register tile (6 x 2 vectors = 12 accumulators of the 16 ymm registers).
-pub const KN_MR: usize = 6;
-/// Columns per packed `kn` panel (see [`crate::PackedKn`]); two ymm vectors.
-pub const KN_NR: usize = 16;
 /// Rows per `nt` register tile.
 pub const NT_MR: usize = 4;
 /// Weight rows per `nt` register tile.
 pub const NT_NR: usize = 3;
 
+/// Largest panel width any ISA uses (AVX-512: 2 x 16 lanes; scalar: 16 x 1).
+pub const MAX_NR: usize = 32;
+
+/// `C`: vectors per packed panel row (panel width `NR = C * LANES`); `MR`: rows per register
+/// tile (at most 12). Both are chosen per ISA in `isa/`.
 #[inline(always)]
-pub fn matmul_kn<S: Simd>(s: S, a: &MatmulKn, out: &mut [&mut [f32]]) {
+pub fn matmul_kn<S: Simd, const C: usize, const MR: usize>(s: S, a: &MatmulKn, out: &mut [&mut [f32]]) {
     let m = out.len();
     let mut r0 = 0;
     while r0 < m {
-        let rows = (m - r0).min(KN_MR);
+        let rows = (m - r0).min(MR);
         match rows {
-            6 => kn_rows::<S, 6>(s, a, out, r0),
-            5 => kn_rows::<S, 5>(s, a, out, r0),
-            4 => kn_rows::<S, 4>(s, a, out, r0),
-            3 => kn_rows::<S, 3>(s, a, out, r0),
-            2 => kn_rows::<S, 2>(s, a, out, r0),
-            _ => kn_rows::<S, 1>(s, a, out, r0),
+            12 => kn_rows::<S, C, 12>(s, a, out, r0),
+            11 => kn_rows::<S, C, 11>(s, a, out, r0),
+            10 => kn_rows::<S, C, 10>(s, a, out, r0),
+            9 => kn_rows::<S, C, 9>(s, a, out, r0),
+            8 => kn_rows::<S, C, 8>(s, a, out, r0),
+            7 => kn_rows::<S, C, 7>(s, a, out, r0),
+            6 => kn_rows::<S, C, 6>(s, a, out, r0),
+            5 => kn_rows::<S, C, 5>(s, a, out, r0),
+            4 => kn_rows::<S, C, 4>(s, a, out, r0),
+            3 => kn_rows::<S, C, 3>(s, a, out, r0),
+            2 => kn_rows::<S, C, 2>(s, a, out, r0),
+            _ => kn_rows::<S, C, 1>(s, a, out, r0),
         }
         r0 += rows;
     }
 }
 
 #[inline(always)]
-fn kn_rows<S: Simd, const R: usize>(s: S, a: &MatmulKn, out: &mut [&mut [f32]], r0: usize) {
+fn kn_rows<S: Simd, const C: usize, const R: usize>(s: S, a: &MatmulKn, out: &mut [&mut [f32]], r0: usize) {
     let x: [&[f32]; R] = from_fn(|r| &a.x[(r0 + r) * a.k..][..a.k]);
     let out = &mut out[r0..r0 + R];
     let width = out[0].len();
-    for j in (0..width).step_by(KN_NR) {
-        // One packed panel = KN_NR columns = KN_NR / LANES vectors per row.
-        match S::LANES {
-            16 => kn_tile::<S, R, 1>(s, a, &x, out, j),
-            8 => kn_tile::<S, R, 2>(s, a, &x, out, j),
-            4 => kn_tile::<S, R, 4>(s, a, &x, out, j),
-            _ => kn_tile::<S, R, KN_NR>(s, a, &x, out, j),
-        }
+    for j in (0..width).step_by(C * S::LANES) {
+        kn_tile::<S, C, R>(s, a, &x, out, j);
     }
 }
 
-/// `R` rows times one packed panel. The panel is read front to back, `KN_NR` floats per k,
+/// `R` rows times one packed panel. The panel is read front to back, `NR` floats per k,
 /// so the weights stream contiguously whatever N is.
 #[inline(always)]
-fn kn_tile<S: Simd, const R: usize, const C: usize>(
+fn kn_tile<S: Simd, const C: usize, const R: usize>(
     s: S,
     a: &MatmulKn,
     x: &[&[f32]; R],
@@ -67,11 +68,11 @@ fn kn_tile<S: Simd, const R: usize, const C: usize>(
     j: usize,
 ) {
     let l = S::LANES;
-    debug_assert_eq!(C * l, KN_NR);
+    let nr = C * l;
     let col = a.col0 + j;
-    let panel = &a.w[(col / KN_NR) * a.k * KN_NR..][..a.k * KN_NR];
+    let panel = &a.w[(col / nr) * a.k * nr..][..a.k * nr];
     let mut acc = [[s.zero(); C]; R];
-    for (kk, wrow) in panel.chunks_exact(KN_NR).enumerate() {
+    for (kk, wrow) in panel.chunks_exact(nr).enumerate() {
         let wv: [S::V; C] = from_fn(|c| s.load(&wrow[c * l..]));
         for r in 0..R {
             let xv = s.splat(x[r][kk]);
@@ -80,10 +81,10 @@ fn kn_tile<S: Simd, const R: usize, const C: usize>(
             }
         }
     }
-    let valid = (out[0].len() - j).min(KN_NR);
+    let valid = (out[0].len() - j).min(nr);
     for r in 0..R {
         let dst = &mut out[r][j..j + valid];
-        if valid == KN_NR {
+        if valid == nr {
             for c in 0..C {
                 let mut v = acc[r][c];
                 if let Some(b) = a.bias {
@@ -96,7 +97,7 @@ fn kn_tile<S: Simd, const R: usize, const C: usize>(
             }
         } else {
             // Ragged last panel: the same two additions, one element at a time.
-            let mut tmp = [0.0f32; KN_NR];
+            let mut tmp = [0.0f32; MAX_NR];
             for c in 0..C {
                 s.store(&mut tmp[c * l..], acc[r][c]);
             }

@@ -3,7 +3,7 @@
 use super::Simd;
 use std::arch::x86_64::*;
 
-/// Token proving the CPU supports AVX2 and FMA.
+/// Token proving the CPU supports AVX2, FMA and F16C (every AVX2 CPU has F16C).
 #[derive(Clone, Copy, Debug)]
 pub struct Avx2 {
     _private: (),
@@ -12,7 +12,8 @@ pub struct Avx2 {
 impl Avx2 {
     /// Returns the token if the running CPU (and OS) support AVX2 and FMA.
     pub fn detect() -> Option<Self> {
-        (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")).then_some(Avx2 { _private: () })
+        (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"))
+            .then_some(Avx2 { _private: () })
     }
 
     /// # Safety

@@ -7,6 +7,8 @@
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
 pub mod scalar;
 
 /// One SIMD register's worth of `f32` lanes and the operations kernels need.

@@ -1,0 +1,123 @@
+//! AVX-512F [`Simd`] implementation (16 lanes of `f32` in a `__m512`).
+
+use super::Simd;
+use std::arch::x86_64::*;
+
+/// Token proving the CPU supports AVX-512F (and the AVX2/FMA/F16C it implies on every such CPU).
+#[derive(Clone, Copy, Debug)]
+pub struct Avx512 {
+    _private: (),
+}
+
+impl Avx512 {
+    /// Returns the token if the running CPU (and OS) support AVX-512F.
+    pub fn detect() -> Option<Self> {
+        (is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        .then_some(Avx512 { _private: () })
+    }
+
+    /// # Safety
+    /// The caller must have established that AVX-512F is available, e.g. by running inside a
+    /// `#[target_feature(enable = "avx512f")]` function only called after [`Avx512::detect`].
+    #[inline(always)]
+    pub unsafe fn assume() -> Self {
+        Avx512 { _private: () }
+    }
+}
+
+impl Simd for Avx512 {
+    const LANES: usize = 16;
+    type V = __m512;
+
+    #[inline(always)]
+    fn splat(self, x: f32) -> __m512 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    fn load(self, s: &[f32]) -> __m512 {
+        let s = &s[..16];
+        // SAFETY: `s` holds 16 floats (checked by the slice above); AVX-512F proven by the token.
+        unsafe { _mm512_loadu_ps(s.as_ptr()) }
+    }
+    #[inline(always)]
+    fn store(self, s: &mut [f32], v: __m512) {
+        let s = &mut s[..16];
+        // SAFETY: `s` holds 16 floats (checked by the slice above); AVX-512F proven by the token.
+        unsafe { _mm512_storeu_ps(s.as_mut_ptr(), v) }
+    }
+    #[inline(always)]
+    fn add(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    fn div(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_div_ps(a, b) }
+    }
+    #[inline(always)]
+    fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn fma1(self, a: f32, b: f32, c: f32) -> f32 {
+        // Inlined into `#[target_feature(enable = "avx512f")]` code this is one `vfmadd`.
+        a.mul_add(b, c)
+    }
+    #[inline(always)]
+    fn max(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_max_ps(a, b) }
+    }
+    #[inline(always)]
+    fn min(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_min_ps(a, b) }
+    }
+    #[inline(always)]
+    fn round(self, a: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(a) }
+    }
+    #[inline(always)]
+    fn pow2i(self, n: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe {
+            let i = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<23>(i))
+        }
+    }
+    #[inline(always)]
+    fn hsum(self, v: __m512) -> f32 {
+        // SAFETY: the token proves AVX-512F (and so AVX) is available.
+        unsafe {
+            // Fixed tree: halves, then the AVX 8-lane tree.
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+            let h = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
+            let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+            _mm_cvtss_f32(s)
+        }
+    }
+    #[inline(always)]
+    fn hmax(self, v: __m512) -> f32 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_reduce_max_ps(v) }
+    }
+}
