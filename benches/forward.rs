@@ -4,10 +4,10 @@
 //! `cargo bench --bench forward`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use inferneo_runtime::{Gpt2, KvCache, Logits, Preset, SeqInput};
+use inferneo_runtime::{Gpt2, KvCache, Logits, Preset, SeqInput, WeightDtype};
 
 fn forward(c: &mut Criterion) {
-    let model = Gpt2::random(Preset::Gpt2, 0, inferneo_kernels::kernels().unwrap());
+    let model = Gpt2::random(Preset::Gpt2, 0, inferneo_kernels::kernels().unwrap(), WeightDtype::F32);
     let prompt: Vec<u32> = (0..50).map(|i| (i * 389 + 11) % 50257).collect();
     let mut g = c.benchmark_group("gpt2_124m");
     g.sample_size(10);

@@ -4,7 +4,7 @@
 //! `cargo bench --bench kernels` (filter with e.g. `-- matmul_kn/avx2`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use inferneo_kernels::{Dims, Isa, Kernels};
+use inferneo_kernels::{Isa, Kernels, Layout, WeightDtype};
 use std::hint::black_box;
 
 fn vals(n: usize) -> Vec<f32> {
@@ -27,28 +27,19 @@ fn matmul(c: &mut Criterion) {
                 if kern.isa() == Isa::Scalar && m > 8 {
                     continue;
                 }
-                let (x, w, b) = (vals(m * k), kern.pack_kn(&vals(k * n), k, n), vals(n));
-                let mut out = vec![0.0; m * n];
-                g.throughput(Throughput::Elements((2 * m * n * k) as u64));
-                g.bench_function(BenchmarkId::new(kern.isa().name(), format!("m{m}_k{k}_n{n}")), |bch| {
-                    bch.iter(|| kern.matmul_kn(black_box(&x), &w, Some(&b), &mut out, m, false))
-                });
+                for dtype in WeightDtype::ALL {
+                    if dtype != WeightDtype::F32 && m > 1 {
+                        continue;
+                    }
+                    let (x, w, b) = (vals(m * k), kern.pack(&vals(k * n), Layout::KN, k, n, dtype), vals(n));
+                    let mut out = vec![0.0; m * n];
+                    g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+                    let id = BenchmarkId::new(format!("{}/{dtype}", kern.isa()), format!("m{m}_k{k}_n{n}"));
+                    g.bench_function(id, |bch| {
+                        bch.iter(|| kern.matmul_kn(black_box(&x), &w, Some(&b), &mut out, m, false))
+                    });
+                }
             }
-        }
-    }
-    g.finish();
-    let mut g = c.benchmark_group("lm_head_nt");
-    g.sample_size(10);
-    for kern in isas() {
-        let (k, n) = (768, 50257);
-        let w = vals(n * k);
-        for m in [1, 8] {
-            let x = vals(m * k);
-            let mut out = vec![0.0; m * n];
-            g.throughput(Throughput::Elements((2 * m * n * k) as u64));
-            g.bench_function(BenchmarkId::new(kern.isa().name(), format!("m{m}")), |bch| {
-                bch.iter(|| kern.matmul_nt(black_box(&x), &w, &mut out, Dims { m, k, n }))
-            });
         }
     }
     g.finish();

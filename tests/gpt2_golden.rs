@@ -7,7 +7,9 @@ mod common;
 use common::{available_kernels, check_logits, data_dir, Golden, LOGIT_TOL};
 use inferneo_kernels::Kernels;
 use inferneo_runtime::init::{self, StoreDtype};
-use inferneo_runtime::{generate, GenerateRequest, Gpt2, KvCache, Logits, Preset, SamplingParams, SeqInput};
+use inferneo_runtime::{
+    generate, GenerateRequest, Gpt2, KvCache, Logits, Preset, SamplingParams, SeqInput, WeightDtype,
+};
 
 fn all_logits(model: &Gpt2, tokens: &[u32]) -> Vec<f32> {
     let mut cache = KvCache::new(model.config());
@@ -42,7 +44,7 @@ fn check_greedy(label: &str, model: &Gpt2, g: &Golden) {
 
 fn check_preset(name: &str, preset: Preset, kernels: Kernels) {
     let g = Golden::load(name);
-    let model = Gpt2::random(preset, g.seed(), kernels);
+    let model = Gpt2::random(preset, g.seed(), kernels, WeightDtype::F32);
     let label = format!("{name}/{}", kernels.isa());
     let diff = check_logits(&label, &all_logits(&model, &g.tokens), &g.logits, g.vocab, LOGIT_TOL);
     eprintln!("{label}: max abs logit diff vs HF {diff:.2e}");
@@ -73,8 +75,7 @@ fn tiny_from_disk_matches_hf() {
     let g = Golden::load("tiny");
     let dir = tempfile::tempdir().unwrap();
     init::write_model_dir(dir.path(), &Preset::Tiny.config(), g.seed(), StoreDtype::F32).unwrap();
-    let model = Gpt2::load(dir.path(), inferneo_kernels::kernels().unwrap()).unwrap();
-    assert!(model.wte_mapped(), "f32 embeddings should be used in place from the mapped file");
+    let model = Gpt2::load(dir.path(), inferneo_kernels::kernels().unwrap(), WeightDtype::F32).unwrap();
     check_logits("tiny/disk", &all_logits(&model, &g.tokens), &g.logits, g.vocab, LOGIT_TOL);
 }
 
@@ -84,7 +85,7 @@ fn tiny_from_disk_matches_hf() {
 fn hub_layout_f16_checkpoint_matches_hf() {
     let g = Golden::load("hub-micro");
     for k in available_kernels() {
-        let model = Gpt2::load(&data_dir().join("hub-micro"), k).unwrap();
+        let model = Gpt2::load(&data_dir().join("hub-micro"), k, WeightDtype::F32).unwrap();
         let label = format!("hub-micro/{}", k.isa());
         check_logits(&label, &all_logits(&model, &g.tokens), &g.logits, g.vocab, LOGIT_TOL);
         check_greedy(&label, &model, &g);

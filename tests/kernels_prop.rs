@@ -5,7 +5,7 @@
 mod common;
 
 use common::available_kernels;
-use inferneo_kernels::{reference, Attention, Dims, Kernels, KvView};
+use inferneo_kernels::{reference, Attention, Kernels, KvView, Layout, WeightDtype};
 use proptest::prelude::*;
 
 /// Relative tolerance for f32 reductions vs the f64 oracle, scaled by the sum of |terms|.
@@ -38,45 +38,79 @@ fn kernels() -> Vec<Kernels> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
+    /// Every storage dtype against the oracle run on the weights the kernel actually sees
+    /// (the stored values, dequantized), so only the kernel's arithmetic is under test.
     #[test]
     fn matmul_kn_matches_reference(m in 1usize..14, k in 1usize..70, n in 1usize..70, seed: u64, acc: bool, bias: bool) {
         let (x, w, b, prior) = (vals(m * k, seed), vals(k * n, seed ^ 1), vals(n, seed ^ 2), vals(m * n, seed ^ 3));
-        let mut want = vec![0.0; m * n];
-        reference::matmul_kn(&x, &w, bias.then_some(&b[..]), &mut want, m, k, n);
-        if acc {
-            want.iter_mut().zip(&prior).for_each(|(v, p)| *v += p);
-        }
         for kern in kernels() {
-            // Poisoned: NaN where nothing may be read (overwrite mode) and past the end.
-            let mut out = vec![f32::NAN; m * n + 7];
-            if acc {
-                out[..m * n].copy_from_slice(&prior);
+            for dtype in WeightDtype::ALL {
+                let packed = kern.pack(&w, Layout::KN, k, n, dtype);
+                let mut seen = vec![0.0; k * n];
+                let mut col = vec![0.0; k];
+                for c in 0..n {
+                    packed.column_into(c, &mut col);
+                    (0..k).for_each(|kk| seen[kk * n + c] = col[kk]);
+                }
+                let mut want = vec![0.0; m * n];
+                reference::matmul_kn(&x, &seen, bias.then_some(&b[..]), &mut want, m, k, n);
+                if acc {
+                    want.iter_mut().zip(&prior).for_each(|(v, p)| *v += p);
+                }
+                // Poisoned: NaN where nothing may be read (overwrite mode) and past the end.
+                let mut out = vec![f32::NAN; m * n + 7];
+                if acc {
+                    out[..m * n].copy_from_slice(&prior);
+                }
+                kern.matmul_kn(&x, &packed, bias.then_some(&b[..]), &mut out, m, acc);
+                assert!(out[m * n..].iter().all(|v| v.is_nan()), "wrote past the output");
+                let scale = |i: usize| {
+                    let (r, c) = (i / n, i % n);
+                    let s: f32 = (0..k).map(|p| (x[r * k + p] * seen[p * n + c]).abs()).sum();
+                    REL * (s + 1.0) * 4.0
+                };
+                assert_close(&format!("matmul_kn/{}/{dtype}", kern.isa()), &out[..m * n], &want, scale);
             }
-            kern.matmul_kn(&x, &kern.pack_kn(&w, k, n), bias.then_some(&b[..]), &mut out, m, acc);
-            assert!(out[m * n..].iter().all(|v| v.is_nan()), "wrote past the output");
-            let scale = |i: usize| {
-                let (r, c) = (i / n, i % n);
-                let s: f32 = (0..k).map(|p| (x[r * k + p] * w[p * n + c]).abs()).sum();
-                REL * (s + 1.0) * 4.0
-            };
-            assert_close(&format!("matmul_kn/{}", kern.isa()), &out[..m * n], &want, scale);
         }
     }
 
+    /// Storage error of the narrow dtypes, per element, against f32: f16 and bf16 round to
+    /// nearest (relative 2^-11, 2^-8), int8 to within half a quantization step of its column.
     #[test]
-    fn matmul_nt_matches_reference(m in 1usize..10, k in 1usize..90, n in 1usize..40, seed: u64) {
-        let (x, w) = (vals(m * k, seed), vals(n * k, seed ^ 5));
-        let mut want = vec![0.0; m * n];
-        reference::matmul_nt(&x, &w, &mut want, m, k, n);
+    fn narrow_dtypes_round_within_their_precision(k in 1usize..40, n in 1usize..40, seed: u64) {
+        let w = vals(k * n, seed);
+        let kern = Kernels::for_isa(inferneo_kernels::Isa::Scalar).unwrap();
+        for dtype in [WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Int8] {
+            let packed = kern.pack(&w, Layout::KN, k, n, dtype);
+            let mut col = vec![0.0; k];
+            for c in 0..n {
+                packed.column_into(c, &mut col);
+                let amax = (0..k).fold(0.0f32, |a, kk| a.max(w[kk * n + c].abs()));
+                for kk in 0..k {
+                    let (orig, got) = (w[kk * n + c], col[kk]);
+                    let tol = match dtype {
+                        WeightDtype::F16 => orig.abs() * 4.9e-4 + 6e-8,
+                        WeightDtype::Bf16 => orig.abs() * 3.9e-3,
+                        _ => amax / 127.0 * 0.501,
+                    };
+                    prop_assert!((orig - got).abs() <= tol, "{dtype}: {orig} stored as {got}");
+                }
+            }
+        }
+    }
+
+    /// Packing `W^T` from an `[n, k]` matrix (the tied lm_head) equals packing `W` itself.
+    #[test]
+    fn nk_layout_packs_the_transpose(m in 1usize..5, k in 1usize..50, n in 1usize..90, seed: u64) {
+        let (x, w) = (vals(m * k, seed), vals(k * n, seed ^ 5));
+        let wt: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
         for kern in kernels() {
-            let mut out = vec![f32::NAN; m * n + 3];
-            kern.matmul_nt(&x, &w, &mut out, Dims { m, k, n });
-            assert!(out[m * n..].iter().all(|v| v.is_nan()), "wrote past the output");
-            let scale = |i: usize| {
-                let (r, c) = (i / n, i % n);
-                REL * ((0..k).map(|p| (x[r * k + p] * w[c * k + p]).abs()).sum::<f32>() + 1.0) * 4.0
-            };
-            assert_close(&format!("matmul_nt/{}", kern.isa()), &out[..m * n], &want, scale);
+            for dtype in WeightDtype::ALL {
+                let (mut a, mut b) = (vec![0.0; m * n], vec![0.0; m * n]);
+                kern.matmul_kn(&x, &kern.pack(&w, Layout::KN, k, n, dtype), None, &mut a, m, false);
+                kern.matmul_kn(&x, &kern.pack(&wt, Layout::NK, k, n, dtype), None, &mut b, m, false);
+                prop_assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{} {}", kern.isa(), dtype);
+            }
         }
     }
 
@@ -171,19 +205,16 @@ proptest! {
     #[test]
     fn matmul_rows_are_batch_invariant(m in 2usize..40, k in 1usize..200, n in 1usize..300, seed: u64) {
         let (x, w, b) = (vals(m * k, seed), vals(k * n, seed ^ 1), vals(n, seed ^ 2));
-        let wt = vals(n * k, seed ^ 3);
         for kern in kernels() {
-            let wp = kern.pack_kn(&w, k, n);
-            let mut all = vec![0.0; m * n];
-            kern.matmul_kn(&x, &wp, Some(&b), &mut all, m, false);
-            let mut all_nt = vec![0.0; m * n];
-            kern.matmul_nt(&x, &wt, &mut all_nt, Dims { m, k, n });
-            for i in [0, m / 2, m - 1] {
-                let mut one = vec![0.0; n];
-                kern.matmul_kn(&x[i * k..][..k], &wp, Some(&b), &mut one, 1, false);
-                prop_assert!(one.iter().zip(&all[i * n..][..n]).all(|(a, b)| a.to_bits() == b.to_bits()), "kn row {} differs ({})", i, kern.isa());
-                kern.matmul_nt(&x[i * k..][..k], &wt, &mut one, Dims { m: 1, k, n });
-                prop_assert!(one.iter().zip(&all_nt[i * n..][..n]).all(|(a, b)| a.to_bits() == b.to_bits()), "nt row {} differs ({})", i, kern.isa());
+            for dtype in WeightDtype::ALL {
+                let wp = kern.pack(&w, Layout::KN, k, n, dtype);
+                let mut all = vec![0.0; m * n];
+                kern.matmul_kn(&x, &wp, Some(&b), &mut all, m, false);
+                for i in [0, m / 2, m - 1] {
+                    let mut one = vec![0.0; n];
+                    kern.matmul_kn(&x[i * k..][..k], &wp, Some(&b), &mut one, 1, false);
+                    prop_assert!(one.iter().zip(&all[i * n..][..n]).all(|(a, b)| a.to_bits() == b.to_bits()), "row {} differs ({} {})", i, kern.isa(), dtype);
+                }
             }
         }
     }
@@ -197,11 +228,16 @@ fn identity_products_are_exact() {
         let mut eye = vec![0.0; n * n];
         (0..n).for_each(|i| eye[i * n + i] = 1.0);
         for kern in kernels() {
-            let mut out = vec![f32::NAN; 5 * n];
-            kern.matmul_kn(&x, &kern.pack_kn(&eye, n, n), None, &mut out, 5, false);
-            assert_eq!(out, x, "kn identity, n = {n}, {}", kern.isa());
-            kern.matmul_nt(&x, &eye, &mut out, Dims { m: 5, k: n, n });
-            assert_eq!(out, x, "nt identity, n = {n}, {}", kern.isa());
+            for dtype in WeightDtype::ALL {
+                let mut out = vec![f32::NAN; 5 * n];
+                kern.matmul_kn(&x, &kern.pack(&eye, Layout::KN, n, n, dtype), None, &mut out, 5, false);
+                if dtype == WeightDtype::Int8 {
+                    // q = 127 with scale 1/127: exact up to the rounding of that scale.
+                    assert_close(&format!("int8 identity n = {n}"), &out, &x, |i| x[i].abs() * 2e-7);
+                } else {
+                    assert_eq!(out, x, "identity, n = {n}, {} {dtype}", kern.isa());
+                }
+            }
         }
     }
 }

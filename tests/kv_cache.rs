@@ -5,7 +5,7 @@
 mod common;
 
 use common::available_kernels;
-use inferneo_runtime::{Gpt2, KvCache, Logits, Preset, SeqInput};
+use inferneo_runtime::{Gpt2, KvCache, Logits, Preset, SeqInput, WeightDtype};
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
@@ -14,7 +14,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 #[test]
 fn cached_decode_equals_full_recompute() {
     for k in available_kernels() {
-        let model = Gpt2::random(Preset::Tiny, 3, k);
+        let model = Gpt2::random(Preset::Tiny, 3, k, WeightDtype::F32);
         let tokens: Vec<u32> = (0..40).map(|i| (i * 1231 + 17) % 50257).collect();
         // Full recompute: one prefill of all 40 positions.
         let mut cache = KvCache::new(model.config());
@@ -35,7 +35,7 @@ fn cached_decode_equals_full_recompute() {
 
 #[test]
 fn batched_sequences_equal_each_alone() {
-    let model = Gpt2::random(Preset::Tiny, 4, inferneo_kernels::kernels().unwrap());
+    let model = Gpt2::random(Preset::Tiny, 4, inferneo_kernels::kernels().unwrap(), WeightDtype::F32);
     let prompts: Vec<Vec<u32>> =
         (0..5).map(|s| (0..(3 + 7 * s)).map(|i| ((i * 97 + s * 1000) % 50257) as u32).collect()).collect();
     let alone: Vec<Vec<f32>> = prompts
@@ -60,7 +60,7 @@ fn batched_sequences_equal_each_alone() {
 
 #[test]
 fn context_limit_is_an_error_and_leaves_the_cache_alone() {
-    let model = Gpt2::random(Preset::Tiny, 5, inferneo_kernels::kernels().unwrap());
+    let model = Gpt2::random(Preset::Tiny, 5, inferneo_kernels::kernels().unwrap(), WeightDtype::F32);
     let n = model.config().n_positions;
     let mut cache = KvCache::new(model.config());
     let tokens = vec![1u32; n - 2];

@@ -2,7 +2,7 @@
 //! every supported storage dtype loads to the same model.
 
 use inferneo_runtime::init::{self, StoreDtype};
-use inferneo_runtime::{Gpt2, KvCache, Logits, Preset, SeqInput};
+use inferneo_runtime::{Gpt2, KvCache, Logits, Preset, SeqInput, WeightDtype};
 use std::path::Path;
 
 fn tiny_dir() -> tempfile::TempDir {
@@ -12,7 +12,7 @@ fn tiny_dir() -> tempfile::TempDir {
 }
 
 fn load_err(dir: &Path) -> String {
-    match Gpt2::load(dir, inferneo_kernels::kernels().unwrap()) {
+    match Gpt2::load(dir, inferneo_kernels::kernels().unwrap(), WeightDtype::F32) {
         Ok(_) => panic!("{} loaded but should not", dir.display()),
         Err(e) => {
             let msg = e.to_string();
@@ -95,7 +95,7 @@ fn unknown_fields_and_n_ctx_are_accepted() {
         v["n_ctx"] = 128.into();
         v["some_future_field"] = serde_json::json!({"nested": [1, 2]});
     });
-    Gpt2::load(dir.path(), inferneo_kernels::kernels().unwrap()).unwrap();
+    Gpt2::load(dir.path(), inferneo_kernels::kernels().unwrap(), WeightDtype::F32).unwrap();
 }
 
 #[test]
@@ -149,7 +149,7 @@ fn pytorch_bin_only_is_explained() {
 fn f16_and_bf16_checkpoints_equal_f32_of_the_rounded_values() {
     let kernels = inferneo_kernels::kernels().unwrap();
     let logits = |dir: &Path| {
-        let m = Gpt2::load(dir, kernels).unwrap();
+        let m = Gpt2::load(dir, kernels, WeightDtype::F32).unwrap();
         let mut c = KvCache::new(m.config());
         m.forward(&mut [SeqInput { tokens: &[464, 2068, 7586, 21831], cache: &mut c, logits: Logits::All }]).unwrap()
     };

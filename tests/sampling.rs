@@ -2,7 +2,7 @@
 //! temperature sampling follows the softmax distribution.
 
 use inferneo_runtime::sampling::{argmax, Sampler, SamplingParams};
-use inferneo_runtime::{generate, GenerateRequest, Gpt2, Preset};
+use inferneo_runtime::{generate, GenerateRequest, Gpt2, Preset, WeightDtype};
 
 fn params(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> SamplingParams {
     SamplingParams { temperature, top_k, top_p, seed }
@@ -22,7 +22,7 @@ fn greedy_is_argmax_with_first_index_on_ties() {
 
 #[test]
 fn same_seed_same_tokens_different_seed_different_tokens() {
-    let model = Gpt2::random(Preset::Tiny, 6, inferneo_kernels::kernels().unwrap());
+    let model = Gpt2::random(Preset::Tiny, 6, inferneo_kernels::kernels().unwrap(), WeightDtype::F32);
     let run = |seed| {
         let req = GenerateRequest {
             prompt: vec![464, 2068, 7586],

@@ -5,7 +5,7 @@
 
 use crate::cpu::Isa;
 use crate::isa::{self, Table};
-use crate::{Attention, MatmulKn, MatmulNt, PackedKn};
+use crate::{Attention, Layout, MatmulKn, PackedKn, WeightDtype};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -52,9 +52,14 @@ impl Kernels {
         self.isa
     }
 
-    /// Packs a row-major `[k, n]` weight matrix for this ISA's `matmul_kn`.
+    /// Packs a `[k, n]` weight matrix (stored as `layout`) for this ISA's `matmul_kn`.
+    pub fn pack(&self, w: &[f32], layout: Layout, k: usize, n: usize, dtype: WeightDtype) -> PackedKn {
+        PackedKn::pack(w, layout, k, n, self.table.kn_nr, dtype)
+    }
+
+    /// Packs a row-major `[k, n]` f32 matrix.
     pub fn pack_kn(&self, w: &[f32], k: usize, n: usize) -> PackedKn {
-        PackedKn::pack(w, k, n, self.table.kn_nr)
+        self.pack(w, Layout::KN, k, n, WeightDtype::F32)
     }
 
     /// `out[M,N] (+)= x[M,K] · w[K,N] + bias[N]`, `w` packed from a row-major `[K, N]` (GPT-2
@@ -74,21 +79,9 @@ impl Kernels {
         assert_eq!(w.nr(), self.table.kn_nr, "matmul_kn: weights packed for another ISA");
         assert!(bias.is_none_or(|b| b.len() >= n), "matmul_kn: bias shorter than n = {n}");
         let f = self.table.matmul_kn;
-        let w = w.data();
+        let w = w.panels();
         for_column_chunks(&mut out[..m * n], dims, self.table.kn_nr, |col0, rows| {
             let a = MatmulKn { x, k, w, n, bias, col0, accumulate };
-            // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
-            unsafe { f(&a, rows) }
-        });
-    }
-
-    /// `out[M,N] = x[M,K] · w[N,K]^T`, `w` row-major `[N, K]` (the tied `lm_head`).
-    pub fn matmul_nt(&self, x: &[f32], w: &[f32], out: &mut [f32], dims: Dims) {
-        let Dims { m, k, n } = dims;
-        assert!(x.len() >= m * k && w.len() >= k * n && out.len() >= m * n, "matmul_nt: slices shorter than {dims:?}");
-        let f = self.table.matmul_nt;
-        for_column_chunks(&mut out[..m * n], dims, 1, |col0, rows| {
-            let a = MatmulNt { x, k, w, col0 };
             // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
             unsafe { f(&a, rows) }
         });
@@ -136,6 +129,31 @@ impl Kernels {
         );
         // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
         unsafe { (self.table.attend)(a, out, scores) }
+    }
+}
+
+impl Kernels {
+    /// Sum of `x`, streaming it once: the read-bandwidth probe of `inferneo roofline`.
+    pub fn sum(&self, x: &[f32]) -> f32 {
+        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+        unsafe { (self.table.sum)(x) }
+    }
+
+    /// Runs `iters` rounds of 12 independent FMA chains on one thread: the FLOP-peak probe.
+    /// Returns the FLOPs executed (2 per lane per FMA) and a value that depends on the work.
+    pub fn fma_probe(&self, iters: usize) -> (f64, f32) {
+        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+        let v = unsafe { (self.table.fma_probe)(iters, 1.0) };
+        (iters as f64 * 12.0 * self.lanes() as f64 * 2.0, v)
+    }
+
+    /// `f32` lanes per vector register of this ISA.
+    pub fn lanes(&self) -> usize {
+        match self.isa {
+            Isa::Scalar => 1,
+            Isa::Avx2 => 8,
+            Isa::Avx512 => 16,
+        }
     }
 }
 

@@ -18,15 +18,15 @@ mod simd;
 
 pub use cpu::{Isa, ISA_ENV};
 pub use dispatch::{kernels, Dims, Kernels};
-pub use pack::PackedKn;
+pub use pack::{Layout, PackedKn, Panels, WeightDtype};
 
 /// Arguments of one column chunk of `y = x · W (+ b) (+ y)`, `W` packed (see [`PackedKn`]).
 pub struct MatmulKn<'a> {
     /// `[m, k]` row-major activations (`m` = number of output rows handed to the kernel).
     pub x: &'a [f32],
     pub k: usize,
-    /// Packed `[k, n]` weights ([`PackedKn::data`]).
-    pub w: &'a [f32],
+    /// Packed `[k, n]` weights ([`PackedKn::panels`]).
+    pub w: &'a Panels,
     pub n: usize,
     /// `[n]`, added after the reduction.
     pub bias: Option<&'a [f32]>,
@@ -34,17 +34,6 @@ pub struct MatmulKn<'a> {
     pub col0: usize,
     /// Add the result to the output instead of overwriting it.
     pub accumulate: bool,
-}
-
-/// Arguments of one column chunk of `y = x · W^T`, `W` row-major `[n, k]`.
-pub struct MatmulNt<'a> {
-    /// `[m, k]` row-major activations.
-    pub x: &'a [f32],
-    pub k: usize,
-    /// `[n, k]` row-major weights.
-    pub w: &'a [f32],
-    /// First weight row (output column) of this chunk.
-    pub col0: usize,
 }
 
 /// A sequence's cached keys or values for one layer, stored in fixed-size blocks:

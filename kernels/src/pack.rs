@@ -1,38 +1,123 @@
-//! Weight packing: GPT-2 `Conv1D` weights `[K, N]` rearranged once, at load time, into panels
-//! of `NR` columns (the ISA's register-tile width) so the microkernel reads each panel as one
-//! contiguous stream.
+//! Weight packing: a `[K, N]` matrix rearranged once, at load time, into panels of `NR` columns
+//! (the ISA's register-tile width) so the microkernel reads each panel as one contiguous stream,
+//! optionally converted to a narrower storage type.
 //!
 //! Layout: panel `p` holds columns `p*NR .. p*NR+NR` as `[K][NR]` (row `k` of the panel is
 //! `W[k, p*NR .. p*NR+NR]`), panels back to back; the last panel is zero-padded to `NR` columns.
 
+use half::{bf16, f16};
 use rayon::prelude::*;
+use std::fmt;
+use std::str::FromStr;
+
+/// Storage type of packed weights. Activations and accumulation are always f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightDtype {
+    F32,
+    F16,
+    Bf16,
+    /// Symmetric int8 with one f32 scale per output column (weight-only quantization).
+    Int8,
+}
+
+impl WeightDtype {
+    pub const ALL: [WeightDtype; 4] = [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Int8];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::F16 => "f16",
+            WeightDtype::Bf16 => "bf16",
+            WeightDtype::Int8 => "int8",
+        }
+    }
+
+    /// Bytes per stored weight.
+    pub fn size(self) -> usize {
+        match self {
+            WeightDtype::F32 => 4,
+            WeightDtype::F16 | WeightDtype::Bf16 => 2,
+            WeightDtype::Int8 => 1,
+        }
+    }
+}
+
+impl FromStr for WeightDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        WeightDtype::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| format!("unknown weight dtype '{s}' (expected f32, f16, bf16 or int8)"))
+    }
+}
+
+impl fmt::Display for WeightDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How the source matrix is laid out in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `[k, n]` row-major (GPT-2 `Conv1D` weights).
+    KN,
+    /// `[n, k]` row-major, i.e. the transpose (the tied `lm_head` = `wte`).
+    NK,
+}
+
+/// Packed panel values, per storage type.
+pub enum Panels {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+    /// Quantized values and one scale per column (padded to whole panels).
+    Int8 {
+        q: Vec<i8>,
+        scale: Vec<f32>,
+    },
+}
 
 /// A `[k, n]` weight matrix in panel layout.
 pub struct PackedKn {
     k: usize,
     n: usize,
     nr: usize,
-    data: Vec<f32>,
+    panels: Panels,
 }
 
 impl PackedKn {
-    /// Packs row-major `w` (`[k, n]`) into panels `nr` columns wide (use
-    /// [`Kernels::pack_kn`](crate::Kernels::pack_kn) for the width its ISA wants).
-    pub fn pack(w: &[f32], k: usize, n: usize, nr: usize) -> PackedKn {
+    /// Packs `w` (laid out as `layout`) into panels `nr` columns wide, stored as `dtype` (use
+    /// [`Kernels::pack`](crate::Kernels::pack) for the width its ISA wants).
+    pub fn pack(w: &[f32], layout: Layout, k: usize, n: usize, nr: usize, dtype: WeightDtype) -> PackedKn {
+        assert_eq!(w.len(), k * n, "pack: weights are not {k} x {n}");
         assert!(nr > 0 && nr <= crate::ops::matmul::MAX_NR, "pack: unsupported panel width {nr}");
-        assert_eq!(w.len(), k * n, "pack: weights are not [{k}, {n}]");
-        let panels = n.div_ceil(nr);
-        let mut data = vec![0.0f32; panels * k * nr];
-        if k > 0 {
-            data.par_chunks_mut(k * nr).enumerate().for_each(|(p, panel)| {
-                let c0 = p * nr;
-                let width = (n - c0).min(nr);
-                for (kk, row) in panel.chunks_exact_mut(nr).enumerate() {
-                    row[..width].copy_from_slice(&w[kk * n + c0..][..width]);
-                }
-            });
-        }
-        PackedKn { k, n, nr, data }
+        let at = |kk: usize, col: usize| match layout {
+            Layout::KN => w[kk * n + col],
+            Layout::NK => w[col * k + kk],
+        };
+        let padded = n.div_ceil(nr) * nr;
+        let panels = match dtype {
+            WeightDtype::F32 => Panels::F32(fill(k, n, nr, |kk, c| at(kk, c))),
+            WeightDtype::F16 => Panels::F16(fill(k, n, nr, |kk, c| f16::from_f32(at(kk, c)))),
+            WeightDtype::Bf16 => Panels::Bf16(fill(k, n, nr, |kk, c| bf16::from_f32(at(kk, c)))),
+            WeightDtype::Int8 => {
+                let scale: Vec<f32> = (0..padded)
+                    .into_par_iter()
+                    .map(|c| if c < n { (0..k).fold(0.0f32, |m, kk| m.max(at(kk, c).abs())) / 127.0 } else { 0.0 })
+                    .collect();
+                let q = fill(k, n, nr, |kk, c| {
+                    if scale[c] == 0.0 {
+                        0
+                    } else {
+                        (at(kk, c) / scale[c]).round().clamp(-127.0, 127.0) as i8
+                    }
+                });
+                Panels::Int8 { q, scale }
+            }
+        };
+        PackedKn { k, n, nr, panels }
     }
 
     pub fn k(&self) -> usize {
@@ -48,13 +133,60 @@ impl PackedKn {
         self.nr
     }
 
-    /// The packed values (panels back to back).
-    pub fn data(&self) -> &[f32] {
-        &self.data
+    pub fn dtype(&self) -> WeightDtype {
+        match self.panels {
+            Panels::F32(_) => WeightDtype::F32,
+            Panels::F16(_) => WeightDtype::F16,
+            Panels::Bf16(_) => WeightDtype::Bf16,
+            Panels::Int8 { .. } => WeightDtype::Int8,
+        }
     }
 
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.data.len() * 4
+    pub fn panels(&self) -> &Panels {
+        &self.panels
     }
+
+    /// Bytes held (values and scales).
+    pub fn bytes(&self) -> usize {
+        match &self.panels {
+            Panels::F32(v) => v.len() * 4,
+            Panels::F16(v) => v.len() * 2,
+            Panels::Bf16(v) => v.len() * 2,
+            Panels::Int8 { q, scale } => q.len() + scale.len() * 4,
+        }
+    }
+
+    /// Column `col` (all `k` values) as f32, dequantized: the embedding row of a tied
+    /// `lm_head` packed from `wte` with [`Layout::NK`].
+    pub fn column_into(&self, col: usize, out: &mut [f32]) {
+        assert!(col < self.n && out.len() == self.k, "column_into: column {col} of {} x {}", self.k, self.n);
+        let (base, off) = ((col / self.nr) * self.k * self.nr, col % self.nr);
+        let idx = |kk: usize| base + kk * self.nr + off;
+        match &self.panels {
+            Panels::F32(v) => out.iter_mut().enumerate().for_each(|(kk, o)| *o = v[idx(kk)]),
+            Panels::F16(v) => out.iter_mut().enumerate().for_each(|(kk, o)| *o = v[idx(kk)].to_f32()),
+            Panels::Bf16(v) => out.iter_mut().enumerate().for_each(|(kk, o)| *o = v[idx(kk)].to_f32()),
+            Panels::Int8 { q, scale } => {
+                out.iter_mut().enumerate().for_each(|(kk, o)| *o = q[idx(kk)] as f32 * scale[col])
+            }
+        }
+    }
+}
+
+/// Builds the panel array, one panel per rayon task.
+fn fill<T: Copy + Default + Send>(k: usize, n: usize, nr: usize, value: impl Fn(usize, usize) -> T + Sync) -> Vec<T> {
+    let panels = n.div_ceil(nr);
+    let mut data = vec![T::default(); panels * k * nr];
+    if k > 0 {
+        data.par_chunks_mut(k * nr).enumerate().for_each(|(p, panel)| {
+            let c0 = p * nr;
+            let width = (n - c0).min(nr);
+            for (kk, row) in panel.chunks_exact_mut(nr).enumerate() {
+                for (i, v) in row[..width].iter_mut().enumerate() {
+                    *v = value(kk, c0 + i);
+                }
+            }
+        });
+    }
+    data
 }

@@ -15,19 +15,6 @@ pub fn matmul_kn(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], m:
     }
 }
 
-/// `out[m,n] = x[m,k] · w[n,k]^T` (`w` row-major `[n, k]`).
-pub fn matmul_nt(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
-    for i in 0..m {
-        for j in 0..n {
-            let mut acc = 0.0f64;
-            for p in 0..k {
-                acc += x[i * k + p] as f64 * w[j * k + p] as f64;
-            }
-            out[i * n + j] = acc as f32;
-        }
-    }
-}
-
 /// Layer norm of one row `x[n]` with biased variance.
 pub fn layernorm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
     let n = x.len() as f64;

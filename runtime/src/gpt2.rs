@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::init::{Preset, RandomWeights};
 use crate::kv_cache::KvCache;
 use crate::weights::{SafetensorsFile, Tensor, WeightSource};
-use inferneo_kernels::{Attention, Dims, Kernels, PackedKn};
+use inferneo_kernels::{Attention, Kernels, Layout, PackedKn, WeightDtype};
 use rayon::prelude::*;
 use std::path::Path;
 
@@ -23,8 +23,8 @@ struct LayerNorm {
 }
 
 /// A GPT-2 `Conv1D`: `y = x W + b` with `W` stored `[in, out]` (the transpose of `nn.Linear`).
-/// The weight is packed into the kernels' panel layout once, at load; the packed copy replaces
-/// the checkpoint's (which is dropped), so the streaming GEMV reads it contiguously.
+/// The weight is packed into the kernels' panel layout (and storage dtype) once, at load; the
+/// packed copy replaces the checkpoint's, so the streaming GEMV reads it contiguously.
 struct Conv1D {
     weight: PackedKn, // [n_in, n_out], packed
     bias: Tensor,     // [n_out]
@@ -42,7 +42,10 @@ struct Block {
 pub struct Gpt2 {
     config: Config,
     kernels: Kernels,
-    wte: Tensor, // [vocab, n_embd], also the tied lm_head
+    dtype: WeightDtype,
+    /// The tied `wte` ([vocab, n_embd]) packed as the lm_head's `[n_embd, vocab]`; embedding
+    /// lookups read its columns, so the table is held once.
+    lm_head: PackedKn,
     wpe: Tensor, // [n_positions, n_embd]
     blocks: Vec<Block>,
     ln_f: LayerNorm,
@@ -67,8 +70,9 @@ pub struct SeqInput<'a> {
 }
 
 impl Gpt2 {
-    /// Loads a HuggingFace GPT-2 directory (`config.json` + `model.safetensors`).
-    pub fn load(dir: &Path, kernels: Kernels) -> Result<Gpt2> {
+    /// Loads a HuggingFace GPT-2 directory (`config.json` + `model.safetensors`), packing the
+    /// matrices as `dtype` (f16/bf16 conversion or int8 quantization happens here, once).
+    pub fn load(dir: &Path, kernels: Kernels, dtype: WeightDtype) -> Result<Gpt2> {
         let config = Config::from_file(&dir.join("config.json"))?;
         let st = dir.join("model.safetensors");
         if !st.exists() && dir.join("pytorch_model.bin").exists() {
@@ -77,22 +81,22 @@ impl Gpt2 {
                 msg: "only model.safetensors is supported; convert with transformers' save_pretrained(safe_serialization=True)".into(),
             });
         }
-        Gpt2::from_source(config, &SafetensorsFile::open(&st)?, kernels)
+        Gpt2::from_source(config, &SafetensorsFile::open(&st)?, kernels, dtype)
     }
 
     /// The built-in GPT-2 124M-shape model with deterministic random weights (not a trained model).
-    pub fn embedded(kernels: Kernels) -> Gpt2 {
-        Gpt2::random(Preset::Gpt2, EMBEDDED_SEED, kernels)
+    pub fn embedded(kernels: Kernels, dtype: WeightDtype) -> Gpt2 {
+        Gpt2::random(Preset::Gpt2, EMBEDDED_SEED, kernels, dtype)
     }
 
     /// A model of `preset`'s shape with `init`'s deterministic random weights.
-    pub fn random(preset: Preset, seed: u64, kernels: Kernels) -> Gpt2 {
+    pub fn random(preset: Preset, seed: u64, kernels: Kernels, dtype: WeightDtype) -> Gpt2 {
         let config = preset.config();
         let weights = RandomWeights::new(&config, seed);
-        Gpt2::from_source(config, &weights, kernels).expect("generated weights are complete")
+        Gpt2::from_source(config, &weights, kernels, dtype).expect("generated weights are complete")
     }
 
-    pub fn from_source(config: Config, src: &dyn WeightSource, kernels: Kernels) -> Result<Gpt2> {
+    pub fn from_source(config: Config, src: &dyn WeightSource, kernels: Kernels, dtype: WeightDtype) -> Result<Gpt2> {
         let (e, i) = (config.n_embd, config.n_inner());
         let ln = |name: &str| -> Result<LayerNorm> {
             Ok(LayerNorm {
@@ -119,8 +123,12 @@ impl Gpt2 {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let wte = src.get("wte.weight", &[config.vocab_size, e])?;
+        let lm_head = kernels.pack(wte.as_slice(), Layout::NK, e, config.vocab_size, dtype);
+        drop(wte);
         Ok(Gpt2 {
-            wte: src.get("wte.weight", &[config.vocab_size, e])?,
+            lm_head,
+            dtype,
             wpe: src.get("wpe.weight", &[config.n_positions, e])?,
             ln_f: ln("ln_f")?,
             blocks,
@@ -137,10 +145,20 @@ impl Gpt2 {
         self.kernels
     }
 
-    /// Whether the token embedding (also the lm_head, the largest matrix) is used in place
-    /// from the mapped file.
-    pub fn wte_mapped(&self) -> bool {
-        self.wte.is_mapped()
+    pub fn dtype(&self) -> WeightDtype {
+        self.dtype
+    }
+
+    /// Bytes of packed matrices held (the bulk of the model's memory).
+    pub fn packed_bytes(&self) -> usize {
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                b.c_attn.weight.bytes() + b.attn_proj.weight.bytes() + b.c_fc.weight.bytes() + b.mlp_proj.weight.bytes()
+            })
+            .sum();
+        blocks + self.lm_head.bytes()
     }
 
     /// Runs one step over a batch: appends each sequence's tokens to its cache and returns the
@@ -172,10 +190,11 @@ impl Gpt2 {
         let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
 
         let mut x = vec![0.0f32; m * e]; // [m, n_embd] residual stream
-        let (wte, wpe) = (self.wte.as_slice(), self.wpe.as_slice());
+        let wpe = self.wpe.as_slice();
+        let mut tok_emb = vec![0.0f32; e];
         for (r, (&tok, &(_, pos))) in tokens.iter().zip(&rows).enumerate() {
-            let t = tok as usize;
-            k.add(&wte[t * e..][..e], &wpe[pos * e..][..e], &mut x[r * e..][..e]);
+            self.lm_head.column_into(tok as usize, &mut tok_emb);
+            k.add(&tok_emb, &wpe[pos * e..][..e], &mut x[r * e..][..e]);
         }
 
         let mut h = vec![0.0f32; m * e]; // [m, n_embd] layer-norm output
@@ -221,7 +240,7 @@ impl Gpt2 {
             );
         }
         let mut logits = vec![0.0f32; wanted.len() * vocab];
-        k.matmul_nt(&hf, wte, &mut logits, Dims { m: wanted.len(), k: e, n: vocab });
+        k.matmul_kn(&hf, &self.lm_head, None, &mut logits, wanted.len(), false);
         Ok(logits)
     }
 

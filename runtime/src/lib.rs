@@ -20,6 +20,7 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use generate::{generate, FinishReason, GenerateRequest, Generation};
 pub use gpt2::{Gpt2, Logits, SeqInput};
+pub use inferneo_kernels::WeightDtype;
 pub use init::Preset;
 pub use kv_cache::KvCache;
 pub use sampling::{Sampler, SamplingParams};

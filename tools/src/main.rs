@@ -2,12 +2,13 @@
 //! No model math here; everything runs through `inferneo_runtime`.
 
 mod npy;
+mod roofline;
 
 use clap::{Args, Parser, Subcommand};
 use inferneo_kernels::{Isa, Kernels};
 use inferneo_runtime::init::{self, Preset, StoreDtype};
 use inferneo_runtime::tokenizer::IncrementalDecoder;
-use inferneo_runtime::{generate, GenerateRequest, Gpt2, Logits, SamplingParams, SeqInput, Tokenizer};
+use inferneo_runtime::{generate, GenerateRequest, Gpt2, Logits, SamplingParams, SeqInput, Tokenizer, WeightDtype};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,18 @@ enum Command {
     Detokenize(DetokenizeArgs),
     /// Write a HuggingFace-format GPT-2 directory with deterministic random weights.
     Init(InitArgs),
+    /// Measure read bandwidth, FMA peak, and each kernel at GPT-2 shapes against that roofline.
+    Roofline(RooflineArgs),
+}
+
+#[derive(Args)]
+struct RooflineArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Fewer shapes and shorter timings (a smoke run).
+    #[arg(long)]
+    quick: bool,
 }
 
 #[derive(Args)]
@@ -46,6 +59,9 @@ struct ModelArg {
     /// HuggingFace GPT-2 directory (config.json, model.safetensors, tokenizer files).
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
+    /// Weight storage at run time: f32, f16, bf16 or int8 (weight-only, per-channel scales).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
 }
 
 #[derive(Args)]
@@ -175,6 +191,7 @@ fn run(cli: Cli) -> CliResult {
             println!("{}", tok.decode(&ids).map_err(|e| e.to_string())?);
             Ok(())
         }
+        Command::Roofline(a) => roofline::run(kernels, a.json, a.quick),
         Command::Init(a) => {
             let preset = Preset::from_name(&a.preset).map_err(|e| e.to_string())?;
             let dtype = match a.dtype.as_str() {
@@ -200,14 +217,15 @@ fn select_kernels(flag: Option<&str>) -> CliResult<Kernels> {
     }
 }
 
-fn load_model(dir: &Option<PathBuf>, kernels: Kernels) -> CliResult<(Gpt2, Option<Tokenizer>)> {
-    match dir {
+fn load_model(arg: &ModelArg, kernels: Kernels) -> CliResult<(Gpt2, Option<Tokenizer>)> {
+    let dtype: WeightDtype = arg.dtype.parse()?;
+    match &arg.model {
         None => {
             eprintln!("note: using the embedded GPT-2 (124M shape, random weights; text is not meaningful)");
-            Ok((Gpt2::embedded(kernels), Some(Tokenizer::gpt2())))
+            Ok((Gpt2::embedded(kernels, dtype), Some(Tokenizer::gpt2())))
         }
         Some(d) => {
-            let model = Gpt2::load(d, kernels).map_err(|e| e.to_string())?;
+            let model = Gpt2::load(d, kernels, dtype).map_err(|e| e.to_string())?;
             let tok = Tokenizer::from_dir(d).map_err(|e| e.to_string())?;
             Ok((model, tok))
         }
@@ -245,7 +263,7 @@ fn prompt_ids(
 }
 
 fn logits(a: LogitsArgs, kernels: Kernels) -> CliResult {
-    let (model, tok) = load_model(&a.model.model, kernels)?;
+    let (model, tok) = load_model(&a.model, kernels)?;
     let ids = prompt_ids(tok.as_ref(), &a.model.model, &a.prompt, &a.tokens)?;
     if ids.is_empty() {
         return Err("no tokens to score".into());
@@ -261,7 +279,7 @@ fn logits(a: LogitsArgs, kernels: Kernels) -> CliResult {
 }
 
 fn generate_cmd(a: GenerateArgs, kernels: Kernels) -> CliResult {
-    let (model, tok) = load_model(&a.model.model, kernels)?;
+    let (model, tok) = load_model(&a.model, kernels)?;
     let prompt = prompt_ids(tok.as_ref(), &a.model.model, &a.prompt, &a.tokens)?;
     let eos = tok.as_ref().and_then(|t| t.eos_id()).or(model.config().eos_token_id);
     let req = GenerateRequest {

@@ -6,7 +6,7 @@ pub mod avx2;
 pub mod avx512;
 pub mod scalar;
 
-use crate::{Attention, MatmulKn, MatmulNt};
+use crate::{Attention, MatmulKn};
 
 /// Function pointers for one ISA. Entries may be `#[target_feature]` functions, hence `unsafe fn`:
 /// calling one is sound only on a CPU with that ISA, which `dispatch.rs` checks before it hands a
@@ -19,12 +19,13 @@ pub struct Table {
     /// Columns per packed `kn` panel: the width of one register tile.
     pub kn_nr: usize,
     pub matmul_kn: unsafe fn(&MatmulKn, &mut [&mut [f32]]),
-    pub matmul_nt: unsafe fn(&MatmulNt, &mut [&mut [f32]]),
     pub layernorm: LayerNormFn,
     pub gelu_new: unsafe fn(&mut [f32]),
     pub softmax: unsafe fn(&mut [f32]),
     pub add: unsafe fn(&[f32], &[f32], &mut [f32]),
     pub attend: unsafe fn(&Attention, &mut [f32], &mut [f32]),
+    pub sum: unsafe fn(&[f32]) -> f32,
+    pub fma_probe: unsafe fn(usize, f32) -> f32,
 }
 
 /// Writes one shim per op that binds a body to an ISA token, under the given attributes
@@ -32,15 +33,11 @@ pub struct Table {
 macro_rules! instantiate {
     ($(#[$attr:meta])* simd: $simd:ty, token: $token:expr, kn_vecs: $c:literal, kn_mr: $mr:literal) => {
         use crate::ops;
-        use crate::{Attention, MatmulKn, MatmulNt};
+        use crate::{Attention, MatmulKn};
 
         $(#[$attr])*
         fn matmul_kn(a: &MatmulKn, out: &mut [&mut [f32]]) {
             ops::matmul::matmul_kn::<_, $c, $mr>($token, a, out)
-        }
-        $(#[$attr])*
-        fn matmul_nt(a: &MatmulNt, out: &mut [&mut [f32]]) {
-            ops::matmul::matmul_nt($token, a, out)
         }
         $(#[$attr])*
         fn layernorm(x: &[f32], g: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
@@ -63,16 +60,26 @@ macro_rules! instantiate {
             ops::attention::attend($token, a, out, scores)
         }
 
+        $(#[$attr])*
+        fn sum(x: &[f32]) -> f32 {
+            ops::elementwise::sum($token, x)
+        }
+        $(#[$attr])*
+        fn fma_probe(iters: usize, seed: f32) -> f32 {
+            ops::elementwise::fma_probe($token, iters, seed)
+        }
+
         pub fn table() -> super::Table {
             super::Table {
                 kn_nr: $c * <$simd as crate::simd::Simd>::LANES,
                 matmul_kn,
-                matmul_nt,
                 layernorm,
                 gelu_new,
                 softmax,
                 add,
                 attend,
+                sum,
+                fma_probe,
             }
         }
     };

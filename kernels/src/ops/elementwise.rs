@@ -56,3 +56,38 @@ pub fn add<S: Simd>(s: S, a: &[f32], b: &[f32], out: &mut [f32]) {
         out[j] += b[j];
     }
 }
+
+/// Sum of a slice (the read-bandwidth probe: one load and one add per vector).
+#[inline(always)]
+pub fn sum<S: Simd>(s: S, x: &[f32]) -> f32 {
+    // Four independent accumulators so the add latency never limits the stream.
+    let l = S::LANES;
+    let mut acc = [s.zero(); 4];
+    let mut chunks = x.chunks_exact(4 * l);
+    for c in &mut chunks {
+        for (i, a) in acc.iter_mut().enumerate() {
+            *a = s.add(*a, s.load(&c[i * l..]));
+        }
+    }
+    let total = s.add(s.add(acc[0], acc[1]), s.add(acc[2], acc[3]));
+    s.hsum(total) + chunks.remainder().iter().sum::<f32>()
+}
+
+/// Runs `iters` rounds of 12 independent vector FMA chains (the FLOP-peak probe); returns a
+/// value derived from the result so the work cannot be optimised away.
+#[inline(always)]
+pub fn fma_probe<S: Simd>(s: S, iters: usize, seed: f32) -> f32 {
+    let a = s.splat(0.999_999);
+    let b = s.splat(seed * 1e-7);
+    let mut acc = [s.splat(seed); 12];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = s.fma(*v, a, b);
+        }
+    }
+    let mut t = s.zero();
+    for v in acc {
+        t = s.add(t, v);
+    }
+    s.hsum(t)
+}

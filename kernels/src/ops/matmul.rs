@@ -1,79 +1,135 @@
-//! Matrix-product bodies for the two weight layouts GPT-2 checkpoints carry.
+//! The matrix-product body: `y = x W (+ b) (+ y)` with `W` (`[K, N]`) packed into panels of `NR`
+//! columns (see [`crate::PackedKn`]) stored as f32, f16, bf16 or int8; vectorised over N,
+//! accumulated in f32.
 //!
-//! * `kn`: `W` is `[K, N]` (GPT-2's `Conv1D`) packed into panels of `NR` columns (see
-//!   [`crate::PackedKn`]), `y = x W (+ b) (+ y)`; vectorised over N.
-//! * `nt`: `W` is `[N, K]` row-major (the tied `lm_head` = `wte`), `y = x W^T`; dot products over K.
-//!
-//! Batch invariance contract: every output element is reduced over K in one fixed order that
-//! depends only on K (and, for `nt`, the lane count), never on M, on which rows share a tile, or
-//! on how columns are split across threads. Row `i` of a product is therefore bitwise identical
+//! Batch invariance contract: every output element is reduced over K in one fixed order (one
+//! FMA per k, in order, from zero; then scale, bias, residual), never dependent on M, on which
+//! rows share a tile, or on how columns are split across threads. Row `i` of a product is therefore bitwise identical
 //! to the product of row `i` alone.
 
+use crate::pack::Panels;
 use crate::simd::Simd;
-use crate::{MatmulKn, MatmulNt};
+use crate::MatmulKn;
+use half::{bf16, f16};
 use std::array::from_fn;
-
-/// Rows per `nt` register tile.
-pub const NT_MR: usize = 4;
-/// Weight rows per `nt` register tile.
-pub const NT_NR: usize = 3;
 
 /// Largest panel width any ISA uses (AVX-512: 2 x 16 lanes; scalar: 16 x 1).
 pub const MAX_NR: usize = 32;
 
+/// Bytes of activations (`MC` rows of `x`) kept resident in L2 while every panel passes by.
+const MC_BYTES: usize = 384 << 10;
+
 /// `C`: vectors per packed panel row (panel width `NR = C * LANES`); `MR`: rows per register
 /// tile (at most 12). Both are chosen per ISA in `isa/`.
+///
+/// Loop order (BLIS names): LOOP 3 cuts M into `MC`-row blocks whose activations stay in L2;
+/// LOOP 2 walks the packed panels (each read once per block, streaming from memory or L3);
+/// LOOP 1 runs the `MR x NR` register tile down the block while its panel is hot in L1/L2.
 #[inline(always)]
 pub fn matmul_kn<S: Simd, const C: usize, const MR: usize>(s: S, a: &MatmulKn, out: &mut [&mut [f32]]) {
-    let m = out.len();
-    let mut r0 = 0;
-    while r0 < m {
-        let rows = (m - r0).min(MR);
-        match rows {
-            12 => kn_rows::<S, C, 12>(s, a, out, r0),
-            11 => kn_rows::<S, C, 11>(s, a, out, r0),
-            10 => kn_rows::<S, C, 10>(s, a, out, r0),
-            9 => kn_rows::<S, C, 9>(s, a, out, r0),
-            8 => kn_rows::<S, C, 8>(s, a, out, r0),
-            7 => kn_rows::<S, C, 7>(s, a, out, r0),
-            6 => kn_rows::<S, C, 6>(s, a, out, r0),
-            5 => kn_rows::<S, C, 5>(s, a, out, r0),
-            4 => kn_rows::<S, C, 4>(s, a, out, r0),
-            3 => kn_rows::<S, C, 3>(s, a, out, r0),
-            2 => kn_rows::<S, C, 2>(s, a, out, r0),
-            _ => kn_rows::<S, C, 1>(s, a, out, r0),
-        }
-        r0 += rows;
+    match a.w {
+        Panels::F32(w) => kn_blocks::<S, f32, C, MR>(s, a, w, None, out),
+        Panels::F16(w) => kn_blocks::<S, f16, C, MR>(s, a, w, None, out),
+        Panels::Bf16(w) => kn_blocks::<S, bf16, C, MR>(s, a, w, None, out),
+        Panels::Int8 { q, scale } => kn_blocks::<S, i8, C, MR>(s, a, q, Some(scale), out),
     }
 }
 
+/// A stored weight type the microkernel can widen to f32 lanes.
+trait Elem: Copy {
+    fn load<S: Simd>(s: S, p: &[Self]) -> S::V;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn load<S: Simd>(s: S, p: &[f32]) -> S::V {
+        s.load(p)
+    }
+}
+
+impl Elem for f16 {
+    #[inline(always)]
+    fn load<S: Simd>(s: S, p: &[f16]) -> S::V {
+        s.load_f16(p)
+    }
+}
+
+impl Elem for bf16 {
+    #[inline(always)]
+    fn load<S: Simd>(s: S, p: &[bf16]) -> S::V {
+        s.load_bf16(p)
+    }
+}
+
+impl Elem for i8 {
+    #[inline(always)]
+    fn load<S: Simd>(s: S, p: &[i8]) -> S::V {
+        s.load_i8(p)
+    }
+}
+
+/// Per-column scales of quantized weights (`None` for float storage).
+type Scales<'a> = Option<&'a [f32]>;
+
 #[inline(always)]
-fn kn_rows<S: Simd, const C: usize, const R: usize>(s: S, a: &MatmulKn, out: &mut [&mut [f32]], r0: usize) {
-    let x: [&[f32]; R] = from_fn(|r| &a.x[(r0 + r) * a.k..][..a.k]);
-    let out = &mut out[r0..r0 + R];
-    let width = out[0].len();
-    for j in (0..width).step_by(C * S::LANES) {
-        kn_tile::<S, C, R>(s, a, &x, out, j);
+fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize>(
+    s: S,
+    a: &MatmulKn,
+    w: &[E],
+    scale: Scales,
+    out: &mut [&mut [f32]],
+) {
+    let m = out.len();
+    let nr = C * S::LANES;
+    let width = out.first().map_or(0, |r| r.len());
+    let mc = (MC_BYTES / (4 * a.k.max(1))).max(MR) / MR * MR;
+    for mc0 in (0..m).step_by(mc) {
+        let mc_end = (mc0 + mc).min(m);
+        for j in (0..width).step_by(nr) {
+            let mut r0 = mc0;
+            while r0 < mc_end {
+                let rows = (mc_end - r0).min(MR);
+                match rows {
+                    12 => kn_tile::<S, E, C, 12>(s, a, w, scale, out, r0, j),
+                    11 => kn_tile::<S, E, C, 11>(s, a, w, scale, out, r0, j),
+                    10 => kn_tile::<S, E, C, 10>(s, a, w, scale, out, r0, j),
+                    9 => kn_tile::<S, E, C, 9>(s, a, w, scale, out, r0, j),
+                    8 => kn_tile::<S, E, C, 8>(s, a, w, scale, out, r0, j),
+                    7 => kn_tile::<S, E, C, 7>(s, a, w, scale, out, r0, j),
+                    6 => kn_tile::<S, E, C, 6>(s, a, w, scale, out, r0, j),
+                    5 => kn_tile::<S, E, C, 5>(s, a, w, scale, out, r0, j),
+                    4 => kn_tile::<S, E, C, 4>(s, a, w, scale, out, r0, j),
+                    3 => kn_tile::<S, E, C, 3>(s, a, w, scale, out, r0, j),
+                    2 => kn_tile::<S, E, C, 2>(s, a, w, scale, out, r0, j),
+                    _ => kn_tile::<S, E, C, 1>(s, a, w, scale, out, r0, j),
+                }
+                r0 += rows;
+            }
+        }
     }
 }
 
 /// `R` rows times one packed panel. The panel is read front to back, `NR` floats per k,
 /// so the weights stream contiguously whatever N is.
 #[inline(always)]
-fn kn_tile<S: Simd, const C: usize, const R: usize>(
+fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize>(
     s: S,
     a: &MatmulKn,
-    x: &[&[f32]; R],
+    w: &[E],
+    scale: Scales,
     out: &mut [&mut [f32]],
+    r0: usize,
     j: usize,
 ) {
+    let x: [&[f32]; R] = from_fn(|r| &a.x[(r0 + r) * a.k..][..a.k]);
+    let out = &mut out[r0..r0 + R];
     let l = S::LANES;
     let nr = C * l;
     let col = a.col0 + j;
-    let panel = &a.w[(col / nr) * a.k * nr..][..a.k * nr];
+    let panel = &w[(col / nr) * a.k * nr..][..a.k * nr];
     let mut acc = [[s.zero(); C]; R];
     for (kk, wrow) in panel.chunks_exact(nr).enumerate() {
-        let wv: [S::V; C] = from_fn(|c| s.load(&wrow[c * l..]));
+        let wv: [S::V; C] = from_fn(|c| E::load(s, &wrow[c * l..]));
         for r in 0..R {
             let xv = s.splat(x[r][kk]);
             for c in 0..C {
@@ -87,6 +143,9 @@ fn kn_tile<S: Simd, const C: usize, const R: usize>(
         if valid == nr {
             for c in 0..C {
                 let mut v = acc[r][c];
+                if let Some(sc) = scale {
+                    v = s.mul(v, s.load(&sc[col + c * l..]));
+                }
                 if let Some(b) = a.bias {
                     v = s.add(v, s.load(&b[col + c * l..]));
                 }
@@ -103,6 +162,9 @@ fn kn_tile<S: Simd, const C: usize, const R: usize>(
             }
             for (i, d) in dst.iter_mut().enumerate() {
                 let mut v = tmp[i];
+                if let Some(sc) = scale {
+                    v *= sc[col + i];
+                }
                 if let Some(b) = a.bias {
                     v += b[col + i];
                 }
@@ -111,73 +173,6 @@ fn kn_tile<S: Simd, const C: usize, const R: usize>(
                 }
                 *d = v;
             }
-        }
-    }
-}
-
-#[inline(always)]
-pub fn matmul_nt<S: Simd>(s: S, a: &MatmulNt, out: &mut [&mut [f32]]) {
-    let m = out.len();
-    let mut r0 = 0;
-    while r0 < m {
-        let rows = (m - r0).min(NT_MR);
-        match rows {
-            4 => nt_rows::<S, 4>(s, a, out, r0),
-            3 => nt_rows::<S, 3>(s, a, out, r0),
-            2 => nt_rows::<S, 2>(s, a, out, r0),
-            _ => nt_rows::<S, 1>(s, a, out, r0),
-        }
-        r0 += rows;
-    }
-}
-
-#[inline(always)]
-fn nt_rows<S: Simd, const R: usize>(s: S, a: &MatmulNt, out: &mut [&mut [f32]], r0: usize) {
-    let width = out[r0].len();
-    let x: [&[f32]; R] = from_fn(|r| &a.x[(r0 + r) * a.k..][..a.k]);
-    let out = &mut out[r0..r0 + R];
-    let mut j = 0;
-    while j + NT_NR <= width {
-        nt_tile::<S, R, NT_NR>(s, a, &x, out, j);
-        j += NT_NR;
-    }
-    while j < width {
-        nt_tile::<S, R, 1>(s, a, &x, out, j);
-        j += 1;
-    }
-}
-
-#[inline(always)]
-fn nt_tile<S: Simd, const R: usize, const C: usize>(
-    s: S,
-    a: &MatmulNt,
-    x: &[&[f32]; R],
-    out: &mut [&mut [f32]],
-    j: usize,
-) {
-    let l = S::LANES;
-    let k = a.k;
-    let w: [&[f32]; C] = from_fn(|c| &a.w[(a.col0 + j + c) * k..][..k]);
-    let kv = k / l * l;
-    let mut acc = [[s.zero(); C]; R];
-    let mut kk = 0;
-    while kk < kv {
-        let wv: [S::V; C] = from_fn(|c| s.load(&w[c][kk..]));
-        for r in 0..R {
-            let xv = s.load(&x[r][kk..]);
-            for c in 0..C {
-                acc[r][c] = s.fma(xv, wv[c], acc[r][c]);
-            }
-        }
-        kk += l;
-    }
-    for r in 0..R {
-        for c in 0..C {
-            let mut v = s.hsum(acc[r][c]);
-            for t in kv..k {
-                v = s.fma1(x[r][t], w[c][t], v);
-            }
-            out[r][j + c] = v;
         }
     }
 }

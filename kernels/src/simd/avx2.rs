@@ -47,6 +47,26 @@ impl Simd for Avx2 {
         unsafe { _mm256_storeu_ps(s.as_mut_ptr(), v) }
     }
     #[inline(always)]
+    fn load_f16(self, s: &[half::f16]) -> __m256 {
+        let s = &s[..8];
+        // SAFETY: `s` holds 8 halves = 16 bytes (checked above); F16C proven by the token.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().cast())) }
+    }
+    #[inline(always)]
+    fn load_bf16(self, s: &[half::bf16]) -> __m256 {
+        let s = &s[..8];
+        // SAFETY: `s` holds 8 bf16 = 16 bytes (checked above); AVX2 proven by the token.
+        unsafe {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(s.as_ptr().cast()))))
+        }
+    }
+    #[inline(always)]
+    fn load_i8(self, s: &[i8]) -> __m256 {
+        let s = &s[..8];
+        // SAFETY: `s` holds 8 bytes (checked above); `_mm_loadl_epi64` reads exactly 8; AVX2 proven.
+        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(s.as_ptr().cast()))) }
+    }
+    #[inline(always)]
     fn add(self, a: __m256, b: __m256) -> __m256 {
         // SAFETY: the token proves AVX is available.
         unsafe { _mm256_add_ps(a, b) }

@@ -50,6 +50,26 @@ impl Simd for Avx512 {
         unsafe { _mm512_storeu_ps(s.as_mut_ptr(), v) }
     }
     #[inline(always)]
+    fn load_f16(self, s: &[half::f16]) -> __m512 {
+        let s = &s[..16];
+        // SAFETY: `s` holds 16 halves = 32 bytes (checked above); AVX-512F proven by the token.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().cast())) }
+    }
+    #[inline(always)]
+    fn load_bf16(self, s: &[half::bf16]) -> __m512 {
+        let s = &s[..16];
+        // SAFETY: `s` holds 16 bf16 = 32 bytes (checked above); AVX-512F proven by the token.
+        unsafe {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(s.as_ptr().cast()))))
+        }
+    }
+    #[inline(always)]
+    fn load_i8(self, s: &[i8]) -> __m512 {
+        let s = &s[..16];
+        // SAFETY: `s` holds 16 bytes (checked above); AVX-512F proven by the token.
+        unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(s.as_ptr().cast()))) }
+    }
+    #[inline(always)]
     fn add(self, a: __m512, b: __m512) -> __m512 {
         // SAFETY: the token proves AVX-512F is available.
         unsafe { _mm512_add_ps(a, b) }

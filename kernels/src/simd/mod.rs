@@ -22,6 +22,12 @@ pub trait Simd: Copy {
     fn load(self, s: &[f32]) -> Self::V;
     /// Stores into the first `LANES` values of `s` (panics if `s` is shorter).
     fn store(self, s: &mut [f32], v: Self::V);
+    /// Loads `LANES` IEEE half floats, widened to f32.
+    fn load_f16(self, s: &[half::f16]) -> Self::V;
+    /// Loads `LANES` bfloat16 values, widened to f32 (exact: a shift).
+    fn load_bf16(self, s: &[half::bf16]) -> Self::V;
+    /// Loads `LANES` signed bytes, converted to f32 (exact).
+    fn load_i8(self, s: &[i8]) -> Self::V;
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     fn sub(self, a: Self::V, b: Self::V) -> Self::V;
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;

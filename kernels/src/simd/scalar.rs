@@ -23,6 +23,18 @@ impl Simd for Scalar {
         s[0] = v;
     }
     #[inline(always)]
+    fn load_f16(self, s: &[half::f16]) -> f32 {
+        s[0].to_f32()
+    }
+    #[inline(always)]
+    fn load_bf16(self, s: &[half::bf16]) -> f32 {
+        s[0].to_f32()
+    }
+    #[inline(always)]
+    fn load_i8(self, s: &[i8]) -> f32 {
+        s[0] as f32
+    }
+    #[inline(always)]
     fn add(self, a: f32, b: f32) -> f32 {
         a + b
     }

@@ -1,0 +1,134 @@
+//! `inferneo roofline`: this machine's limits (read bandwidth, FMA peak) and each kernel at GPT-2
+//! shapes as a fraction of the roofline `min(peak, bandwidth x arithmetic intensity)`.
+//!
+//! Every figure is the best of several timed repetitions (the machines are noisy; the best run
+//! is the one least disturbed). Threads: the rayon pool, i.e. all cores.
+
+use inferneo_kernels::Kernels;
+use rayon::prelude::*;
+use serde_json::json;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// Times `f` repeatedly for about `budget`; returns the fastest run in seconds.
+fn best_of(budget: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut best = f64::INFINITY;
+    let mut runs = 0;
+    while runs < 3 || (start.elapsed() < budget && runs < 10_000) {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+        runs += 1;
+    }
+    best
+}
+
+/// All-core read bandwidth in bytes/s over a buffer far larger than the caches.
+pub fn read_bandwidth(k: Kernels, bytes: usize) -> f64 {
+    let n = bytes / 4;
+    let mut buf = vec![0.0f32; n];
+    buf.par_chunks_mut(1 << 20).enumerate().for_each(|(i, c)| c.fill(i as f32 * 1e-9));
+    let chunk = n.div_ceil(rayon::current_num_threads() * 8);
+    let secs = best_of(Duration::from_secs(2), || {
+        let s: f32 = buf.par_chunks(chunk).map(|c| k.sum(c)).sum();
+        black_box(s);
+    });
+    (n * 4) as f64 / secs
+}
+
+/// All-core f32 FMA peak in FLOP/s.
+pub fn fma_peak(k: Kernels) -> f64 {
+    let threads = rayon::current_num_threads();
+    let iters = 2_000_000;
+    let secs = best_of(Duration::from_secs(1), || {
+        let v: f32 = (0..threads).into_par_iter().map(|_| k.fma_probe(iters).1).sum();
+        black_box(v);
+    });
+    k.fma_probe(0).0 + (iters as f64 * 12.0 * k.lanes() as f64 * 2.0 * threads as f64) / secs
+}
+
+/// (label, k, n) of GPT-2 124M's products.
+const SHAPES: [(&str, usize, usize); 5] = [
+    ("attn.c_attn", 768, 2304),
+    ("attn.c_proj", 768, 768),
+    ("mlp.c_fc", 768, 3072),
+    ("mlp.c_proj", 3072, 768),
+    ("lm_head", 768, 50257),
+];
+const MS: [usize; 5] = [1, 8, 32, 128, 512];
+
+pub fn run(k: Kernels, as_json: bool, quick: bool) -> Result<(), String> {
+    let bw = read_bandwidth(k, if quick { 256 << 20 } else { 1 << 30 });
+    let peak = fma_peak(k);
+    let budget = Duration::from_millis(if quick { 50 } else { 300 });
+    let mut rows = Vec::new();
+    for (label, kk, n) in SHAPES {
+        let w: Vec<f32> = (0..kk * n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let packed = k.pack_kn(&w, kk, n);
+        drop(w);
+        let bias = vec![0.01f32; n];
+        for m in MS {
+            if quick && m > 32 {
+                continue;
+            }
+            let x = vec![0.5f32; m * kk];
+            let mut out = vec![0.0f32; m * n];
+            let secs = best_of(budget, || k.matmul_kn(black_box(&x), &packed, Some(&bias), &mut out, m, false));
+            let flops = 2.0 * (m * kk * n) as f64;
+            let bytes = (packed.bytes() + 4 * (m * kk + m * n + n)) as f64;
+            let roof = peak.min(bw * flops / bytes);
+            rows.push(json!({
+                "op": label, "m": m, "k": kk, "n": n, "seconds": secs,
+                "gflops": flops / secs / 1e9, "gbps": bytes / secs / 1e9,
+                "roofline_gflops": roof / 1e9, "fraction_of_roofline": flops / secs / roof,
+                "bound": if bw * flops / bytes < peak { "memory" } else { "compute" },
+            }));
+        }
+    }
+    let report = json!({
+        "isa": k.isa().name(),
+        "threads": rayon::current_num_threads(),
+        "cpu": cpu_model(),
+        "read_bandwidth_gbps": bw / 1e9,
+        "fma_peak_gflops": peak / 1e9,
+        "kernels": rows,
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+        return Ok(());
+    }
+    println!("machine: {} ({} threads, kernels: {})", cpu_model(), rayon::current_num_threads(), k.isa());
+    println!("read bandwidth: {:.1} GB/s   f32 FMA peak: {:.1} GFLOP/s", bw / 1e9, peak / 1e9);
+    println!();
+    println!("| op | M | K x N | time (us) | GFLOP/s | GB/s | roofline GFLOP/s | of roofline | bound |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in report["kernels"].as_array().expect("rows") {
+        println!(
+            "| {} | {} | {}x{} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0}% | {} |",
+            r["op"].as_str().unwrap_or(""),
+            r["m"],
+            r["k"],
+            r["n"],
+            r["seconds"].as_f64().unwrap_or(0.0) * 1e6,
+            r["gflops"].as_f64().unwrap_or(0.0),
+            r["gbps"].as_f64().unwrap_or(0.0),
+            r["roofline_gflops"].as_f64().unwrap_or(0.0),
+            r["fraction_of_roofline"].as_f64().unwrap_or(0.0) * 100.0,
+            r["bound"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
