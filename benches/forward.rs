@@ -1,5 +1,6 @@
 //! End-to-end forward pass of the GPT-2 124M shape: prefill (time to first token for a 50-token
-//! prompt) and decode (one token over a 50-token cache), separately, after criterion's warm-up.
+//! prompt) and decode (one token over a 50-token cache), separately, after criterion's warm-up,
+//! for every weight dtype.
 //!
 //! `cargo bench --bench forward`
 
@@ -7,9 +8,15 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use inferneo_runtime::{Gpt2, KvCache, Logits, Preset, SeqInput, WeightDtype};
 
 fn forward(c: &mut Criterion) {
-    let model = Gpt2::random(Preset::Gpt2, 0, inferneo_kernels::kernels().unwrap(), WeightDtype::F32);
+    for dtype in WeightDtype::ALL {
+        forward_dtype(c, dtype);
+    }
+}
+
+fn forward_dtype(c: &mut Criterion, dtype: WeightDtype) {
+    let model = Gpt2::random(Preset::Gpt2, 0, inferneo_kernels::kernels().unwrap(), dtype);
     let prompt: Vec<u32> = (0..50).map(|i| (i * 389 + 11) % 50257).collect();
-    let mut g = c.benchmark_group("gpt2_124m");
+    let mut g = c.benchmark_group(format!("gpt2_124m/{dtype}"));
     g.sample_size(10);
     g.throughput(Throughput::Elements(50));
     g.bench_function("prefill_50_tokens", |b| {

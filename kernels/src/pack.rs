@@ -99,7 +99,7 @@ impl PackedKn {
         };
         let padded = n.div_ceil(nr) * nr;
         let panels = match dtype {
-            WeightDtype::F32 => Panels::F32(fill(k, n, nr, &at)),
+            WeightDtype::F32 => Panels::F32(fill(k, n, nr, at)),
             WeightDtype::F16 => Panels::F16(fill(k, n, nr, |kk, c| f16::from_f32(at(kk, c)))),
             WeightDtype::Bf16 => Panels::Bf16(fill(k, n, nr, |kk, c| bf16::from_f32(at(kk, c)))),
             WeightDtype::Int8 => {

@@ -18,7 +18,6 @@ use crate::weights::{Tensor, WeightSource};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
 
 /// A named model shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,31 +142,27 @@ pub fn tensor_values(seed: u64, name: &str, len: usize) -> Vec<f32> {
     out
 }
 
-/// Random weights generated in memory.
+/// Random weights, generated on demand: each tensor exists in f32 only while the model packs
+/// it, so peak memory is the packed model plus one tensor.
 pub struct RandomWeights {
-    /// Tensors are handed out by move: the model takes each one exactly once.
-    tensors: Mutex<HashMap<String, Vec<f32>>>,
+    seed: u64,
+    shapes: HashMap<String, Vec<usize>>,
 }
 
 impl RandomWeights {
     pub fn new(config: &Config, seed: u64) -> RandomWeights {
-        let tensors = parameter_shapes(config)
-            .into_iter()
-            .map(|(name, shape)| {
-                let v = tensor_values(seed, &name, shape.iter().product());
-                (name, v)
-            })
-            .collect();
-        RandomWeights { tensors: Mutex::new(tensors) }
+        RandomWeights { seed, shapes: parameter_shapes(config).into_iter().collect() }
     }
 }
 
 impl WeightSource for RandomWeights {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let v = self.tensors.lock().expect("not poisoned").remove(name);
-        let v = v.ok_or_else(|| Error::MissingTensor { path: "<random weights>".into(), name: name.into() })?;
-        debug_assert_eq!(v.len(), shape.iter().product::<usize>());
-        Ok(Tensor::Owned(v))
+        let want = self
+            .shapes
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor { path: "<random weights>".into(), name: name.into() })?;
+        debug_assert_eq!(want.as_slice(), shape);
+        Ok(Tensor::Owned(tensor_values(self.seed, name, shape.iter().product())))
     }
 }
 

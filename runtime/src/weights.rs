@@ -30,6 +30,14 @@ impl Tensor {
     pub fn is_mapped(&self) -> bool {
         matches!(self, Tensor::Mapped { .. })
     }
+
+    /// An owned copy, so the mapping can be released once loading is done.
+    pub fn into_owned(self) -> Tensor {
+        match self {
+            Tensor::Mapped { .. } => Tensor::Owned(self.as_slice().to_vec()),
+            owned => owned,
+        }
+    }
 }
 
 /// Where the model's tensors come from: a file, or weights generated in memory.

@@ -4,7 +4,7 @@
 //! Every figure is the best of several timed repetitions (the machines are noisy; the best run
 //! is the one least disturbed). Threads: the rayon pool, i.e. all cores.
 
-use inferneo_kernels::Kernels;
+use inferneo_kernels::{Kernels, Layout, WeightDtype};
 use rayon::prelude::*;
 use serde_json::json;
 use std::hint::black_box;
@@ -66,13 +66,15 @@ pub fn run(k: Kernels, as_json: bool, quick: bool) -> Result<(), String> {
     let mut rows = Vec::new();
     for (label, kk, n) in SHAPES {
         let w: Vec<f32> = (0..kk * n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
-        let packed = k.pack_kn(&w, kk, n);
-        drop(w);
         let bias = vec![0.01f32; n];
-        for m in MS {
+        // Every dtype at decode sizes (bandwidth-bound); f32 across all M.
+        let cases =
+            WeightDtype::ALL.into_iter().map(|d| (d, 1)).chain(MS.into_iter().skip(1).map(|m| (WeightDtype::F32, m)));
+        for (dtype, m) in cases {
             if quick && m > 32 {
                 continue;
             }
+            let packed = k.pack(&w, Layout::KN, kk, n, dtype);
             let x = vec![0.5f32; m * kk];
             let mut out = vec![0.0f32; m * n];
             let secs = best_of(budget, || k.matmul_kn(black_box(&x), &packed, Some(&bias), &mut out, m, false));
@@ -80,7 +82,7 @@ pub fn run(k: Kernels, as_json: bool, quick: bool) -> Result<(), String> {
             let bytes = (packed.bytes() + 4 * (m * kk + m * n + n)) as f64;
             let roof = peak.min(bw * flops / bytes);
             rows.push(json!({
-                "op": label, "m": m, "k": kk, "n": n, "seconds": secs,
+                "op": label, "dtype": dtype.name(), "m": m, "k": kk, "n": n, "seconds": secs,
                 "gflops": flops / secs / 1e9, "gbps": bytes / secs / 1e9,
                 "roofline_gflops": roof / 1e9, "fraction_of_roofline": flops / secs / roof,
                 "bound": if bw * flops / bytes < peak { "memory" } else { "compute" },
@@ -102,12 +104,13 @@ pub fn run(k: Kernels, as_json: bool, quick: bool) -> Result<(), String> {
     println!("machine: {} ({} threads, kernels: {})", cpu_model(), rayon::current_num_threads(), k.isa());
     println!("read bandwidth: {:.1} GB/s   f32 FMA peak: {:.1} GFLOP/s", bw / 1e9, peak / 1e9);
     println!();
-    println!("| op | M | K x N | time (us) | GFLOP/s | GB/s | roofline GFLOP/s | of roofline | bound |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| op | dtype | M | K x N | time (us) | GFLOP/s | GB/s | roofline GFLOP/s | of roofline | bound |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in report["kernels"].as_array().expect("rows") {
         println!(
-            "| {} | {} | {}x{} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0}% | {} |",
+            "| {} | {} | {} | {}x{} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0}% | {} |",
             r["op"].as_str().unwrap_or(""),
+            r["dtype"].as_str().unwrap_or(""),
             r["m"],
             r["k"],
             r["n"],

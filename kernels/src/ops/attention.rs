@@ -3,7 +3,7 @@
 //! Two passes over the keys: scores and their max, then `exp` and the weighted sum of values.
 //! The scores scratch buffer is the caller's, so the hot loop allocates nothing.
 
-use super::{dot, map_vectors};
+use super::{dot, map_vectors, sum_by};
 use crate::simd::Simd;
 use crate::Attention;
 
@@ -18,8 +18,8 @@ pub fn attend<S: Simd>(s: S, a: &Attention, out: &mut [f32], scores: &mut [f32])
         max = max.max(*sc);
     }
     let maxv = s.splat(max);
-    map_vectors(s, scores, |v| s.exp(s.sub(v, maxv)));
-    let sum = super::sum_by(s, scores, |v| v, |v| v);
+    map_vectors!(s, scores, |v| s.exp(s.sub(v, maxv)));
+    let sum = sum_by!(s, scores, |v| v, |v| v);
     let out = &mut out[..hd];
     out.fill(0.0);
     let l = S::LANES;
@@ -38,5 +38,5 @@ pub fn attend<S: Simd>(s: S, a: &Attention, out: &mut [f32], scores: &mut [f32])
         }
     }
     let inv = s.splat(1.0 / sum);
-    map_vectors(s, out, |v| s.mul(v, inv));
+    map_vectors!(s, out, |v| s.mul(v, inv));
 }

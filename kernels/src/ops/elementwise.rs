@@ -1,6 +1,6 @@
 //! Activation, softmax and vector add bodies.
 
-use super::map_vectors;
+use super::{map_vectors, sum_by};
 use crate::simd::Simd;
 
 /// `sqrt(2 / pi)`, the constant in GPT-2's tanh-approximated GELU.
@@ -14,7 +14,7 @@ pub fn gelu_new<S: Simd>(s: S, x: &mut [f32]) {
     let c3 = s.splat(0.044_715);
     let half = s.splat(0.5);
     let one = s.splat(1.0);
-    map_vectors(s, x, |v| {
+    map_vectors!(s, x, |v| {
         let inner = s.mul(c, s.fma(s.mul(c3, v), s.mul(v, v), v));
         s.mul(s.mul(half, v), s.add(one, s.tanh(inner)))
     });
@@ -33,10 +33,10 @@ pub fn softmax<S: Simd>(s: S, x: &mut [f32]) {
     }
     let max = chunks.remainder().iter().fold(s.hmax(mv), |m, &v| m.max(v));
     let maxv = s.splat(max);
-    map_vectors(s, x, |v| s.exp(s.sub(v, maxv)));
-    let sum = super::sum_by(s, x, |v| v, |v| v);
+    map_vectors!(s, x, |v| s.exp(s.sub(v, maxv)));
+    let sum = sum_by!(s, x, |v| v, |v| v);
     let inv = s.splat(1.0 / sum);
-    map_vectors(s, x, |v| s.mul(v, inv));
+    map_vectors!(s, x, |v| s.mul(v, inv));
 }
 
 /// `out = a + b`.

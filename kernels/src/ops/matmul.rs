@@ -85,23 +85,41 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize>(
     let mc = (MC_BYTES / (4 * a.k.max(1))).max(MR) / MR * MR;
     for mc0 in (0..m).step_by(mc) {
         let mc_end = (mc0 + mc).min(m);
-        for j in (0..width).step_by(nr) {
+        let mut j = 0;
+        // Decode shapes (one or two rows) have too few accumulators to hide the FMA latency in
+        // one panel; walk several panels at once instead (the order over k is unchanged).
+        match mc_end - mc0 {
+            1 => {
+                while j + 4 * nr <= width {
+                    kn_tile::<S, E, C, 1, 4>(s, a, w, scale, out, mc0, j);
+                    j += 4 * nr;
+                }
+            }
+            2 => {
+                while j + 2 * nr <= width {
+                    kn_tile::<S, E, C, 2, 2>(s, a, w, scale, out, mc0, j);
+                    j += 2 * nr;
+                }
+            }
+            _ => {}
+        }
+        for j in (j..width).step_by(nr) {
             let mut r0 = mc0;
             while r0 < mc_end {
                 let rows = (mc_end - r0).min(MR);
                 match rows {
-                    12 => kn_tile::<S, E, C, 12>(s, a, w, scale, out, r0, j),
-                    11 => kn_tile::<S, E, C, 11>(s, a, w, scale, out, r0, j),
-                    10 => kn_tile::<S, E, C, 10>(s, a, w, scale, out, r0, j),
-                    9 => kn_tile::<S, E, C, 9>(s, a, w, scale, out, r0, j),
-                    8 => kn_tile::<S, E, C, 8>(s, a, w, scale, out, r0, j),
-                    7 => kn_tile::<S, E, C, 7>(s, a, w, scale, out, r0, j),
-                    6 => kn_tile::<S, E, C, 6>(s, a, w, scale, out, r0, j),
-                    5 => kn_tile::<S, E, C, 5>(s, a, w, scale, out, r0, j),
-                    4 => kn_tile::<S, E, C, 4>(s, a, w, scale, out, r0, j),
-                    3 => kn_tile::<S, E, C, 3>(s, a, w, scale, out, r0, j),
-                    2 => kn_tile::<S, E, C, 2>(s, a, w, scale, out, r0, j),
-                    _ => kn_tile::<S, E, C, 1>(s, a, w, scale, out, r0, j),
+                    12 => kn_tile::<S, E, C, 12, 1>(s, a, w, scale, out, r0, j),
+                    11 => kn_tile::<S, E, C, 11, 1>(s, a, w, scale, out, r0, j),
+                    10 => kn_tile::<S, E, C, 10, 1>(s, a, w, scale, out, r0, j),
+                    9 => kn_tile::<S, E, C, 9, 1>(s, a, w, scale, out, r0, j),
+                    8 => kn_tile::<S, E, C, 8, 1>(s, a, w, scale, out, r0, j),
+                    7 => kn_tile::<S, E, C, 7, 1>(s, a, w, scale, out, r0, j),
+                    6 => kn_tile::<S, E, C, 6, 1>(s, a, w, scale, out, r0, j),
+                    5 => kn_tile::<S, E, C, 5, 1>(s, a, w, scale, out, r0, j),
+                    4 => kn_tile::<S, E, C, 4, 1>(s, a, w, scale, out, r0, j),
+                    3 => kn_tile::<S, E, C, 3, 1>(s, a, w, scale, out, r0, j),
+                    2 => kn_tile::<S, E, C, 2, 1>(s, a, w, scale, out, r0, j),
+                    _ => kn_tile::<S, E, C, 1, 1>(s, a, w, scale, out, r0, j),
                 }
                 r0 += rows;
             }
@@ -109,10 +127,10 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize>(
     }
 }
 
-/// `R` rows times one packed panel. The panel is read front to back, `NR` floats per k,
-/// so the weights stream contiguously whatever N is.
+/// `R` rows times `P` consecutive packed panels. Each panel is read front to back, `NR` values
+/// per k, so the weights stream contiguously whatever N is.
 #[inline(always)]
-fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize>(
+fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const P: usize>(
     s: S,
     a: &MatmulKn,
     w: &[E],
@@ -126,53 +144,74 @@ fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize>(
     let l = S::LANES;
     let nr = C * l;
     let col = a.col0 + j;
-    let panel = &w[(col / nr) * a.k * nr..][..a.k * nr];
-    let mut acc = [[s.zero(); C]; R];
-    for (kk, wrow) in panel.chunks_exact(nr).enumerate() {
-        let wv: [S::V; C] = from_fn(|c| E::load(s, &wrow[c * l..]));
+    let panels: [&[E]; P] = from_fn(|p| &w[(col / nr + p) * a.k * nr..][..a.k * nr]);
+    let mut acc = [[[s.zero(); C]; P]; R];
+    for kk in 0..a.k {
+        // Plain loops, not `array::from_fn`: a closure does not inherit the caller's
+        // `#[target_feature]`s, and an un-inlined widening load costs a call per vector.
+        let mut wv = [[s.zero(); C]; P];
+        for p in 0..P {
+            for c in 0..C {
+                wv[p][c] = E::load(s, &panels[p][kk * nr + c * l..]);
+            }
+        }
         for r in 0..R {
             let xv = s.splat(x[r][kk]);
-            for c in 0..C {
-                acc[r][c] = s.fma(xv, wv[c], acc[r][c]);
+            for p in 0..P {
+                for c in 0..C {
+                    acc[r][p][c] = s.fma(xv, wv[p][c], acc[r][p][c]);
+                }
             }
         }
     }
-    let valid = (out[0].len() - j).min(nr);
     for r in 0..R {
-        let dst = &mut out[r][j..j + valid];
-        if valid == nr {
-            for c in 0..C {
-                let mut v = acc[r][c];
-                if let Some(sc) = scale {
-                    v = s.mul(v, s.load(&sc[col + c * l..]));
-                }
-                if let Some(b) = a.bias {
-                    v = s.add(v, s.load(&b[col + c * l..]));
-                }
-                if a.accumulate {
-                    v = s.add(s.load(&dst[c * l..]), v);
-                }
-                s.store(&mut dst[c * l..], v);
+        for p in 0..P {
+            store_panel::<S, C>(s, a, scale, out[r], j + p * nr, &acc[r][p]);
+        }
+    }
+}
+
+/// Epilogue of one row of one panel: `acc * scale + bias (+ out)`, in that order for every
+/// element, vector or not.
+#[inline(always)]
+fn store_panel<S: Simd, const C: usize>(s: S, a: &MatmulKn, scale: Scales, out: &mut [f32], j: usize, acc: &[S::V; C]) {
+    let l = S::LANES;
+    let nr = C * l;
+    let col = a.col0 + j;
+    let valid = (out.len() - j).min(nr);
+    let dst = &mut out[j..j + valid];
+    if valid == nr {
+        for c in 0..C {
+            let mut v = acc[c];
+            if let Some(sc) = scale {
+                v = s.mul(v, s.load(&sc[col + c * l..]));
             }
-        } else {
-            // Ragged last panel: the same two additions, one element at a time.
-            let mut tmp = [0.0f32; MAX_NR];
-            for c in 0..C {
-                s.store(&mut tmp[c * l..], acc[r][c]);
+            if let Some(b) = a.bias {
+                v = s.add(v, s.load(&b[col + c * l..]));
             }
-            for (i, d) in dst.iter_mut().enumerate() {
-                let mut v = tmp[i];
-                if let Some(sc) = scale {
-                    v *= sc[col + i];
-                }
-                if let Some(b) = a.bias {
-                    v += b[col + i];
-                }
-                if a.accumulate {
-                    v += *d;
-                }
-                *d = v;
+            if a.accumulate {
+                v = s.add(s.load(&dst[c * l..]), v);
             }
+            s.store(&mut dst[c * l..], v);
+        }
+    } else {
+        // Ragged last panel: the same operations, one element at a time.
+        let mut tmp = [0.0f32; MAX_NR];
+        for c in 0..C {
+            s.store(&mut tmp[c * l..], acc[c]);
+        }
+        for (i, d) in dst.iter_mut().enumerate() {
+            let mut v = tmp[i];
+            if let Some(sc) = scale {
+                v *= sc[col + i];
+            }
+            if let Some(b) = a.bias {
+                v += b[col + i];
+            }
+            if a.accumulate {
+                v += *d;
+            }
+            *d = v;
         }
     }
 }

@@ -10,42 +10,54 @@ pub mod norm;
 
 use crate::simd::Simd;
 
-/// Applies `f` to `x` one vector at a time; the ragged tail goes through the same vector code via
-/// a padded copy, so every element sees exactly the same arithmetic whatever its position.
-#[inline(always)]
-pub(crate) fn map_vectors<S: Simd>(s: S, x: &mut [f32], mut f: impl FnMut(S::V) -> S::V) {
-    let l = S::LANES;
-    let mut chunks = x.chunks_exact_mut(l);
-    for c in &mut chunks {
-        let v = f(s.load(c));
-        s.store(c, v);
-    }
-    let tail = chunks.into_remainder();
-    if !tail.is_empty() {
-        let mut pad = [0.0f32; 16];
-        pad[..tail.len()].copy_from_slice(tail);
-        let v = f(s.load(&pad));
-        s.store(&mut pad, v);
-        tail.copy_from_slice(&pad[..tail.len()]);
-    }
-}
+// The two helpers below are macros, not functions taking closures: a closure is compiled
+// without the caller's `#[target_feature]`s, and when LLVM declines to inline it (exp/tanh bodies
+// are big) every intrinsic inside becomes a call. A macro pastes the body into the caller.
+// Both expect the caller's `Simd` type parameter to be named `S`.
 
-/// Sum of `f(x[i])` in a fixed order: lane-wise over whole vectors, then the lanes in a fixed
-/// tree, then the tail sequentially.
-#[inline(always)]
-pub(crate) fn sum_by<S: Simd>(s: S, x: &[f32], f: impl Fn(S::V) -> S::V, f1: impl Fn(f32) -> f32) -> f32 {
-    let l = S::LANES;
-    let mut acc = s.zero();
-    let mut chunks = x.chunks_exact(l);
-    for c in &mut chunks {
-        acc = s.add(acc, f(s.load(c)));
-    }
-    let mut total = s.hsum(acc);
-    for &v in chunks.remainder() {
-        total += f1(v);
-    }
-    total
+/// Applies `|v| body` to `x` one vector at a time; the ragged tail goes through the same vector
+/// code via a padded copy, so every element sees exactly the same arithmetic.
+macro_rules! map_vectors {
+    ($s:expr, $x:expr, |$v:ident| $body:expr) => {{
+        let x: &mut [f32] = $x;
+        let mut chunks = x.chunks_exact_mut(S::LANES);
+        for c in &mut chunks {
+            let $v = $s.load(c);
+            let r = $body;
+            $s.store(c, r);
+        }
+        let tail = chunks.into_remainder();
+        if !tail.is_empty() {
+            let mut pad = [0.0f32; 16];
+            pad[..tail.len()].copy_from_slice(tail);
+            let $v = $s.load(&pad);
+            let r = $body;
+            $s.store(&mut pad, r);
+            tail.copy_from_slice(&pad[..tail.len()]);
+        }
+    }};
 }
+pub(crate) use map_vectors;
+
+/// Sum of `f(x[i])` in a fixed order: lane-wise over whole vectors (`|v| vector body`), then the
+/// lanes in a fixed tree, then the tail sequentially (`|e| scalar body`).
+macro_rules! sum_by {
+    ($s:expr, $x:expr, |$v:ident| $vbody:expr, |$e:ident| $ebody:expr $(,)?) => {{
+        let x: &[f32] = $x;
+        let mut acc = $s.zero();
+        let mut chunks = x.chunks_exact(S::LANES);
+        for c in &mut chunks {
+            let $v = $s.load(c);
+            acc = $s.add(acc, $vbody);
+        }
+        let mut total = $s.hsum(acc);
+        for &$e in chunks.remainder() {
+            total += $ebody;
+        }
+        total
+    }};
+}
+pub(crate) use sum_by;
 
 /// Dot product in the kernels' fixed order (lane-wise FMA, tree sum, sequential tail).
 #[inline(always)]

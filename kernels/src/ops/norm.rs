@@ -6,9 +6,9 @@ use crate::simd::Simd;
 #[inline(always)]
 pub fn layernorm<S: Simd>(s: S, x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
     let n = x.len();
-    let mean = sum_by(s, x, |v| v, |v| v) / n as f32;
+    let mean = sum_by!(s, x, |v| v, |v| v) / n as f32;
     let mv = s.splat(mean);
-    let var = sum_by(
+    let var = sum_by!(
         s,
         x,
         |v| {
@@ -21,7 +21,7 @@ pub fn layernorm<S: Simd>(s: S, x: &[f32], gamma: &[f32], beta: &[f32], eps: f32
     out.copy_from_slice(x);
     let rv = s.splat(rstd);
     // Normalise in place, then apply the affine part with gamma/beta loaded at the same offsets.
-    map_vectors(s, out, |v| s.mul(s.sub(v, mv), rv));
+    map_vectors!(s, out, |v| s.mul(s.sub(v, mv), rv));
     let l = S::LANES;
     let nv = n / l * l;
     let mut i = 0;
