@@ -80,8 +80,18 @@ impl Kernels {
         assert!(bias.is_none_or(|b| b.len() >= n), "matmul_kn: bias shorter than n = {n}");
         let f = self.table.matmul_kn;
         let w = w.panels();
+        // Several rows: interleave them in blocks of MR (BLIS's packed A) once, shared by all
+        // threads; the tile then reads one contiguous run of MR values per k.
+        let mr = self.table.kn_mr;
+        let packed_x;
+        let (x, x_mr) = if m > 1 {
+            packed_x = pack_rows(&x[..m * k], k, mr);
+            (&packed_x[..], mr)
+        } else {
+            (x, 0)
+        };
         for_column_chunks(&mut out[..m * n], dims, self.table.kn_nr, |col0, rows| {
-            let a = MatmulKn { x, k, w, n, bias, col0, accumulate };
+            let a = MatmulKn { x, x_mr, k, w, n, bias, col0, accumulate };
             // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
             unsafe { f(&a, rows) }
         });
@@ -163,6 +173,22 @@ pub struct Dims {
     pub m: usize,
     pub k: usize,
     pub n: usize,
+}
+
+/// `[m, k]` rows interleaved in blocks of `mr`: block `b` is `[k][mr]` holding rows
+/// `b*mr .. b*mr+mr` (zeros past `m`).
+fn pack_rows(x: &[f32], k: usize, mr: usize) -> Vec<f32> {
+    let m = x.len() / k.max(1);
+    let mut out = vec![0.0f32; m.div_ceil(mr) * mr * k];
+    for (b, block) in out.chunks_exact_mut(mr * k).enumerate() {
+        for r in 0..mr.min(m - b * mr) {
+            let row = &x[(b * mr + r) * k..][..k];
+            for (kk, &v) in row.iter().enumerate() {
+                block[kk * mr + r] = v;
+            }
+        }
+    }
+    out
 }
 
 /// Splits `out` (`[m, n]` row-major) into column chunks, hands each chunk to `f` as its rows'

@@ -22,8 +22,11 @@ pub use pack::{Layout, PackedKn, Panels, WeightDtype};
 
 /// Arguments of one column chunk of `y = x · W (+ b) (+ y)`, `W` packed (see [`PackedKn`]).
 pub struct MatmulKn<'a> {
-    /// `[m, k]` row-major activations (`m` = number of output rows handed to the kernel).
+    /// The `m` activation rows: row-major `[m, k]` when `x_mr == 0`, else packed in blocks of
+    /// `x_mr` rows, each block `[k][x_mr]` (rows interleaved, zero-padded past `m`), so a
+    /// register tile broadcasts its rows' values from one contiguous run per k.
     pub x: &'a [f32],
+    pub x_mr: usize,
     pub k: usize,
     /// Packed `[k, n]` weights ([`PackedKn::panels`]).
     pub w: &'a Panels,

@@ -9,5 +9,7 @@ super::instantiate!(
         unsafe { crate::simd::avx2::Avx2::assume() },
     // 6 x 16 (BLIS's Haswell/Zen shape): 12 ymm accumulators + 2 weight vectors + 1 broadcast.
     kn_vecs: 2,
-    kn_mr: 6
+    kn_mr: 6,
+    // One row: 4 panels (8 accumulators) in flight to hide FMA latency; two rows: 2 panels.
+    decode_vecs: (8, 4)
 );

@@ -9,5 +9,7 @@ super::instantiate!(
         unsafe { crate::simd::avx512::Avx512::assume() },
     // 12 x 32: 24 zmm accumulators + 2 weight vectors + 1 broadcast of the 32 registers.
     kn_vecs: 2,
-    kn_mr: 12
+    kn_mr: 12,
+    // One row: 4 panels (8 accumulators) in flight to hide FMA latency; two rows: 2 panels.
+    decode_vecs: (8, 4)
 );

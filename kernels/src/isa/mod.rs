@@ -18,6 +18,8 @@ pub type LayerNormFn = unsafe fn(&[f32], &[f32], &[f32], f32, &mut [f32]);
 pub struct Table {
     /// Columns per packed `kn` panel: the width of one register tile.
     pub kn_nr: usize,
+    /// Rows per `kn` register tile.
+    pub kn_mr: usize,
     pub matmul_kn: unsafe fn(&MatmulKn, &mut [&mut [f32]]),
     pub layernorm: LayerNormFn,
     pub gelu_new: unsafe fn(&mut [f32]),
@@ -31,13 +33,13 @@ pub struct Table {
 /// Writes one shim per op that binds a body to an ISA token, under the given attributes
 /// (`#[target_feature(...)]` for SIMD ISAs), and a `table()` listing them.
 macro_rules! instantiate {
-    ($(#[$attr:meta])* simd: $simd:ty, token: $token:expr, kn_vecs: $c:literal, kn_mr: $mr:literal) => {
+    ($(#[$attr:meta])* simd: $simd:ty, token: $token:expr, kn_vecs: $c:literal, kn_mr: $mr:literal, decode_vecs: ($q1:literal, $q2:literal)) => {
         use crate::ops;
         use crate::{Attention, MatmulKn};
 
         $(#[$attr])*
         fn matmul_kn(a: &MatmulKn, out: &mut [&mut [f32]]) {
-            ops::matmul::matmul_kn::<_, $c, $mr>($token, a, out)
+            ops::matmul::matmul_kn::<_, $c, $mr, $q1, $q2>($token, a, out)
         }
         $(#[$attr])*
         fn layernorm(x: &[f32], g: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
@@ -72,6 +74,7 @@ macro_rules! instantiate {
         pub fn table() -> super::Table {
             super::Table {
                 kn_nr: $c * <$simd as crate::simd::Simd>::LANES,
+                kn_mr: $mr,
                 matmul_kn,
                 layernorm,
                 gelu_new,

@@ -5,5 +5,7 @@ super::instantiate!(
     token: crate::simd::scalar::Scalar,
     // 4 x 16 scalar accumulators: wide enough for the compiler to keep several FMA chains busy.
     kn_vecs: 16,
-    kn_mr: 4
+    kn_mr: 4,
+    // One row: 16 scalar accumulators already; no extra panels.
+    decode_vecs: (16, 16)
 );

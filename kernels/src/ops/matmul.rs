@@ -11,7 +11,6 @@ use crate::pack::Panels;
 use crate::simd::Simd;
 use crate::MatmulKn;
 use half::{bf16, f16};
-use std::array::from_fn;
 
 /// Largest panel width any ISA uses (AVX-512: 2 x 16 lanes; scalar: 16 x 1).
 pub const MAX_NR: usize = 32;
@@ -20,18 +19,23 @@ pub const MAX_NR: usize = 32;
 const MC_BYTES: usize = 384 << 10;
 
 /// `C`: vectors per packed panel row (panel width `NR = C * LANES`); `MR`: rows per register
-/// tile (at most 12). Both are chosen per ISA in `isa/`.
+/// tile (at most 12); `Q1`/`Q2`: vectors per row of the one-/two-row decode tiles (multiples of
+/// `C`: several panels at once). All chosen per ISA in `isa/`.
 ///
 /// Loop order (BLIS names): LOOP 3 cuts M into `MC`-row blocks whose activations stay in L2;
 /// LOOP 2 walks the packed panels (each read once per block, streaming from memory or L3);
 /// LOOP 1 runs the `MR x NR` register tile down the block while its panel is hot in L1/L2.
 #[inline(always)]
-pub fn matmul_kn<S: Simd, const C: usize, const MR: usize>(s: S, a: &MatmulKn, out: &mut [&mut [f32]]) {
+pub fn matmul_kn<S: Simd, const C: usize, const MR: usize, const Q1: usize, const Q2: usize>(
+    s: S,
+    a: &MatmulKn,
+    out: &mut [&mut [f32]],
+) {
     match a.w {
-        Panels::F32(w) => kn_blocks::<S, f32, C, MR>(s, a, w, None, out),
-        Panels::F16(w) => kn_blocks::<S, f16, C, MR>(s, a, w, None, out),
-        Panels::Bf16(w) => kn_blocks::<S, bf16, C, MR>(s, a, w, None, out),
-        Panels::Int8 { q, scale } => kn_blocks::<S, i8, C, MR>(s, a, q, Some(scale), out),
+        Panels::F32(w) => kn_blocks::<S, f32, C, MR, Q1, Q2>(s, a, w, None, out),
+        Panels::F16(w) => kn_blocks::<S, f16, C, MR, Q1, Q2>(s, a, w, None, out),
+        Panels::Bf16(w) => kn_blocks::<S, bf16, C, MR, Q1, Q2>(s, a, w, None, out),
+        Panels::Int8 { q, scale } => kn_blocks::<S, i8, C, MR, Q1, Q2>(s, a, q, Some(scale), out),
     }
 }
 
@@ -72,7 +76,7 @@ impl Elem for i8 {
 type Scales<'a> = Option<&'a [f32]>;
 
 #[inline(always)]
-fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize>(
+fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize, const Q2: usize>(
     s: S,
     a: &MatmulKn,
     w: &[E],
@@ -90,15 +94,15 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize>(
         // one panel; walk several panels at once instead (the order over k is unchanged).
         match mc_end - mc0 {
             1 => {
-                while j + 4 * nr <= width {
-                    kn_tile::<S, E, C, 1, 4>(s, a, w, scale, out, mc0, j);
-                    j += 4 * nr;
+                while j + Q1 / C * nr <= width {
+                    kn_tile::<S, E, C, 1, Q1>(s, a, w, scale, out, mc0, j);
+                    j += Q1 / C * nr;
                 }
             }
             2 => {
-                while j + 2 * nr <= width {
-                    kn_tile::<S, E, C, 2, 2>(s, a, w, scale, out, mc0, j);
-                    j += 2 * nr;
+                while j + Q2 / C * nr <= width {
+                    kn_tile::<S, E, C, 2, Q2>(s, a, w, scale, out, mc0, j);
+                    j += Q2 / C * nr;
                 }
             }
             _ => {}
@@ -108,18 +112,18 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize>(
             while r0 < mc_end {
                 let rows = (mc_end - r0).min(MR);
                 match rows {
-                    12 => kn_tile::<S, E, C, 12, 1>(s, a, w, scale, out, r0, j),
-                    11 => kn_tile::<S, E, C, 11, 1>(s, a, w, scale, out, r0, j),
-                    10 => kn_tile::<S, E, C, 10, 1>(s, a, w, scale, out, r0, j),
-                    9 => kn_tile::<S, E, C, 9, 1>(s, a, w, scale, out, r0, j),
-                    8 => kn_tile::<S, E, C, 8, 1>(s, a, w, scale, out, r0, j),
-                    7 => kn_tile::<S, E, C, 7, 1>(s, a, w, scale, out, r0, j),
-                    6 => kn_tile::<S, E, C, 6, 1>(s, a, w, scale, out, r0, j),
-                    5 => kn_tile::<S, E, C, 5, 1>(s, a, w, scale, out, r0, j),
-                    4 => kn_tile::<S, E, C, 4, 1>(s, a, w, scale, out, r0, j),
-                    3 => kn_tile::<S, E, C, 3, 1>(s, a, w, scale, out, r0, j),
-                    2 => kn_tile::<S, E, C, 2, 1>(s, a, w, scale, out, r0, j),
-                    _ => kn_tile::<S, E, C, 1, 1>(s, a, w, scale, out, r0, j),
+                    12 => kn_tile::<S, E, C, 12, C>(s, a, w, scale, out, r0, j),
+                    11 => kn_tile::<S, E, C, 11, C>(s, a, w, scale, out, r0, j),
+                    10 => kn_tile::<S, E, C, 10, C>(s, a, w, scale, out, r0, j),
+                    9 => kn_tile::<S, E, C, 9, C>(s, a, w, scale, out, r0, j),
+                    8 => kn_tile::<S, E, C, 8, C>(s, a, w, scale, out, r0, j),
+                    7 => kn_tile::<S, E, C, 7, C>(s, a, w, scale, out, r0, j),
+                    6 => kn_tile::<S, E, C, 6, C>(s, a, w, scale, out, r0, j),
+                    5 => kn_tile::<S, E, C, 5, C>(s, a, w, scale, out, r0, j),
+                    4 => kn_tile::<S, E, C, 4, C>(s, a, w, scale, out, r0, j),
+                    3 => kn_tile::<S, E, C, 3, C>(s, a, w, scale, out, r0, j),
+                    2 => kn_tile::<S, E, C, 2, C>(s, a, w, scale, out, r0, j),
+                    _ => kn_tile::<S, E, C, 1, C>(s, a, w, scale, out, r0, j),
                 }
                 r0 += rows;
             }
@@ -127,10 +131,12 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize>(
     }
 }
 
-/// `R` rows times `P` consecutive packed panels. Each panel is read front to back, `NR` values
-/// per k, so the weights stream contiguously whatever N is.
+/// `R` rows times `Q / C` consecutive packed panels (`Q` vectors per row). Each panel is read
+/// front to back, `NR` values per k, so the weights stream contiguously whatever N is.
+/// The accumulators are one flat `[R][Q]` array: LLVM keeps that in registers, where a
+/// `[R][P][C]` array was spilled to the stack on every k.
 #[inline(always)]
-fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const P: usize>(
+fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
     s: S,
     a: &MatmulKn,
     w: &[E],
@@ -139,34 +145,45 @@ fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const P: usize>(
     r0: usize,
     j: usize,
 ) {
-    let x: [&[f32]; R] = from_fn(|r| &a.x[(r0 + r) * a.k..][..a.k]);
+    // This tile's activations: values of row r at k are xb[k * xs + r].
+    let (xb, xs) = match a.x_mr {
+        0 => (&a.x[r0 * a.k..][..a.k * R], 1),
+        mr => (&a.x[r0 / mr * mr * a.k..][..mr * a.k], mr),
+    };
+    debug_assert!(a.x_mr == 0 && R == 1 || a.x_mr > 0 && r0.is_multiple_of(a.x_mr));
     let out = &mut out[r0..r0 + R];
     let l = S::LANES;
     let nr = C * l;
     let col = a.col0 + j;
-    let panels: [&[E]; P] = from_fn(|p| &w[(col / nr + p) * a.k * nr..][..a.k * nr]);
-    let mut acc = [[[s.zero(); C]; P]; R];
-    for kk in 0..a.k {
+    let p_count = Q / C;
+    let first = col / nr;
+    let mut acc = [[s.zero(); Q]; R];
+    assert!(xs >= R && xb.len() >= a.k * xs);
+    // Zipped chunk iterators make every index below provably in bounds: a bounds check (and its
+    // panic path) inside this loop makes LLVM spill the accumulators on every k.
+    let rows = w[first * a.k * nr..][..a.k * nr].chunks_exact(nr).zip(xb.chunks_exact(xs));
+    for (kk, (row0, xk)) in rows.enumerate() {
         // Plain loops, not `array::from_fn`: a closure does not inherit the caller's
         // `#[target_feature]`s, and an un-inlined widening load costs a call per vector.
-        let mut wv = [[s.zero(); C]; P];
-        for p in 0..P {
-            for c in 0..C {
-                wv[p][c] = E::load(s, &panels[p][kk * nr + c * l..]);
-            }
+        let mut wv = [s.zero(); Q];
+        for q in 0..Q {
+            let (p, c) = (q / C, q % C);
+            wv[q] = if p == 0 {
+                E::load(s, &row0[c * l..])
+            } else {
+                E::load(s, &w[((first + p) * a.k + kk) * nr + c * l..])
+            };
         }
         for r in 0..R {
-            let xv = s.splat(x[r][kk]);
-            for p in 0..P {
-                for c in 0..C {
-                    acc[r][p][c] = s.fma(xv, wv[p][c], acc[r][p][c]);
-                }
+            let xv = s.splat(xk[r]);
+            for q in 0..Q {
+                acc[r][q] = s.fma(xv, wv[q], acc[r][q]);
             }
         }
     }
     for r in 0..R {
-        for p in 0..P {
-            store_panel::<S, C>(s, a, scale, out[r], j + p * nr, &acc[r][p]);
+        for p in 0..p_count {
+            store_panel::<S>(s, a, scale, out[r], j + p * nr, &acc[r][p * C..(p + 1) * C]);
         }
     }
 }
@@ -174,14 +191,14 @@ fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const P: usize>(
 /// Epilogue of one row of one panel: `acc * scale + bias (+ out)`, in that order for every
 /// element, vector or not.
 #[inline(always)]
-fn store_panel<S: Simd, const C: usize>(s: S, a: &MatmulKn, scale: Scales, out: &mut [f32], j: usize, acc: &[S::V; C]) {
+fn store_panel<S: Simd>(s: S, a: &MatmulKn, scale: Scales, out: &mut [f32], j: usize, acc: &[S::V]) {
     let l = S::LANES;
-    let nr = C * l;
+    let nr = acc.len() * l;
     let col = a.col0 + j;
     let valid = (out.len() - j).min(nr);
     let dst = &mut out[j..j + valid];
     if valid == nr {
-        for c in 0..C {
+        for c in 0..acc.len() {
             let mut v = acc[c];
             if let Some(sc) = scale {
                 v = s.mul(v, s.load(&sc[col + c * l..]));
@@ -197,7 +214,7 @@ fn store_panel<S: Simd, const C: usize>(s: S, a: &MatmulKn, scale: Scales, out: 
     } else {
         // Ragged last panel: the same operations, one element at a time.
         let mut tmp = [0.0f32; MAX_NR];
-        for c in 0..C {
+        for c in 0..acc.len() {
             s.store(&mut tmp[c * l..], acc[c]);
         }
         for (i, d) in dst.iter_mut().enumerate() {
