@@ -107,6 +107,7 @@ impl Gpt2 {
         let conv = |name: &str, n_in: usize, n_out: usize| -> Result<Conv1D> {
             let weight = src.get(&format!("{name}.weight"), &[n_in, n_out])?;
             let weight = kernels.pack(weight.as_slice(), Layout::KN, n_in, n_out, dtype);
+            src.release(&format!("{name}.weight"));
             Ok(Conv1D { weight, bias: vector(&format!("{name}.bias"), n_out)? })
         };
         let blocks = (0..config.n_layer)
@@ -124,6 +125,7 @@ impl Gpt2 {
         let wte = src.get("wte.weight", &[config.vocab_size, e])?;
         let lm_head = kernels.pack(wte.as_slice(), Layout::NK, e, config.vocab_size, dtype);
         drop(wte);
+        src.release("wte.weight");
         Ok(Gpt2 {
             lm_head,
             dtype,

@@ -44,6 +44,10 @@ impl Tensor {
 pub trait WeightSource {
     /// The tensor called `name` (canonical GPT-2 name, no prefix), checked against `shape`.
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+
+    /// Says that `name`'s data will not be read again (it has been packed), so its memory can
+    /// be returned to the OS now rather than when loading ends.
+    fn release(&self, _name: &str) {}
 }
 
 /// A mapped `model.safetensors`.
@@ -77,6 +81,22 @@ impl SafetensorsFile {
 }
 
 impl WeightSource for SafetensorsFile {
+    fn release(&self, name: &str) {
+        let prefixed = format!("transformer.{name}");
+        let Some((_, _, _, range)) = self.entries.iter().find(|e| e.0 == name || e.0 == prefixed) else { return };
+        // Only whole pages inside the tensor, so neighbours sharing a boundary page stay.
+        let page = 4096;
+        let (start, end) = (range.start.next_multiple_of(page), range.end / page * page);
+        if end > start {
+            // SAFETY: the mapping is read-only and file-backed, so MADV_DONTNEED only drops clean
+            // page-cache pages from this process; a later access faults the same bytes back in
+            // from the file. No reference into this range is alive: the tensor was packed into
+            // an owned buffer and its view dropped before `release` is called.
+            #[allow(unsafe_code)]
+            let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+        }
+    }
+
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let prefixed = format!("transformer.{name}");
         let Some((found, dtype, got, range)) = self.entries.iter().find(|e| e.0 == name || e.0 == prefixed) else {

@@ -218,6 +218,28 @@ fn select_kernels(flag: Option<&str>) -> CliResult<Kernels> {
 }
 
 fn load_model(arg: &ModelArg, kernels: Kernels) -> CliResult<(Gpt2, Option<Tokenizer>)> {
+    let loaded = load_model_quiet(arg, kernels)?;
+    let m = &loaded.0;
+    eprintln!(
+        "loaded: {} layers x {} wide, {} weights ({:.0} MB packed), kernels {}, resident {}",
+        m.config().n_layer,
+        m.config().n_embd,
+        m.dtype(),
+        m.packed_bytes() as f64 / 1e6,
+        kernels.isa(),
+        resident_mb().map_or("unknown".into(), |mb| format!("{mb:.0} MB")),
+    );
+    Ok(loaded)
+}
+
+/// This process's resident set size (Linux `/proc/self/status`), in MB.
+fn resident_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn load_model_quiet(arg: &ModelArg, kernels: Kernels) -> CliResult<(Gpt2, Option<Tokenizer>)> {
     let dtype: WeightDtype = arg.dtype.parse()?;
     match &arg.model {
         None => {
