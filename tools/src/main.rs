@@ -221,7 +221,7 @@ fn load_model(arg: &ModelArg, kernels: Kernels) -> CliResult<(Gpt2, Option<Token
     let loaded = load_model_quiet(arg, kernels)?;
     let m = &loaded.0;
     eprintln!(
-        "loaded: {} layers x {} wide, {} weights ({:.0} MB packed), kernels {}, resident {}",
+        "note: loaded {} layers x {} wide, {} weights ({:.0} MB packed), kernels {}, resident {}",
         m.config().n_layer,
         m.config().n_embd,
         m.dtype(),
