@@ -15,6 +15,9 @@ use half::{bf16, f16};
 /// Largest panel width any ISA uses (AVX-512: 2 x 16 lanes; scalar: 16 x 1).
 pub const MAX_NR: usize = 32;
 
+/// How far ahead of the current k a decode tile prefetches each panel stream.
+const PREFETCH_BYTES: usize = 2048;
+
 /// Bytes of activations (`MC` rows of `x`) kept resident in L2 while every panel passes by.
 const MC_BYTES: usize = 384 << 10;
 
@@ -162,7 +165,18 @@ fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
     // Zipped chunk iterators make every index below provably in bounds: a bounds check (and its
     // panic path) inside this loop makes LLVM spill the accumulators on every k.
     let rows = w[first * a.k * nr..][..a.k * nr].chunks_exact(nr).zip(xb.chunks_exact(xs));
+    let ahead = PREFETCH_BYTES / (nr * std::mem::size_of::<E>()) * nr;
+    let lines_per_row = (nr * std::mem::size_of::<E>()).div_ceil(64);
     for (kk, (row0, xk)) in rows.enumerate() {
+        if R <= 2 {
+            // Decode tiles stream cold weights with little arithmetic in between: prefetch each
+            // panel ahead of use (the hardware prefetcher alone leaves bandwidth unused).
+            for p in 0..Q / C {
+                for line in 0..lines_per_row {
+                    s.prefetch(w, ((first + p) * a.k + kk) * nr + ahead + line * 64 / std::mem::size_of::<E>());
+                }
+            }
+        }
         // Plain loops, not `array::from_fn`: a closure does not inherit the caller's
         // `#[target_feature]`s, and an un-inlined widening load costs a call per vector.
         let mut wv = [s.zero(); Q];

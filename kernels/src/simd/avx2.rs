@@ -139,4 +139,10 @@ impl Simd for Avx2 {
             _mm_cvtss_f32(s)
         }
     }
+    #[inline(always)]
+    fn prefetch<T>(self, s: &[T], i: usize) {
+        // SAFETY: PREFETCHT0 is a hint that never faults, whatever the address; the pointer is
+        // formed with `wrapping_add` and never dereferenced.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(s.as_ptr().wrapping_add(i).cast()) }
+    }
 }

@@ -140,4 +140,10 @@ impl Simd for Avx512 {
         // SAFETY: the token proves AVX-512F is available.
         unsafe { _mm512_reduce_max_ps(v) }
     }
+    #[inline(always)]
+    fn prefetch<T>(self, s: &[T], i: usize) {
+        // SAFETY: PREFETCHT0 is a hint that never faults, whatever the address; the pointer is
+        // formed with `wrapping_add` and never dereferenced.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(s.as_ptr().wrapping_add(i).cast()) }
+    }
 }

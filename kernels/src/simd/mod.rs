@@ -46,6 +46,9 @@ pub trait Simd: Copy {
     /// Sum of all lanes, in a fixed tree order (part of the batch-invariance contract).
     fn hsum(self, v: Self::V) -> f32;
     fn hmax(self, v: Self::V) -> f32;
+    /// Hints that the cache line holding `s[i]` will be read soon (out of range is harmless:
+    /// a prefetch never faults).
+    fn prefetch<T>(self, s: &[T], i: usize);
 
     #[inline(always)]
     fn zero(self) -> Self::V {

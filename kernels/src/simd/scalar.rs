@@ -84,4 +84,6 @@ impl Simd for Scalar {
     fn hmax(self, v: f32) -> f32 {
         v
     }
+    #[inline(always)]
+    fn prefetch<T>(self, _s: &[T], _i: usize) {}
 }
