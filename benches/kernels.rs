@@ -4,7 +4,7 @@
 //! `cargo bench --bench kernels` (filter with e.g. `-- matmul_kn/avx2`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use inferneo_kernels::{Isa, Kernels, Layout, WeightDtype};
+use inferneo_kernels::{Epilogue, Isa, Kernels, Layout, WeightDtype};
 use std::hint::black_box;
 
 fn vals(n: usize) -> Vec<f32> {
@@ -36,7 +36,7 @@ fn matmul(c: &mut Criterion) {
                     g.throughput(Throughput::Elements((2 * m * n * k) as u64));
                     let id = BenchmarkId::new(format!("{}/{dtype}", kern.isa()), format!("m{m}_k{k}_n{n}"));
                     g.bench_function(id, |bch| {
-                        bch.iter(|| kern.matmul_kn(black_box(&x), &w, Some(&b), &mut out, m, false))
+                        bch.iter(|| kern.matmul_kn(black_box(&x), &w, Some(&b), &mut out, m, Epilogue::STORE))
                     });
                 }
             }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::available_kernels;
-use inferneo_kernels::{reference, Attention, Kernels, KvView, Layout, WeightDtype};
+use inferneo_kernels::{reference, Attention, Epilogue, Kernels, KvView, Layout, WeightDtype};
 use proptest::prelude::*;
 
 /// Relative tolerance for f32 reductions vs the f64 oracle, scaled by the sum of |terms|.
@@ -41,7 +41,7 @@ proptest! {
     /// Every storage dtype against the oracle run on the weights the kernel actually sees
     /// (the stored values, dequantized), so only the kernel's arithmetic is under test.
     #[test]
-    fn matmul_kn_matches_reference(m in 1usize..14, k in 1usize..70, n in 1usize..70, seed: u64, acc: bool, bias: bool) {
+    fn matmul_kn_matches_reference(m in 1usize..14, k in 1usize..70, n in 1usize..70, seed: u64, acc: bool, bias: bool, gelu: bool) {
         let (x, w, b, prior) = (vals(m * k, seed), vals(k * n, seed ^ 1), vals(n, seed ^ 2), vals(m * n, seed ^ 3));
         for kern in kernels() {
             for dtype in WeightDtype::ALL {
@@ -54,6 +54,9 @@ proptest! {
                 }
                 let mut want = vec![0.0; m * n];
                 reference::matmul_kn(&x, &seen, bias.then_some(&b[..]), &mut want, m, k, n);
+                if gelu {
+                    reference::gelu_new(&mut want);
+                }
                 if acc {
                     want.iter_mut().zip(&prior).for_each(|(v, p)| *v += p);
                 }
@@ -62,12 +65,12 @@ proptest! {
                 if acc {
                     out[..m * n].copy_from_slice(&prior);
                 }
-                kern.matmul_kn(&x, &packed, bias.then_some(&b[..]), &mut out, m, acc);
+                kern.matmul_kn(&x, &packed, bias.then_some(&b[..]), &mut out, m, Epilogue { gelu, accumulate: acc });
                 assert!(out[m * n..].iter().all(|v| v.is_nan()), "wrote past the output");
                 let scale = |i: usize| {
                     let (r, c) = (i / n, i % n);
                     let s: f32 = (0..k).map(|p| (x[r * k + p] * seen[p * n + c]).abs()).sum();
-                    REL * (s + 1.0) * 4.0
+                    REL * (s + 1.0) * 4.0 + ELEM_ABS * (1.0 + want[i].abs())
                 };
                 assert_close(&format!("matmul_kn/{}/{dtype}", kern.isa()), &out[..m * n], &want, scale);
             }
@@ -107,8 +110,8 @@ proptest! {
         for kern in kernels() {
             for dtype in WeightDtype::ALL {
                 let (mut a, mut b) = (vec![0.0; m * n], vec![0.0; m * n]);
-                kern.matmul_kn(&x, &kern.pack(&w, Layout::KN, k, n, dtype), None, &mut a, m, false);
-                kern.matmul_kn(&x, &kern.pack(&wt, Layout::NK, k, n, dtype), None, &mut b, m, false);
+                kern.matmul_kn(&x, &kern.pack(&w, Layout::KN, k, n, dtype), None, &mut a, m, Epilogue::STORE);
+                kern.matmul_kn(&x, &kern.pack(&wt, Layout::NK, k, n, dtype), None, &mut b, m, Epilogue::STORE);
                 prop_assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{} {}", kern.isa(), dtype);
             }
         }
@@ -203,16 +206,17 @@ proptest! {
     /// Row i of a product is bitwise equal to the product of row i alone, whatever M and however
     /// the columns are split across threads (the big shapes here take the parallel path).
     #[test]
-    fn matmul_rows_are_batch_invariant(m in 2usize..40, k in 1usize..200, n in 1usize..300, seed: u64) {
+    fn matmul_rows_are_batch_invariant(m in 2usize..40, k in 1usize..200, n in 1usize..300, seed: u64, gelu: bool) {
+        let ep = Epilogue { gelu, accumulate: false };
         let (x, w, b) = (vals(m * k, seed), vals(k * n, seed ^ 1), vals(n, seed ^ 2));
         for kern in kernels() {
             for dtype in WeightDtype::ALL {
                 let wp = kern.pack(&w, Layout::KN, k, n, dtype);
                 let mut all = vec![0.0; m * n];
-                kern.matmul_kn(&x, &wp, Some(&b), &mut all, m, false);
+                kern.matmul_kn(&x, &wp, Some(&b), &mut all, m, ep);
                 for i in [0, m / 2, m - 1] {
                     let mut one = vec![0.0; n];
-                    kern.matmul_kn(&x[i * k..][..k], &wp, Some(&b), &mut one, 1, false);
+                    kern.matmul_kn(&x[i * k..][..k], &wp, Some(&b), &mut one, 1, ep);
                     prop_assert!(one.iter().zip(&all[i * n..][..n]).all(|(a, b)| a.to_bits() == b.to_bits()), "row {} differs ({} {})", i, kern.isa(), dtype);
                 }
             }
@@ -230,7 +234,7 @@ fn identity_products_are_exact() {
         for kern in kernels() {
             for dtype in WeightDtype::ALL {
                 let mut out = vec![f32::NAN; 5 * n];
-                kern.matmul_kn(&x, &kern.pack(&eye, Layout::KN, n, n, dtype), None, &mut out, 5, false);
+                kern.matmul_kn(&x, &kern.pack(&eye, Layout::KN, n, n, dtype), None, &mut out, 5, Epilogue::STORE);
                 if dtype == WeightDtype::Int8 {
                     // q = 127 with scale 1/127: exact up to the rounding of that scale.
                     assert_close(&format!("int8 identity n = {n}"), &out, &x, |i| x[i].abs() * 2e-7);

@@ -62,8 +62,8 @@ impl Kernels {
         self.pack(w, Layout::KN, k, n, WeightDtype::F32)
     }
 
-    /// `out[M,N] (+)= x[M,K] · w[K,N] + bias[N]`, `w` packed from a row-major `[K, N]` (GPT-2
-    /// `Conv1D`). With `accumulate`, the product is added to `out` (the fused residual add).
+    /// `out[M,N] (+)= epilogue(x[M,K] · w[K,N] + bias[N])`, `w` packed from a `[K, N]` matrix.
+    /// The [`Epilogue`] fuses GELU and/or the residual add into the store.
     pub fn matmul_kn(
         &self,
         x: &[f32],
@@ -71,7 +71,7 @@ impl Kernels {
         bias: Option<&[f32]>,
         out: &mut [f32],
         m: usize,
-        accumulate: bool,
+        epilogue: Epilogue,
     ) {
         let dims = Dims { m, k: w.k(), n: w.n() };
         let Dims { k, n, .. } = dims;
@@ -91,7 +91,7 @@ impl Kernels {
             (x, 0)
         };
         for_column_chunks(&mut out[..m * n], dims, self.table.kn_nr, |col0, rows| {
-            let a = MatmulKn { x, x_mr, k, w, n, bias, col0, accumulate };
+            let a = MatmulKn { x, x_mr, k, w, n, bias, col0, gelu: epilogue.gelu, accumulate: epilogue.accumulate };
             // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
             unsafe { f(&a, rows) }
         });
@@ -165,6 +165,24 @@ impl Kernels {
             Isa::Avx512 => 16,
         }
     }
+}
+
+/// What happens to a product on its way to the output, after the bias.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Epilogue {
+    /// Apply GPT-2's `gelu_new`.
+    pub gelu: bool,
+    /// Add into the output (the residual connection) instead of overwriting it.
+    pub accumulate: bool,
+}
+
+impl Epilogue {
+    /// Overwrite the output.
+    pub const STORE: Epilogue = Epilogue { gelu: false, accumulate: false };
+    /// `out = gelu(x W + b)`.
+    pub const GELU: Epilogue = Epilogue { gelu: true, accumulate: false };
+    /// `out += x W + b`.
+    pub const ACCUMULATE: Epilogue = Epilogue { gelu: false, accumulate: true };
 }
 
 /// Shape of a product: `x` is `[m, k]`, the result `[m, n]`.

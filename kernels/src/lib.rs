@@ -17,7 +17,7 @@ pub mod reference;
 mod simd;
 
 pub use cpu::{Isa, ISA_ENV};
-pub use dispatch::{kernels, Dims, Kernels};
+pub use dispatch::{kernels, Dims, Epilogue, Kernels};
 pub use pack::{Layout, PackedKn, Panels, WeightDtype};
 
 /// Arguments of one column chunk of `y = x · W (+ b) (+ y)`, `W` packed (see [`PackedKn`]).
@@ -35,6 +35,8 @@ pub struct MatmulKn<'a> {
     pub bias: Option<&'a [f32]>,
     /// First weight column of this chunk (a multiple of the panel width).
     pub col0: usize,
+    /// Apply `gelu_new` after the bias (the fused MLP activation).
+    pub gelu: bool,
     /// Add the result to the output instead of overwriting it.
     pub accumulate: bool,
 }

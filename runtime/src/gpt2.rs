@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::init::{Preset, RandomWeights};
 use crate::kv_cache::KvCache;
 use crate::weights::{SafetensorsFile, Tensor, WeightSource};
-use inferneo_kernels::{Attention, Kernels, Layout, PackedKn, WeightDtype};
+use inferneo_kernels::{Attention, Epilogue, Kernels, Layout, PackedKn, WeightDtype};
 use rayon::prelude::*;
 use std::path::Path;
 
@@ -203,17 +203,16 @@ impl Gpt2 {
         let mut fc = vec![0.0f32; m * c.n_inner()]; // [m, n_inner]
         for (l, b) in self.blocks.iter().enumerate() {
             self.layernorm_rows(&b.ln_1, &x, &mut h);
-            self.conv1d(&b.c_attn, &h, &mut qkv, false);
+            self.conv1d(&b.c_attn, &h, &mut qkv, Epilogue::STORE);
             for (r, &(si, pos)) in rows.iter().enumerate() {
                 let row = &qkv[r * 3 * e..][..3 * e];
                 seqs[si].cache.write(l, pos, &row[e..2 * e], &row[2 * e..]);
             }
             self.attention(l, seqs, &rows, &qkv, &mut att);
-            self.conv1d(&b.attn_proj, &att, &mut x, true);
+            self.conv1d(&b.attn_proj, &att, &mut x, Epilogue::ACCUMULATE);
             self.layernorm_rows(&b.ln_2, &x, &mut h);
-            self.conv1d(&b.c_fc, &h, &mut fc, false);
-            fc.par_chunks_mut(c.n_inner()).for_each(|row| k.gelu_new(row));
-            self.conv1d(&b.mlp_proj, &fc, &mut x, true);
+            self.conv1d(&b.c_fc, &h, &mut fc, Epilogue::GELU);
+            self.conv1d(&b.mlp_proj, &fc, &mut x, Epilogue::ACCUMULATE);
         }
 
         // Only the rows that need logits go through ln_f and the (large) lm_head.
@@ -240,7 +239,7 @@ impl Gpt2 {
             );
         }
         let mut logits = vec![0.0f32; wanted.len() * vocab];
-        k.matmul_kn(&hf, &self.lm_head, None, &mut logits, wanted.len(), false);
+        k.matmul_kn(&hf, &self.lm_head, None, &mut logits, wanted.len(), Epilogue::STORE);
         Ok(logits)
     }
 
@@ -252,9 +251,9 @@ impl Gpt2 {
         }
     }
 
-    fn conv1d(&self, conv: &Conv1D, x: &[f32], out: &mut [f32], accumulate: bool) {
+    fn conv1d(&self, conv: &Conv1D, x: &[f32], out: &mut [f32], epilogue: Epilogue) {
         let m = x.len() / conv.weight.k();
-        self.kernels.matmul_kn(x, &conv.weight, Some(conv.bias.as_slice()), out, m, accumulate);
+        self.kernels.matmul_kn(x, &conv.weight, Some(conv.bias.as_slice()), out, m, epilogue);
     }
 
     /// Causal multi-head attention of every row against its own sequence's cache.

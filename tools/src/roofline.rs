@@ -4,7 +4,7 @@
 //! Every figure is the best of several timed repetitions (the machines are noisy; the best run
 //! is the one least disturbed). Threads: the rayon pool, i.e. all cores.
 
-use inferneo_kernels::{Kernels, Layout, WeightDtype};
+use inferneo_kernels::{Epilogue, Kernels, Layout, WeightDtype};
 use rayon::prelude::*;
 use serde_json::json;
 use std::hint::black_box;
@@ -77,7 +77,8 @@ pub fn run(k: Kernels, as_json: bool, quick: bool) -> Result<(), String> {
             let packed = k.pack(&w, Layout::KN, kk, n, dtype);
             let x = vec![0.5f32; m * kk];
             let mut out = vec![0.0f32; m * n];
-            let secs = best_of(budget, || k.matmul_kn(black_box(&x), &packed, Some(&bias), &mut out, m, false));
+            let secs =
+                best_of(budget, || k.matmul_kn(black_box(&x), &packed, Some(&bias), &mut out, m, Epilogue::STORE));
             let flops = 2.0 * (m * kk * n) as f64;
             let bytes = (packed.bytes() + 4 * (m * kk + m * n + n)) as f64;
             let roof = peak.min(bw * flops / bytes);

@@ -10,14 +10,14 @@ const GELU_C: f32 = 0.797_884_6;
 /// Max abs error vs the f64 formula: below 1e-6 for |x| <= 10 (from the tanh approximation).
 #[inline(always)]
 pub fn gelu_new<S: Simd>(s: S, x: &mut [f32]) {
-    let c = s.splat(GELU_C);
-    let c3 = s.splat(0.044_715);
-    let half = s.splat(0.5);
-    let one = s.splat(1.0);
-    map_vectors!(s, x, |v| {
-        let inner = s.mul(c, s.fma(s.mul(c3, v), s.mul(v, v), v));
-        s.mul(s.mul(half, v), s.add(one, s.tanh(inner)))
-    });
+    map_vectors!(s, x, |v| gelu_vec(s, v));
+}
+
+/// `gelu_new` of one vector (also the fused GEMM epilogue, so both give the same bits).
+#[inline(always)]
+pub fn gelu_vec<S: Simd>(s: S, v: S::V) -> S::V {
+    let inner = s.mul(s.splat(GELU_C), s.fma(s.mul(s.splat(0.044_715), v), s.mul(v, v), v));
+    s.mul(s.mul(s.splat(0.5), v), s.add(s.splat(1.0), s.tanh(inner)))
 }
 
 /// Numerically stable softmax of one row, in place.

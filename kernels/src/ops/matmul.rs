@@ -7,6 +7,7 @@
 //! rows share a tile, or on how columns are split across threads. Row `i` of a product is therefore bitwise identical
 //! to the product of row `i` alone.
 
+use super::elementwise::gelu_vec;
 use crate::pack::Panels;
 use crate::simd::Simd;
 use crate::MatmulKn;
@@ -202,8 +203,8 @@ fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
     }
 }
 
-/// Epilogue of one row of one panel: `acc * scale + bias (+ out)`, in that order for every
-/// element, vector or not.
+/// Epilogue of one row of one panel: `gelu?(acc * scale + bias) (+ out)`, in that order for
+/// every element, vector or not.
 #[inline(always)]
 fn store_panel<S: Simd>(s: S, a: &MatmulKn, scale: Scales, out: &mut [f32], j: usize, acc: &[S::V]) {
     let l = S::LANES;
@@ -220,6 +221,9 @@ fn store_panel<S: Simd>(s: S, a: &MatmulKn, scale: Scales, out: &mut [f32], j: u
             if let Some(b) = a.bias {
                 v = s.add(v, s.load(&b[col + c * l..]));
             }
+            if a.gelu {
+                v = gelu_vec(s, v);
+            }
             if a.accumulate {
                 v = s.add(s.load(&dst[c * l..]), v);
             }
@@ -231,18 +235,22 @@ fn store_panel<S: Simd>(s: S, a: &MatmulKn, scale: Scales, out: &mut [f32], j: u
         for c in 0..acc.len() {
             s.store(&mut tmp[c * l..], acc[c]);
         }
-        for (i, d) in dst.iter_mut().enumerate() {
-            let mut v = tmp[i];
+        for (i, v) in tmp[..valid].iter_mut().enumerate() {
             if let Some(sc) = scale {
-                v *= sc[col + i];
+                *v *= sc[col + i];
             }
             if let Some(b) = a.bias {
-                v += b[col + i];
+                *v += b[col + i];
             }
-            if a.accumulate {
-                v += *d;
+        }
+        if a.gelu {
+            for c in 0..acc.len() {
+                let v = gelu_vec(s, s.load(&tmp[c * l..]));
+                s.store(&mut tmp[c * l..], v);
             }
-            *d = v;
+        }
+        for (d, &v) in dst.iter_mut().zip(&tmp) {
+            *d = if a.accumulate { *d + v } else { v };
         }
     }
 }
