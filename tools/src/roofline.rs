@@ -49,6 +49,31 @@ pub fn fma_peak(k: Kernels) -> f64 {
     k.fma_probe(0).0 + (iters as f64 * 12.0 * k.lanes() as f64 * 2.0 * threads as f64) / secs
 }
 
+/// Cost of one fork-join over the rayon pool (every thread runs an empty task), in seconds:
+/// back to back (workers still spinning) and after 200 us of single-threaded work (workers may
+/// have gone to sleep), which is the pattern of a decode step between two products.
+pub fn fork_join_overhead() -> (f64, f64) {
+    let threads = rayon::current_num_threads();
+    let join = || {
+        (0..threads).into_par_iter().for_each(|i| {
+            black_box(i);
+        })
+    };
+    let hot = best_of(Duration::from_millis(300), join);
+    let mut samples = Vec::new();
+    for _ in 0..200 {
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_micros(200) {
+            std::hint::spin_loop();
+        }
+        let t = Instant::now();
+        join();
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    samples.sort_by(f64::total_cmp);
+    (hot, samples[samples.len() / 2])
+}
+
 /// (label, k, n) of GPT-2 124M's products.
 const SHAPES: [(&str, usize, usize); 5] = [
     ("attn.c_attn", 768, 2304),
@@ -62,6 +87,7 @@ const MS: [usize; 5] = [1, 8, 32, 128, 512];
 pub fn run(k: Kernels, as_json: bool, quick: bool) -> Result<(), String> {
     let bw = read_bandwidth(k, if quick { 256 << 20 } else { 1 << 30 });
     let peak = fma_peak(k);
+    let (join_hot, join_after_gap) = fork_join_overhead();
     let budget = Duration::from_millis(if quick { 50 } else { 300 });
     let mut rows = Vec::new();
     for (label, kk, n) in SHAPES {
@@ -96,6 +122,7 @@ pub fn run(k: Kernels, as_json: bool, quick: bool) -> Result<(), String> {
         "cpu": cpu_model(),
         "read_bandwidth_gbps": bw / 1e9,
         "fma_peak_gflops": peak / 1e9,
+        "fork_join_us": { "back_to_back": join_hot * 1e6, "after_200us_gap_median": join_after_gap * 1e6 },
         "kernels": rows,
     });
     if as_json {
@@ -104,6 +131,11 @@ pub fn run(k: Kernels, as_json: bool, quick: bool) -> Result<(), String> {
     }
     println!("machine: {} ({} threads, kernels: {})", cpu_model(), rayon::current_num_threads(), k.isa());
     println!("read bandwidth: {:.1} GB/s   f32 FMA peak: {:.1} GFLOP/s", bw / 1e9, peak / 1e9);
+    println!(
+        "fork-join over the pool: {:.1} us back to back, {:.1} us (median) after a 200 us gap",
+        join_hot * 1e6,
+        join_after_gap * 1e6
+    );
     println!();
     println!("| op | dtype | M | K x N | time (us) | GFLOP/s | GB/s | roofline GFLOP/s | of roofline | bound |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
