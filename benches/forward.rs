@@ -5,7 +5,7 @@
 //! `cargo bench --bench forward`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use inferneo_runtime::{Gpt2, KvCache, Logits, Preset, SeqInput, WeightDtype};
+use inferneo_runtime::{Gpt2, KvCache, Logits, Preset, WeightDtype};
 
 fn forward(c: &mut Criterion) {
     for dtype in WeightDtype::ALL {
@@ -22,16 +22,15 @@ fn forward_dtype(c: &mut Criterion, dtype: WeightDtype) {
     g.bench_function("prefill_50_tokens", |b| {
         b.iter(|| {
             let mut cache = KvCache::new(model.config());
-            model.forward(&mut [SeqInput { tokens: &prompt, cache: &mut cache, logits: Logits::Last }]).unwrap()
+            model.forward_one(&mut cache, &prompt, Logits::Last).unwrap()
         })
     });
     let mut cache = KvCache::new(model.config());
-    model.forward(&mut [SeqInput { tokens: &prompt, cache: &mut cache, logits: Logits::None }]).unwrap();
+    model.forward_one(&mut cache, &prompt, Logits::None).unwrap();
     g.throughput(Throughput::Elements(1));
     g.bench_function("decode_1_token_at_50", |b| {
         b.iter(|| {
-            let logits =
-                model.forward(&mut [SeqInput { tokens: &[464], cache: &mut cache, logits: Logits::Last }]).unwrap();
+            let logits = model.forward_one(&mut cache, &[464], Logits::Last).unwrap();
             cache.truncate(50);
             logits
         })

@@ -6,7 +6,7 @@
 mod common;
 
 use inferneo_runtime::sampling::argmax;
-use inferneo_runtime::{Gpt2, KvCache, Logits, Preset, SeqInput, WeightDtype};
+use inferneo_runtime::{Gpt2, KvCache, Logits, Preset, WeightDtype};
 
 struct Quality {
     max_abs: f32,
@@ -34,7 +34,7 @@ fn compare(reference: &[f32], got: &[f32], vocab: usize) -> Quality {
 
 fn logits(model: &Gpt2, tokens: &[u32]) -> Vec<f32> {
     let mut cache = KvCache::new(model.config());
-    model.forward(&mut [SeqInput { tokens, cache: &mut cache, logits: Logits::All }]).unwrap()
+    model.forward_one(&mut cache, tokens, Logits::All).unwrap()
 }
 
 /// Bounds per dtype: (max abs logit error, min top-1 agreement, max mean KL).

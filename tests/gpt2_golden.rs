@@ -7,13 +7,11 @@ mod common;
 use common::{available_kernels, check_logits, data_dir, Golden, LOGIT_TOL};
 use inferneo_kernels::Kernels;
 use inferneo_runtime::init::{self, StoreDtype};
-use inferneo_runtime::{
-    generate, GenerateRequest, Gpt2, KvCache, Logits, Preset, SamplingParams, SeqInput, WeightDtype,
-};
+use inferneo_runtime::{generate, GenerateRequest, Gpt2, KvCache, Logits, Preset, SamplingParams, WeightDtype};
 
 fn all_logits(model: &Gpt2, tokens: &[u32]) -> Vec<f32> {
     let mut cache = KvCache::new(model.config());
-    model.forward(&mut [SeqInput { tokens, cache: &mut cache, logits: Logits::All }]).unwrap()
+    model.forward_one(&mut cache, tokens, Logits::All).unwrap()
 }
 
 /// Greedy continuation must equal HF's; a step where HF's top two logits lie within the

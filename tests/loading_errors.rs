@@ -2,7 +2,7 @@
 //! every supported storage dtype loads to the same model.
 
 use inferneo_runtime::init::{self, StoreDtype};
-use inferneo_runtime::{Gpt2, KvCache, Logits, Preset, SeqInput, WeightDtype};
+use inferneo_runtime::{Gpt2, KvCache, Logits, Preset, WeightDtype};
 use std::path::Path;
 
 fn tiny_dir() -> tempfile::TempDir {
@@ -151,7 +151,7 @@ fn f16_and_bf16_checkpoints_equal_f32_of_the_rounded_values() {
     let logits = |dir: &Path| {
         let m = Gpt2::load(dir, kernels, WeightDtype::F32).unwrap();
         let mut c = KvCache::new(m.config());
-        m.forward(&mut [SeqInput { tokens: &[464, 2068, 7586, 21831], cache: &mut c, logits: Logits::All }]).unwrap()
+        m.forward_one(&mut c, &[464, 2068, 7586, 21831], Logits::All).unwrap()
     };
     for (dtype, round) in [
         (StoreDtype::F16, (|x: f32| half::f16::from_f32(x).to_f32()) as fn(f32) -> f32),

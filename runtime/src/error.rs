@@ -29,6 +29,8 @@ pub enum Error {
     Context { need: usize, max: usize },
     #[error("token id {id} is outside the vocabulary (size {vocab})")]
     Token { id: u32, vocab: usize },
+    #[error("KV cache exhausted: {need} blocks needed, {free} free")]
+    KvExhausted { need: usize, free: usize },
     #[error("invalid argument: {0}")]
     Invalid(String),
 }

@@ -1,7 +1,7 @@
 //! Single-sequence generation: prefill the prompt, then decode token by token over the KV cache.
 
 use crate::error::{Error, Result};
-use crate::gpt2::{Gpt2, Logits, SeqInput};
+use crate::gpt2::{Gpt2, Logits};
 use crate::kv_cache::KvCache;
 use crate::sampling::{Sampler, SamplingParams};
 
@@ -55,7 +55,7 @@ pub fn generate(model: &Gpt2, req: &GenerateRequest, mut on_token: impl FnMut(u3
     let mut tokens = Vec::with_capacity(req.max_tokens);
     let mut input = req.prompt.clone();
     while tokens.len() < req.max_tokens {
-        let logits = model.forward(&mut [SeqInput { tokens: &input, cache: &mut cache, logits: Logits::Last }])?;
+        let logits = model.forward_one(&mut cache, &input, Logits::Last)?;
         let next = sampler.sample(&logits);
         tokens.push(next);
         on_token(next);

@@ -8,7 +8,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::init::{Preset, RandomWeights};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{BlockTable, KvCache, KvPool};
 use crate::weights::{SafetensorsFile, Tensor, WeightSource};
 use inferneo_kernels::{Attention, Epilogue, Kernels, Layout, PackedKn, WeightDtype};
 use rayon::prelude::*;
@@ -62,10 +62,11 @@ pub enum Logits {
     All,
 }
 
-/// One sequence's part of a batch.
+/// One sequence's part of a batch: its new tokens (a prefill chunk or one decode token), its
+/// block table in the pool, and which rows need logits.
 pub struct SeqInput<'a> {
     pub tokens: &'a [u32],
-    pub cache: &'a mut KvCache,
+    pub cache: &'a mut BlockTable,
     pub logits: Logits,
 }
 
@@ -161,10 +162,17 @@ impl Gpt2 {
         blocks + self.lm_head.bytes()
     }
 
-    /// Runs one step over a batch: appends each sequence's tokens to its cache and returns the
-    /// requested logits rows (`[rows, vocab]`, sequences in order). Inputs are validated before
-    /// any cache is touched, so an error leaves every cache as it was.
-    pub fn forward(&self, seqs: &mut [SeqInput]) -> Result<Vec<f32>> {
+    /// One sequence with its own cache: appends `tokens` and returns the requested logits.
+    pub fn forward_one(&self, cache: &mut KvCache, tokens: &[u32], logits: Logits) -> Result<Vec<f32>> {
+        let KvCache { pool, table } = cache;
+        self.forward(pool, &mut [SeqInput { tokens, cache: table, logits }])
+    }
+
+    /// Runs one step over a batch: appends each sequence's tokens to its block table in `pool`
+    /// and returns the requested logits rows (`[rows, vocab]`, sequences in order). Inputs and
+    /// the pool's free blocks are checked before any table is touched, so an error leaves every
+    /// sequence as it was.
+    pub fn forward(&self, pool: &mut KvPool, seqs: &mut [SeqInput]) -> Result<Vec<f32>> {
         let c = &self.config;
         let (e, vocab) = (c.n_embd, c.vocab_size);
         for s in seqs.iter() {
@@ -179,10 +187,14 @@ impl Gpt2 {
                 return Err(Error::Token { id, vocab });
             }
         }
+        let need: usize = seqs.iter().map(|s| pool.blocks_needed(s.cache, s.tokens.len())).sum();
+        if need > pool.free_blocks() {
+            return Err(Error::KvExhausted { need, free: pool.free_blocks() });
+        }
         // rows[r] = (sequence index, position) of row r of every activation buffer.
         let mut rows = Vec::new();
         for (si, s) in seqs.iter_mut().enumerate() {
-            let start = s.cache.grow(s.tokens.len());
+            let start = pool.grow(s.cache, s.tokens.len())?;
             rows.extend((0..s.tokens.len()).map(|t| (si, start + t)));
         }
         let m = rows.len();
@@ -206,9 +218,9 @@ impl Gpt2 {
             self.conv1d(&b.c_attn, &h, &mut qkv, Epilogue::STORE);
             for (r, &(si, pos)) in rows.iter().enumerate() {
                 let row = &qkv[r * 3 * e..][..3 * e];
-                seqs[si].cache.write(l, pos, &row[e..2 * e], &row[2 * e..]);
+                pool.write(seqs[si].cache, l, pos, &row[e..2 * e], &row[2 * e..]);
             }
-            self.attention(l, seqs, &rows, &qkv, &mut att);
+            self.attention(l, pool, seqs, &rows, &qkv, &mut att);
             self.conv1d(&b.attn_proj, &att, &mut x, Epilogue::ACCUMULATE);
             self.layernorm_rows(&b.ln_2, &x, &mut h);
             self.conv1d(&b.c_fc, &h, &mut fc, Epilogue::GELU);
@@ -257,12 +269,20 @@ impl Gpt2 {
     }
 
     /// Causal multi-head attention of every row against its own sequence's cache.
-    fn attention(&self, layer: usize, seqs: &[SeqInput], rows: &[(usize, usize)], qkv: &[f32], att: &mut [f32]) {
+    fn attention(
+        &self,
+        layer: usize,
+        pool: &KvPool,
+        seqs: &[SeqInput],
+        rows: &[(usize, usize)],
+        qkv: &[f32],
+        att: &mut [f32],
+    ) {
         let c = &self.config;
         let (e, nh, hd) = (c.n_embd, c.n_head, c.head_dim());
         let scale = 1.0 / (hd as f32).sqrt();
         let blocks: Vec<KvBlocks> =
-            seqs.iter().map(|s| (s.cache.layer_blocks(layer, 0), s.cache.layer_blocks(layer, 1))).collect();
+            seqs.iter().map(|s| (pool.layer_blocks(s.cache, layer, 0), pool.layer_blocks(s.cache, layer, 1))).collect();
         let k = self.kernels;
         att.par_chunks_mut(hd).enumerate().for_each_init(
             || vec![0.0f32; c.n_positions],
@@ -270,11 +290,10 @@ impl Gpt2 {
                 let (r, head) = (idx / nh, idx % nh);
                 let (si, pos) = rows[r];
                 let (kb, vb) = &blocks[si];
-                let cache = &seqs[si].cache;
                 let a = Attention {
                     q: &qkv[r * 3 * e + head * hd..][..hd],
-                    k: cache.view(kb),
-                    v: cache.view(vb),
+                    k: pool.view(kb),
+                    v: pool.view(vb),
                     head_offset: head * hd,
                     head_dim: hd,
                     len: pos + 1,

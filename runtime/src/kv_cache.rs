@@ -1,28 +1,179 @@
-//! Per-sequence KV cache in fixed-size blocks.
+//! Paged KV cache: one pool of fixed-size blocks shared by all sequences, and a block table per
+//! sequence.
 //!
 //! A block holds `BLOCK_TOKENS` positions of every layer's keys and values:
-//! `[n_layer][2 (k, v)][BLOCK_TOKENS][n_embd]`. Attention kernels read it through
-//! [`inferneo_kernels::KvView`], so the layout is shared with the paged pool that serves batches.
+//! `[n_layer][2 (k, v)][BLOCK_TOKENS][n_embd]`. Attention reads it through
+//! [`inferneo_kernels::KvView`]. Blocks are reference-counted so sequences can share a prefix;
+//! writing into a shared block copies it first (copy-on-write). A [`BlockTable`] returns its
+//! blocks when dropped, so cancellation and error paths cannot leak them.
 
 use crate::config::Config;
+use crate::error::{Error, Result};
 use inferneo_kernels::KvView;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Positions per block.
 pub const BLOCK_TOKENS: usize = 16;
 
-pub struct KvCache {
-    n_layer: usize,
-    n_embd: usize,
-    blocks: Vec<Box<[f32]>>,
-    len: usize,
+/// Free list and reference counts. Shared (behind a mutex) with every block table, which is
+/// what lets a table hand its blocks back on drop from any thread.
+#[derive(Debug)]
+struct Allocator {
+    refcount: Vec<u32>,
+    free: Vec<u32>,
 }
 
-impl KvCache {
-    pub fn new(config: &Config) -> KvCache {
-        KvCache { n_layer: config.n_layer, n_embd: config.n_embd, blocks: Vec::new(), len: 0 }
+impl Allocator {
+    fn take(&mut self) -> Option<u32> {
+        let b = self.free.pop()?;
+        debug_assert_eq!(self.refcount[b as usize], 0);
+        self.refcount[b as usize] = 1;
+        Some(b)
     }
 
-    /// Positions filled so far.
+    fn release(&mut self, b: u32) {
+        let rc = &mut self.refcount[b as usize];
+        assert!(*rc > 0, "KV block {b} released twice");
+        *rc -= 1;
+        if *rc == 0 {
+            self.free.push(b);
+        }
+    }
+}
+
+/// The block pool: storage for `n_blocks` blocks and their allocator.
+pub struct KvPool {
+    n_layer: usize,
+    n_embd: usize,
+    block_len: usize,
+    storage: Vec<f32>,
+    alloc: Arc<Mutex<Allocator>>,
+}
+
+/// One sequence's blocks, in position order, and how many positions are filled.
+pub struct BlockTable {
+    blocks: Vec<u32>,
+    len: usize,
+    alloc: Arc<Mutex<Allocator>>,
+}
+
+impl KvPool {
+    /// A pool of `n_blocks` blocks for `config`'s shape.
+    pub fn new(config: &Config, n_blocks: usize) -> KvPool {
+        let block_len = config.n_layer * 2 * BLOCK_TOKENS * config.n_embd;
+        KvPool {
+            n_layer: config.n_layer,
+            n_embd: config.n_embd,
+            block_len,
+            storage: vec![0.0; n_blocks * block_len],
+            alloc: Arc::new(Mutex::new(Allocator {
+                refcount: vec![0; n_blocks],
+                free: (0..n_blocks as u32).rev().collect(),
+            })),
+        }
+    }
+
+    /// A pool sized from a memory budget in bytes.
+    pub fn with_budget(config: &Config, bytes: usize) -> KvPool {
+        let block_bytes = config.n_layer * 2 * BLOCK_TOKENS * config.n_embd * 4;
+        KvPool::new(config, bytes / block_bytes)
+    }
+
+    /// Bytes one block holds.
+    pub fn block_bytes(&self) -> usize {
+        self.block_len * 4
+    }
+
+    pub fn total_blocks(&self) -> usize {
+        self.storage.len() / self.block_len.max(1)
+    }
+
+    pub fn free_blocks(&self) -> usize {
+        self.lock().free.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Allocator> {
+        // A panic elsewhere cannot leave the allocator half-updated (every method is a few
+        // plain assignments), so a poisoned lock is still consistent.
+        self.alloc.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An empty block table for a new sequence.
+    pub fn sequence(&self) -> BlockTable {
+        BlockTable { blocks: Vec::new(), len: 0, alloc: self.alloc.clone() }
+    }
+
+    /// Blocks `table` needs to hold `extra` more positions, counting a copy of a shared last
+    /// block that would be written into.
+    pub fn blocks_needed(&self, table: &BlockTable, extra: usize) -> usize {
+        let grow = (table.len + extra).div_ceil(BLOCK_TOKENS).saturating_sub(table.blocks.len());
+        let cow = table.len % BLOCK_TOKENS != 0 && extra > 0 && self.is_shared(table.blocks[table.len / BLOCK_TOKENS]);
+        grow + cow as usize
+    }
+
+    fn is_shared(&self, b: u32) -> bool {
+        self.lock().refcount[b as usize] > 1
+    }
+
+    /// Makes room for `extra` positions in `table` and returns the first new position.
+    /// Fails, changing nothing, if the pool lacks the blocks.
+    pub fn grow(&mut self, table: &mut BlockTable, extra: usize) -> Result<usize> {
+        assert!(Arc::ptr_eq(&self.alloc, &table.alloc), "block table from another pool");
+        let need = self.blocks_needed(table, extra);
+        let mut alloc = self.alloc.lock().unwrap_or_else(|p| p.into_inner());
+        if need > alloc.free.len() {
+            return Err(Error::KvExhausted { need, free: alloc.free.len() });
+        }
+        // Copy-on-write: the partially filled last block is about to be written.
+        if table.len % BLOCK_TOKENS != 0 && extra > 0 {
+            let i = table.len / BLOCK_TOKENS;
+            let old = table.blocks[i];
+            if alloc.refcount[old as usize] > 1 {
+                let new = alloc.take().expect("counted above");
+                let (o, n, len) = (old as usize * self.block_len, new as usize * self.block_len, self.block_len);
+                self.storage.copy_within(o..o + len, n);
+                alloc.release(old);
+                table.blocks[i] = new;
+            }
+        }
+        let start = table.len;
+        table.len += extra;
+        while table.blocks.len() * BLOCK_TOKENS < table.len {
+            table.blocks.push(alloc.take().expect("counted above"));
+        }
+        Ok(start)
+    }
+
+    fn offset(&self, layer: usize, kv: usize, pos: usize) -> usize {
+        ((layer * 2 + kv) * BLOCK_TOKENS + pos % BLOCK_TOKENS) * self.n_embd
+    }
+
+    /// Stores the key and value rows (`[n_embd]` each) of position `pos` of `table` in `layer`.
+    pub fn write(&mut self, table: &BlockTable, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let base = table.blocks[pos / BLOCK_TOKENS] as usize * self.block_len;
+        let (ko, vo, c) = (base + self.offset(layer, 0, pos), base + self.offset(layer, 1, pos), self.n_embd);
+        self.storage[ko..ko + c].copy_from_slice(k);
+        self.storage[vo..vo + c].copy_from_slice(v);
+    }
+
+    /// Block slices of `layer`'s keys (`kv = 0`) or values (`kv = 1`) of `table`.
+    pub fn layer_blocks(&self, table: &BlockTable, layer: usize, kv: usize) -> Vec<&[f32]> {
+        let span = BLOCK_TOKENS * self.n_embd;
+        let start = (layer * 2 + kv) * span;
+        table.blocks.iter().map(|&b| &self.storage[b as usize * self.block_len + start..][..span]).collect()
+    }
+
+    pub fn view<'a>(&self, blocks: &'a [&'a [f32]]) -> KvView<'a> {
+        KvView { blocks, block_tokens: BLOCK_TOKENS, token_stride: self.n_embd }
+    }
+
+    pub fn n_layer(&self) -> usize {
+        self.n_layer
+    }
+}
+
+impl BlockTable {
+    /// Positions filled.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -31,45 +182,61 @@ impl KvCache {
         self.len == 0
     }
 
-    fn block_len(&self) -> usize {
-        self.n_layer * 2 * BLOCK_TOKENS * self.n_embd
+    pub fn blocks(&self) -> &[u32] {
+        &self.blocks
     }
 
-    /// Makes room for `extra` more positions (allocating blocks) and returns the first new one.
-    pub fn grow(&mut self, extra: usize) -> usize {
-        let start = self.len;
-        self.len += extra;
-        while self.blocks.len() * BLOCK_TOKENS < self.len {
-            self.blocks.push(vec![0.0; self.block_len()].into_boxed_slice());
+    /// A second table over the same blocks (shared, reference-counted): the prefix of a
+    /// sequence that another will extend. Writes into shared blocks copy them first.
+    pub fn share(&self) -> BlockTable {
+        let mut alloc = self.alloc.lock().unwrap_or_else(|p| p.into_inner());
+        for &b in &self.blocks {
+            alloc.refcount[b as usize] += 1;
         }
-        start
+        BlockTable { blocks: self.blocks.clone(), len: self.len, alloc: self.alloc.clone() }
     }
 
-    /// Drops positions `len..`, keeping the blocks.
+    /// Forgets positions `len..`, returning blocks no longer needed.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+        let keep = self.len.div_ceil(BLOCK_TOKENS);
+        let mut alloc = self.alloc.lock().unwrap_or_else(|p| p.into_inner());
+        for b in self.blocks.drain(keep..) {
+            alloc.release(b);
+        }
+    }
+}
+
+impl Drop for BlockTable {
+    fn drop(&mut self) {
+        self.truncate(0);
+    }
+}
+
+/// A single sequence with its own pool, growing as needed: the convenience for one-shot
+/// generation and tests. Serving shares one [`KvPool`] between sequences instead.
+pub struct KvCache {
+    pub(crate) pool: KvPool,
+    pub(crate) table: BlockTable,
+}
+
+impl KvCache {
+    /// A cache able to hold the model's whole context.
+    pub fn new(config: &Config) -> KvCache {
+        let pool = KvPool::new(config, config.n_positions.div_ceil(BLOCK_TOKENS));
+        let table = pool.sequence();
+        KvCache { pool, table }
     }
 
-    fn offset(&self, layer: usize, kv: usize, pos: usize) -> usize {
-        ((layer * 2 + kv) * BLOCK_TOKENS + pos % BLOCK_TOKENS) * self.n_embd
+    pub fn len(&self) -> usize {
+        self.table.len()
     }
 
-    /// Stores the key and value rows (`[n_embd]` each) of position `pos` in `layer`.
-    pub fn write(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let (ko, vo, c) = (self.offset(layer, 0, pos), self.offset(layer, 1, pos), self.n_embd);
-        let block = &mut self.blocks[pos / BLOCK_TOKENS];
-        block[ko..ko + c].copy_from_slice(k);
-        block[vo..vo + c].copy_from_slice(v);
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
     }
 
-    /// Block slices of `layer`'s keys (`kv = 0`) or values (`kv = 1`), for building a [`KvView`].
-    pub fn layer_blocks(&self, layer: usize, kv: usize) -> Vec<&[f32]> {
-        let span = BLOCK_TOKENS * self.n_embd;
-        let start = (layer * 2 + kv) * span;
-        self.blocks.iter().map(|b| &b[start..start + span]).collect()
-    }
-
-    pub fn view<'a>(&self, blocks: &'a [&'a [f32]]) -> KvView<'a> {
-        KvView { blocks, block_tokens: BLOCK_TOKENS, token_stride: self.n_embd }
+    pub fn truncate(&mut self, len: usize) {
+        self.table.truncate(len);
     }
 }

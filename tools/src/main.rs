@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use inferneo_kernels::{Isa, Kernels};
 use inferneo_runtime::init::{self, Preset, StoreDtype};
 use inferneo_runtime::tokenizer::IncrementalDecoder;
-use inferneo_runtime::{generate, GenerateRequest, Gpt2, Logits, SamplingParams, SeqInput, Tokenizer, WeightDtype};
+use inferneo_runtime::{generate, GenerateRequest, Gpt2, Logits, SamplingParams, Tokenizer, WeightDtype};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -291,9 +291,7 @@ fn logits(a: LogitsArgs, kernels: Kernels) -> CliResult {
         return Err("no tokens to score".into());
     }
     let mut cache = inferneo_runtime::KvCache::new(model.config());
-    let out = model
-        .forward(&mut [SeqInput { tokens: &ids, cache: &mut cache, logits: Logits::All }])
-        .map_err(|e| e.to_string())?;
+    let out = model.forward_one(&mut cache, &ids, Logits::All).map_err(|e| e.to_string())?;
     let bytes = npy::encode_f32(&out, ids.len(), model.config().vocab_size);
     std::fs::write(&a.out, bytes).map_err(|e| format!("{}: {e}", a.out.display()))?;
     eprintln!("wrote {} ([{}, {}] f32)", a.out.display(), ids.len(), model.config().vocab_size);
