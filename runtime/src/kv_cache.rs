@@ -107,7 +107,9 @@ impl KvPool {
     /// block that would be written into.
     pub fn blocks_needed(&self, table: &BlockTable, extra: usize) -> usize {
         let grow = (table.len + extra).div_ceil(BLOCK_TOKENS).saturating_sub(table.blocks.len());
-        let cow = table.len % BLOCK_TOKENS != 0 && extra > 0 && self.is_shared(table.blocks[table.len / BLOCK_TOKENS]);
+        let cow = !table.len.is_multiple_of(BLOCK_TOKENS)
+            && extra > 0
+            && self.is_shared(table.blocks[table.len / BLOCK_TOKENS]);
         grow + cow as usize
     }
 
@@ -125,7 +127,7 @@ impl KvPool {
             return Err(Error::KvExhausted { need, free: alloc.free.len() });
         }
         // Copy-on-write: the partially filled last block is about to be written.
-        if table.len % BLOCK_TOKENS != 0 && extra > 0 {
+        if !table.len.is_multiple_of(BLOCK_TOKENS) && extra > 0 {
             let i = table.len / BLOCK_TOKENS;
             let old = table.blocks[i];
             if alloc.refcount[old as usize] > 1 {
