@@ -7,16 +7,19 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod gpt2;
 pub mod init;
 pub mod kv_cache;
 pub mod sampling;
+pub mod scheduler;
 pub mod tokenizer;
 pub mod weights;
 
 pub use config::Config;
+pub use engine::{Engine, EngineConfig, Event, Finish, RequestHandle, Stats};
 pub use error::{Error, Result};
 pub use generate::{generate, FinishReason, GenerateRequest, Generation};
 pub use gpt2::{Gpt2, Logits, SeqInput};

@@ -1,0 +1,317 @@
+//! The engine: owns the model and the KV pool on its own thread, separate from any async
+//! runtime, and runs the continuous-batching loop: take new requests and cancellations,
+//! plan a step (`scheduler.rs`), run one batched forward pass, sample, and send each request
+//! its events. Knows nothing about HTTP.
+
+use crate::error::{Error, Result};
+use crate::generate::{FinishReason, GenerateRequest};
+use crate::gpt2::{Gpt2, Logits, SeqInput};
+use crate::kv_cache::{KvPool, BLOCK_TOKENS};
+use crate::sampling::Sampler;
+use crate::scheduler::{Limits, Scheduler};
+use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// What a request's stream carries.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// One generated token, the text it completes (UTF-8 safe; empty while a character is
+    /// incomplete or without a tokenizer) and its log-probability under the model.
+    Token { id: u32, text: String, logprob: f32 },
+    /// The request ended; no event follows.
+    Finished { reason: Finish, generated: usize },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finish {
+    Done(FinishReason),
+    Cancelled,
+    Error(String),
+}
+
+/// Counters and gauges, updated every step.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub running: usize,
+    pub waiting: usize,
+    pub kv_blocks_total: usize,
+    pub kv_blocks_free: usize,
+    pub preemptions: u64,
+    pub steps: u64,
+    pub generated_tokens: u64,
+}
+
+/// Engine settings.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    pub limits: Limits,
+    /// KV pool size.
+    pub kv_cache_bytes: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { limits: Limits::default(), kv_cache_bytes: 512 << 20 }
+    }
+}
+
+enum Command {
+    Submit { id: u64, req: GenerateRequest, events: Sender<Event> },
+    Cancel(u64),
+    Shutdown,
+}
+
+/// A submitted request: its id and its event stream.
+pub struct RequestHandle {
+    pub id: u64,
+    pub events: Receiver<Event>,
+}
+
+/// Handle to the engine thread. Dropping it stops the thread after the current step.
+pub struct Engine {
+    tx: Sender<Command>,
+    next_id: AtomicU64,
+    stats: Arc<Mutex<Stats>>,
+    thread: Option<JoinHandle<()>>,
+    n_positions: usize,
+    vocab: usize,
+    max_blocks: usize,
+}
+
+impl Engine {
+    pub fn start(model: Gpt2, tokenizer: Option<Tokenizer>, config: EngineConfig) -> Engine {
+        let pool = KvPool::with_budget(model.config(), config.kv_cache_bytes);
+        let (n_positions, vocab, max_blocks) =
+            (model.config().n_positions, model.config().vocab_size, pool.total_blocks());
+        let stats =
+            Arc::new(Mutex::new(Stats { kv_blocks_total: max_blocks, kv_blocks_free: max_blocks, ..Stats::default() }));
+        let (tx, rx) = channel();
+        let worker = Worker {
+            model,
+            tokenizer,
+            pool,
+            sched: Scheduler::new(config.limits),
+            reqs: HashMap::new(),
+            stats: stats.clone(),
+            rx,
+        };
+        let thread = std::thread::Builder::new()
+            .name("inferneo-engine".into())
+            .spawn(move || worker.run())
+            .expect("spawn engine thread");
+        Engine { tx, next_id: AtomicU64::new(1), stats, thread: Some(thread), n_positions, vocab, max_blocks }
+    }
+
+    /// Validates and queues a request. Errors for requests that can never run (bad ids,
+    /// beyond the context, more KV blocks than the whole pool).
+    pub fn submit(&self, req: GenerateRequest) -> Result<RequestHandle> {
+        if req.prompt.is_empty() {
+            return Err(Error::Invalid("the prompt is empty".into()));
+        }
+        if let Some(&id) = req.prompt.iter().find(|&&t| t as usize >= self.vocab) {
+            return Err(Error::Token { id, vocab: self.vocab });
+        }
+        let need = req.prompt.len() + req.max_tokens;
+        if need > self.n_positions {
+            return Err(Error::Context { need, max: self.n_positions });
+        }
+        let blocks = need.div_ceil(BLOCK_TOKENS);
+        if blocks > self.max_blocks {
+            return Err(Error::KvExhausted { need: blocks, free: self.max_blocks });
+        }
+        req.sampling.validate()?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (events, rx) = channel();
+        self.tx
+            .send(Command::Submit { id, req, events })
+            .map_err(|_| Error::Invalid("the engine has stopped".into()))?;
+        Ok(RequestHandle { id, events: rx })
+    }
+
+    /// Cancels a request; its blocks are freed at the next step.
+    pub fn cancel(&self, id: u64) {
+        let _ = self.tx.send(Command::Cancel(id));
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Live {
+    sampler: Sampler,
+    max_tokens: usize,
+    stop: Vec<u32>,
+    generated: usize,
+    decoder: IncrementalDecoder,
+    events: Sender<Event>,
+}
+
+struct Worker {
+    model: Gpt2,
+    tokenizer: Option<Tokenizer>,
+    pool: KvPool,
+    sched: Scheduler,
+    reqs: HashMap<u64, Live>,
+    stats: Arc<Mutex<Stats>>,
+    rx: Receiver<Command>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            // Idle: block for the next command. Busy: take what arrived without waiting.
+            if self.sched.is_idle() {
+                let Ok(cmd) = self.rx.recv() else { return };
+                if !self.handle(cmd) {
+                    return;
+                }
+            }
+            while let Ok(cmd) = self.rx.try_recv() {
+                if !self.handle(cmd) {
+                    return;
+                }
+            }
+            let plan = self.sched.plan(&self.pool);
+            if !plan.is_empty() {
+                let ids: Vec<u64> = plan.iter().map(|p| p.id).collect();
+                // A failing (or, through a bug, panicking) step fails the requests in it and
+                // nothing else: the engine keeps serving the others.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(&plan)));
+                let error = match outcome {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("internal error while running the model".to_string()),
+                };
+                if let Some(e) = error {
+                    for id in ids {
+                        self.finish(id, Finish::Error(e.clone()));
+                    }
+                }
+            }
+            self.publish();
+        }
+    }
+
+    /// Handles one command; `false` to stop.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Submit { id, req, events } => {
+                self.sched.add(id, req.prompt.clone());
+                let live = Live {
+                    sampler: Sampler::new(req.sampling),
+                    max_tokens: req.max_tokens,
+                    stop: req.stop_tokens,
+                    generated: 0,
+                    decoder: IncrementalDecoder::default(),
+                    events,
+                };
+                self.reqs.insert(id, live);
+                if req.max_tokens == 0 {
+                    self.finish(id, Finish::Done(FinishReason::Length));
+                }
+            }
+            Command::Cancel(id) => self.finish(id, Finish::Cancelled),
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn step(&mut self, plan: &[crate::scheduler::Planned]) -> Result<()> {
+        // Move the tables out while the batch borrows them, then put them back.
+        let mut parts: Vec<(Vec<u32>, crate::kv_cache::BlockTable)> = plan
+            .iter()
+            .map(|p| {
+                let seq = self.sched.get_mut(p.id).expect("planned sequence exists");
+                (seq.tokens[p.start..p.start + p.len].to_vec(), seq.table.take().expect("admitted"))
+            })
+            .collect();
+        let mut inputs: Vec<SeqInput> = parts
+            .iter_mut()
+            .zip(plan)
+            .map(|((tokens, table), p)| SeqInput {
+                tokens,
+                cache: table,
+                logits: if p.logits { Logits::Last } else { Logits::None },
+            })
+            .collect();
+        let result = self.model.forward(&mut self.pool, &mut inputs);
+        drop(inputs);
+        for ((_, table), p) in parts.into_iter().zip(plan) {
+            let seq = self.sched.get_mut(p.id).expect("planned sequence exists");
+            seq.table = Some(table);
+            if result.is_ok() {
+                seq.computed += p.len;
+            }
+        }
+        let logits = result?;
+        let vocab = self.model.config().vocab_size;
+        for (row, p) in plan.iter().filter(|p| p.logits).enumerate() {
+            self.emit(p.id, &logits[row * vocab..][..vocab]);
+        }
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).steps += 1;
+        Ok(())
+    }
+
+    /// Samples the next token of `id` from its logits row and sends it.
+    fn emit(&mut self, id: u64, logits: &[f32]) {
+        let Some(live) = self.reqs.get_mut(&id) else { return };
+        let token = live.sampler.sample(logits);
+        let logprob = log_softmax_at(logits, token as usize);
+        let text = match &self.tokenizer {
+            Some(t) => live.decoder.push(t, token).unwrap_or_default(),
+            None => String::new(),
+        };
+        live.generated += 1;
+        let gone = live.events.send(Event::Token { id: token, text, logprob }).is_err();
+        let done = if gone {
+            Some(Finish::Cancelled)
+        } else if live.stop.contains(&token) {
+            Some(Finish::Done(FinishReason::Stop))
+        } else if live.generated >= live.max_tokens {
+            Some(Finish::Done(FinishReason::Length))
+        } else {
+            None
+        };
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).generated_tokens += 1;
+        match done {
+            Some(reason) => self.finish(id, reason),
+            None => self.sched.get_mut(id).expect("live sequence").tokens.push(token),
+        }
+    }
+
+    fn finish(&mut self, id: u64, reason: Finish) {
+        self.sched.remove(id);
+        if let Some(live) = self.reqs.remove(&id) {
+            let _ = live.events.send(Event::Finished { reason, generated: live.generated });
+        }
+    }
+
+    fn publish(&self) {
+        let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        s.running = self.sched.n_running();
+        s.waiting = self.sched.n_waiting();
+        s.kv_blocks_free = self.pool.free_blocks();
+        s.preemptions = self.sched.preemptions;
+    }
+}
+
+/// `log softmax(logits)[i]`, in f64.
+pub fn log_softmax_at(logits: &[f32], i: usize) -> f32 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let lse = logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+    (logits[i] as f64 - lse) as f32
+}
