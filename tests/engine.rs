@@ -43,6 +43,20 @@ fn collect(events: &std::sync::mpsc::Receiver<Event>) -> (Vec<u32>, Vec<u32>, Fi
     }
 }
 
+/// Polls the stats until the engine is idle with every block free (they are published after
+/// each step, so just after the last event they may lag by one step).
+fn wait_idle(engine: &Engine) -> inferneo_runtime::Stats {
+    let start = std::time::Instant::now();
+    loop {
+        let s = engine.stats();
+        if (s.running, s.waiting, s.kv_blocks_free) == (0, 0, s.kv_blocks_total) {
+            return s;
+        }
+        assert!(start.elapsed().as_secs() < 10, "engine not idle: {s:?}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 fn alone(reqs: &[GenerateRequest]) -> Vec<(Vec<u32>, Vec<u32>, Finish)> {
     let engine = Engine::start(model(), None, EngineConfig::default());
     reqs.iter().map(|r| collect(&engine.submit(r.clone()).unwrap().events)).collect()
@@ -74,9 +88,8 @@ fn kv_exhaustion_preempts_and_every_request_completes_identically() {
     for (i, h) in handles.iter().enumerate() {
         assert_eq!(collect(&h.events), expected[i], "request {i} differs after preemption");
     }
-    let stats = engine.stats();
+    let stats = wait_idle(&engine);
     assert!(stats.preemptions > 0, "6 blocks for 8 x 4 blocks must preempt: {stats:?}");
-    assert_eq!(stats.kv_blocks_free, stats.kv_blocks_total);
 }
 
 #[test]
@@ -94,9 +107,7 @@ fn cancel_frees_blocks_and_others_continue() {
     drop(engine.submit(request(6, 10, 100)).unwrap());
     let last = engine.submit(request(8, 5, 3)).unwrap();
     collect(&last.events);
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    let stats = engine.stats();
-    assert_eq!((stats.running, stats.waiting, stats.kv_blocks_free), (0, 0, stats.kv_blocks_total), "{stats:?}");
+    wait_idle(&engine);
 }
 
 #[test]
