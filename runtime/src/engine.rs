@@ -10,6 +10,7 @@ use crate::kv_cache::{KvPool, BLOCK_TOKENS};
 use crate::sampling::Sampler;
 use crate::scheduler::{Limits, Scheduler};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -259,18 +260,33 @@ impl Worker {
         }
         let logits = result?;
         let vocab = self.model.config().vocab_size;
-        for (row, p) in plan.iter().filter(|p| p.logits).enumerate() {
-            self.emit(p.id, &logits[row * vocab..][..vocab]);
+        // Sample every sequence in parallel (each has its own RNG, so the order cannot matter),
+        // then send the tokens in plan order.
+        let rows: Vec<u64> = plan.iter().filter(|p| p.logits).map(|p| p.id).collect();
+        let mut samplers: Vec<(u64, Sampler)> =
+            rows.iter().filter_map(|id| self.reqs.get(id).map(|l| (*id, l.sampler.clone()))).collect();
+        let picked: Vec<(u32, f32)> = samplers
+            .par_iter_mut()
+            .map(|(id, sampler)| {
+                let row = rows.iter().position(|r| r == id).expect("sampled row");
+                let l = &logits[row * vocab..][..vocab];
+                let token = sampler.sample(l);
+                (token, log_softmax_at(l, token as usize))
+            })
+            .collect();
+        for ((id, sampler), (token, logprob)) in samplers.into_iter().zip(picked) {
+            if let Some(live) = self.reqs.get_mut(&id) {
+                live.sampler = sampler;
+            }
+            self.emit(id, token, logprob);
         }
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).steps += 1;
         Ok(())
     }
 
-    /// Samples the next token of `id` from its logits row and sends it.
-    fn emit(&mut self, id: u64, logits: &[f32]) {
+    /// Sends `id` its next token and finishes it if that was the last.
+    fn emit(&mut self, id: u64, token: u32, logprob: f32) {
         let Some(live) = self.reqs.get_mut(&id) else { return };
-        let token = live.sampler.sample(logits);
-        let logprob = log_softmax_at(logits, token as usize);
         let text = match &self.tokenizer {
             Some(t) => live.decoder.push(t, token).unwrap_or_default(),
             None => String::new(),

@@ -1,8 +1,9 @@
 //! Next-token selection: greedy, or temperature / top-k / top-p sampling with a seeded RNG.
 //!
-//! Candidates are found by partial selection (`select_nth_unstable`), never by sorting the whole
-//! vocabulary: top-p grows a candidate set of the best 64, 128, ... logits until it holds the
-//! requested mass, which for real distributions is almost always the first round.
+//! Never sorts the whole vocabulary: top-k is a partial selection (`select_nth_unstable`) and
+//! top-p buckets the weights on a log scale and sorts only the bucket at the nucleus boundary,
+//! so a token costs O(vocab) even for flat distributions (where the nucleus is most of the
+//! vocabulary).
 
 use crate::error::{Error, Result};
 
@@ -105,50 +106,82 @@ impl Sampler {
         }
         let inv_t = 1.0 / p.temperature as f64;
         let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-        let weight = |l: f32| ((l as f64 - max) * inv_t).exp();
         let vocab = logits.len();
-        let limit = if p.top_k == 0 { vocab } else { p.top_k.min(vocab) };
-        let total: f64 = if limit == vocab { logits.iter().map(|&l| weight(l)).sum() } else { 0.0 };
-
-        let mut idx: Vec<u32> = (0..vocab as u32).collect();
-        let mut take = if p.top_p < 1.0 { 64.min(limit) } else { limit };
-        loop {
-            let cand = top_candidates(logits, &mut idx, take);
-            let weights: Vec<f64> = cand.iter().map(|&i| weight(logits[i as usize])).collect();
-            // The distribution the nucleus is taken from: after top-k if given, else the full one.
-            let base = if limit == vocab { total } else { weights.iter().sum() };
-            let mut kept = 0.0;
-            let mut n = 0;
-            for &w in &weights {
-                kept += w;
-                n += 1;
-                if kept >= p.top_p as f64 * base {
-                    break;
-                }
-            }
-            if kept >= p.top_p as f64 * base || take == limit {
-                let mut u = self.rng.next_f64() * kept;
-                for (j, &w) in weights[..n].iter().enumerate() {
-                    u -= w;
-                    if u < 0.0 {
-                        return cand[j];
-                    }
-                }
-                return cand[n - 1];
-            }
-            take = (take * 2).min(limit);
+        // Candidates: the top k by partial selection (O(vocab)), or every token.
+        let mut cand: Vec<u32> = (0..vocab as u32).collect();
+        if p.top_k > 0 && p.top_k < vocab {
+            cand.select_nth_unstable_by(p.top_k, |a, b| better(logits, a, b));
+            cand.truncate(p.top_k);
+            cand.sort_unstable();
         }
+        // Weights relative to the best logit (the best has weight 1).
+        let weights: Vec<f64> = cand.iter().map(|&i| ((logits[i as usize] as f64 - max) * inv_t).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        let (kept, mass) =
+            if p.top_p < 1.0 { nucleus(&cand, &weights, p.top_p as f64 * total) } else { (cand.clone(), total) };
+        // Draw from the kept set in its (deterministic) order.
+        let mut u = self.rng.next_f64() * mass;
+        for &i in &kept {
+            let w = ((logits[i as usize] as f64 - max) * inv_t).exp();
+            u -= w;
+            if u < 0.0 {
+                return i;
+            }
+        }
+        *kept.last().expect("the nucleus holds at least the best token")
     }
 }
 
-/// The `take` largest logits' ids, most likely first (ties broken by lower id), by partial
-/// selection of `idx` and a sort of only the selected part.
-fn top_candidates<'a>(logits: &[f32], idx: &'a mut [u32], take: usize) -> &'a [u32] {
-    let better = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
-    if take < idx.len() {
-        idx.select_nth_unstable_by(take, better);
+/// Ordering for selection: higher logit first, then lower id.
+fn better(logits: &[f32], a: &u32, b: &u32) -> std::cmp::Ordering {
+    logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b))
+}
+
+/// Buckets per halving of the weight: fine enough that the boundary bucket holds few tokens.
+const BUCKETS_PER_OCTAVE: f64 = 16.0;
+const BUCKETS: usize = 64 * 16;
+
+/// The smallest set of most likely candidates whose weight reaches `target` (top-p), without
+/// sorting the vocabulary: weights go into log-spaced buckets, whole buckets are taken from
+/// the top until the boundary bucket, and only that bucket is sorted. Returns the kept ids and
+/// their total weight. Ties break by lower id, as a full sort would.
+fn nucleus(cand: &[u32], weights: &[f64], target: f64) -> (Vec<u32>, f64) {
+    // -log2(w) from the exponent and mantissa bits (w is in (0, 1]): no log call per token.
+    let bucket = |w: f64| {
+        let bits = w.to_bits();
+        let octave = (1023 - ((bits >> 52) & 0x7ff) as i64).max(0) as usize;
+        let frac = ((bits >> 48) & 0xf) as usize; // top 4 mantissa bits: 16 sub-buckets
+        (octave * BUCKETS_PER_OCTAVE as usize + (15 - frac)).min(BUCKETS - 1)
+    };
+    let mut mass = vec![0.0f64; BUCKETS];
+    for &w in weights {
+        mass[bucket(w)] += w;
     }
-    let top = &mut idx[..take];
-    top.sort_unstable_by(better);
-    top
+    let mut acc = 0.0;
+    let mut boundary = BUCKETS - 1;
+    for (b, &m) in mass.iter().enumerate() {
+        if acc + m >= target {
+            boundary = b;
+            break;
+        }
+        acc += m;
+    }
+    let mut kept: Vec<u32> = Vec::new();
+    let mut edge: Vec<(f64, u32)> = Vec::new();
+    for (&i, &w) in cand.iter().zip(weights) {
+        match bucket(w).cmp(&boundary) {
+            std::cmp::Ordering::Less => kept.push(i),
+            std::cmp::Ordering::Equal => edge.push((w, i)),
+            std::cmp::Ordering::Greater => {}
+        }
+    }
+    edge.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (w, i) in edge {
+        if acc >= target && !kept.is_empty() {
+            break;
+        }
+        acc += w;
+        kept.push(i);
+    }
+    (kept, acc)
 }

@@ -3,12 +3,14 @@
 
 mod npy;
 mod roofline;
+mod throughput;
 
 use clap::{Args, Parser, Subcommand};
 use inferneo_kernels::{Isa, Kernels};
 use inferneo_runtime::init::{self, Preset, StoreDtype};
+use inferneo_runtime::scheduler::Limits;
 use inferneo_runtime::tokenizer::IncrementalDecoder;
-use inferneo_runtime::{generate, GenerateRequest, Gpt2, Logits, SamplingParams, Tokenizer, WeightDtype};
+use inferneo_runtime::{generate, EngineConfig, GenerateRequest, Gpt2, Logits, SamplingParams, Tokenizer, WeightDtype};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +43,28 @@ enum Command {
     Init(InitArgs),
     /// Measure read bandwidth, FMA peak, and each kernel at GPT-2 shapes against that roofline.
     Roofline(RooflineArgs),
+    /// Aggregate generation throughput of the batching engine at several concurrency levels.
+    Throughput(ThroughputArgs),
+}
+
+#[derive(Args)]
+#[command(after_help = EMBEDDED_NOTE)]
+struct ThroughputArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Comma-separated numbers of concurrent requests.
+    #[arg(long, default_value = "1,4,8,16,32")]
+    concurrency: String,
+    #[arg(long, default_value_t = 50)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 100)]
+    max_tokens: usize,
+    /// Tokens per engine step (prefill chunks + decodes).
+    #[arg(long, default_value_t = 512)]
+    max_batch_tokens: usize,
+    /// KV cache budget in MB.
+    #[arg(long, default_value_t = 512)]
+    kv_cache_mb: usize,
 }
 
 #[derive(Args)]
@@ -192,6 +216,32 @@ fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Roofline(a) => roofline::run(kernels, a.json, a.quick),
+        Command::Throughput(a) => {
+            let levels = a
+                .concurrency
+                .split(',')
+                .map(|v| v.trim().parse::<usize>().ok().filter(|&n| n > 0))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    format!("--concurrency '{}': expected comma-separated positive integers", a.concurrency)
+                })?;
+            let config = EngineConfig {
+                limits: Limits {
+                    max_batch_tokens: a.max_batch_tokens.max(1),
+                    max_seqs: levels.iter().copied().max().unwrap_or(1),
+                },
+                kv_cache_bytes: a.kv_cache_mb << 20,
+            };
+            let (probe, _) = load_model(&a.model, kernels)?;
+            drop(probe);
+            let workload = throughput::Workload { prompt_tokens: a.prompt_tokens, max_tokens: a.max_tokens };
+            throughput::run(
+                || load_model_quiet(&a.model, kernels).expect("loaded once already").0,
+                &levels,
+                &workload,
+                config,
+            )
+        }
         Command::Init(a) => {
             let preset = Preset::from_name(&a.preset).map_err(|e| e.to_string())?;
             let dtype = match a.dtype.as_str() {
