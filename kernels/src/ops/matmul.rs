@@ -99,13 +99,13 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize,
         match mc_end - mc0 {
             1 => {
                 while j + Q1 / C * nr <= width {
-                    kn_tile::<S, E, C, 1, Q1>(s, a, w, scale, out, mc0, j);
+                    kn_tile::<S, E, C, 1, Q1>(s, a, w, scale, out, mc0, j, true);
                     j += Q1 / C * nr;
                 }
             }
             2 => {
                 while j + Q2 / C * nr <= width {
-                    kn_tile::<S, E, C, 2, Q2>(s, a, w, scale, out, mc0, j);
+                    kn_tile::<S, E, C, 2, Q2>(s, a, w, scale, out, mc0, j, true);
                     j += Q2 / C * nr;
                 }
             }
@@ -116,18 +116,18 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize,
             while r0 < mc_end {
                 let rows = (mc_end - r0).min(MR);
                 match rows {
-                    12 => kn_tile::<S, E, C, 12, C>(s, a, w, scale, out, r0, j),
-                    11 => kn_tile::<S, E, C, 11, C>(s, a, w, scale, out, r0, j),
-                    10 => kn_tile::<S, E, C, 10, C>(s, a, w, scale, out, r0, j),
-                    9 => kn_tile::<S, E, C, 9, C>(s, a, w, scale, out, r0, j),
-                    8 => kn_tile::<S, E, C, 8, C>(s, a, w, scale, out, r0, j),
-                    7 => kn_tile::<S, E, C, 7, C>(s, a, w, scale, out, r0, j),
-                    6 => kn_tile::<S, E, C, 6, C>(s, a, w, scale, out, r0, j),
-                    5 => kn_tile::<S, E, C, 5, C>(s, a, w, scale, out, r0, j),
-                    4 => kn_tile::<S, E, C, 4, C>(s, a, w, scale, out, r0, j),
-                    3 => kn_tile::<S, E, C, 3, C>(s, a, w, scale, out, r0, j),
-                    2 => kn_tile::<S, E, C, 2, C>(s, a, w, scale, out, r0, j),
-                    _ => kn_tile::<S, E, C, 1, C>(s, a, w, scale, out, r0, j),
+                    12 => kn_tile::<S, E, C, 12, C>(s, a, w, scale, out, r0, j, r0 == mc0),
+                    11 => kn_tile::<S, E, C, 11, C>(s, a, w, scale, out, r0, j, r0 == mc0),
+                    10 => kn_tile::<S, E, C, 10, C>(s, a, w, scale, out, r0, j, r0 == mc0),
+                    9 => kn_tile::<S, E, C, 9, C>(s, a, w, scale, out, r0, j, r0 == mc0),
+                    8 => kn_tile::<S, E, C, 8, C>(s, a, w, scale, out, r0, j, r0 == mc0),
+                    7 => kn_tile::<S, E, C, 7, C>(s, a, w, scale, out, r0, j, r0 == mc0),
+                    6 => kn_tile::<S, E, C, 6, C>(s, a, w, scale, out, r0, j, r0 == mc0),
+                    5 => kn_tile::<S, E, C, 5, C>(s, a, w, scale, out, r0, j, r0 == mc0),
+                    4 => kn_tile::<S, E, C, 4, C>(s, a, w, scale, out, r0, j, r0 == mc0),
+                    3 => kn_tile::<S, E, C, 3, C>(s, a, w, scale, out, r0, j, r0 == mc0),
+                    2 => kn_tile::<S, E, C, 2, C>(s, a, w, scale, out, r0, j, r0 == mc0),
+                    _ => kn_tile::<S, E, C, 1, C>(s, a, w, scale, out, r0, j, r0 == mc0),
                 }
                 r0 += rows;
             }
@@ -148,6 +148,7 @@ fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
     out: &mut [&mut [f32]],
     r0: usize,
     j: usize,
+    prefetch: bool,
 ) {
     // This tile's activations: values of row r at k are xb[k * xs + r].
     let (xb, xs) = match a.x_mr {
@@ -169,9 +170,10 @@ fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
     let ahead = PREFETCH_BYTES / (nr * std::mem::size_of::<E>()) * nr;
     let lines_per_row = (nr * std::mem::size_of::<E>()).div_ceil(64);
     for (kk, (row0, xk)) in rows.enumerate() {
-        if R <= 2 {
-            // Decode tiles stream cold weights with little arithmetic in between: prefetch each
-            // panel ahead of use (the hardware prefetcher alone leaves bandwidth unused).
+        if prefetch {
+            // The first tile over a panel streams it from memory (decode tiles always do, with
+            // little arithmetic in between): prefetch ahead of use, as the hardware prefetcher
+            // alone leaves bandwidth unused.
             for p in 0..Q / C {
                 for line in 0..lines_per_row {
                     s.prefetch(w, ((first + p) * a.k + kk) * nr + ahead + line * 64 / std::mem::size_of::<E>());
