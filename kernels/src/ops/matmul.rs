@@ -99,13 +99,13 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize,
         match mc_end - mc0 {
             1 => {
                 while j + Q1 / C * nr <= width {
-                    kn_tile::<S, E, C, 1, Q1>(s, a, w, scale, out, mc0, j, true);
+                    kn_tile::<S, E, C, 1, Q1>(s, a, w, scale, out, At { r0: mc0, j, prefetch: true });
                     j += Q1 / C * nr;
                 }
             }
             2 => {
                 while j + Q2 / C * nr <= width {
-                    kn_tile::<S, E, C, 2, Q2>(s, a, w, scale, out, mc0, j, true);
+                    kn_tile::<S, E, C, 2, Q2>(s, a, w, scale, out, At { r0: mc0, j, prefetch: true });
                     j += Q2 / C * nr;
                 }
             }
@@ -115,19 +115,20 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize,
             let mut r0 = mc0;
             while r0 < mc_end {
                 let rows = (mc_end - r0).min(MR);
+                let at = At { r0, j, prefetch: r0 == mc0 };
                 match rows {
-                    12 => kn_tile::<S, E, C, 12, C>(s, a, w, scale, out, r0, j, r0 == mc0),
-                    11 => kn_tile::<S, E, C, 11, C>(s, a, w, scale, out, r0, j, r0 == mc0),
-                    10 => kn_tile::<S, E, C, 10, C>(s, a, w, scale, out, r0, j, r0 == mc0),
-                    9 => kn_tile::<S, E, C, 9, C>(s, a, w, scale, out, r0, j, r0 == mc0),
-                    8 => kn_tile::<S, E, C, 8, C>(s, a, w, scale, out, r0, j, r0 == mc0),
-                    7 => kn_tile::<S, E, C, 7, C>(s, a, w, scale, out, r0, j, r0 == mc0),
-                    6 => kn_tile::<S, E, C, 6, C>(s, a, w, scale, out, r0, j, r0 == mc0),
-                    5 => kn_tile::<S, E, C, 5, C>(s, a, w, scale, out, r0, j, r0 == mc0),
-                    4 => kn_tile::<S, E, C, 4, C>(s, a, w, scale, out, r0, j, r0 == mc0),
-                    3 => kn_tile::<S, E, C, 3, C>(s, a, w, scale, out, r0, j, r0 == mc0),
-                    2 => kn_tile::<S, E, C, 2, C>(s, a, w, scale, out, r0, j, r0 == mc0),
-                    _ => kn_tile::<S, E, C, 1, C>(s, a, w, scale, out, r0, j, r0 == mc0),
+                    12 => kn_tile::<S, E, C, 12, C>(s, a, w, scale, out, at),
+                    11 => kn_tile::<S, E, C, 11, C>(s, a, w, scale, out, at),
+                    10 => kn_tile::<S, E, C, 10, C>(s, a, w, scale, out, at),
+                    9 => kn_tile::<S, E, C, 9, C>(s, a, w, scale, out, at),
+                    8 => kn_tile::<S, E, C, 8, C>(s, a, w, scale, out, at),
+                    7 => kn_tile::<S, E, C, 7, C>(s, a, w, scale, out, at),
+                    6 => kn_tile::<S, E, C, 6, C>(s, a, w, scale, out, at),
+                    5 => kn_tile::<S, E, C, 5, C>(s, a, w, scale, out, at),
+                    4 => kn_tile::<S, E, C, 4, C>(s, a, w, scale, out, at),
+                    3 => kn_tile::<S, E, C, 3, C>(s, a, w, scale, out, at),
+                    2 => kn_tile::<S, E, C, 2, C>(s, a, w, scale, out, at),
+                    _ => kn_tile::<S, E, C, 1, C>(s, a, w, scale, out, at),
                 }
                 r0 += rows;
             }
@@ -146,10 +147,9 @@ fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
     w: &[E],
     scale: Scales,
     out: &mut [&mut [f32]],
-    r0: usize,
-    j: usize,
-    prefetch: bool,
+    at: At,
 ) {
+    let At { r0, j, prefetch } = at;
     // This tile's activations: values of row r at k are xb[k * xs + r].
     let (xb, xs) = match a.x_mr {
         0 => (&a.x[r0 * a.k..][..a.k * R], 1),
