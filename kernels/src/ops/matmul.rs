@@ -136,6 +136,15 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize,
     }
 }
 
+/// Where a register tile sits: first row, first column of the chunk, and whether it is the
+/// first pass over its panels (which then come from memory and are prefetched).
+#[derive(Clone, Copy)]
+struct At {
+    r0: usize,
+    j: usize,
+    prefetch: bool,
+}
+
 /// `R` rows times `Q / C` consecutive packed panels (`Q` vectors per row). Each panel is read
 /// front to back, `NR` values per k, so the weights stream contiguously whatever N is.
 /// The accumulators are one flat `[R][Q]` array: LLVM keeps that in registers, where a
