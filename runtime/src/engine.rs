@@ -325,9 +325,9 @@ impl Worker {
     }
 }
 
-/// `log softmax(logits)[i]`, in f64.
+/// `log softmax(logits)[i]` (f32 exponentials, f64 sum).
 pub fn log_softmax_at(logits: &[f32], i: usize) -> f32 {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let lse = logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
-    (logits[i] as f64 - lse) as f32
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum: f64 = logits.iter().map(|&v| (v - max).exp() as f64).sum();
+    ((logits[i] - max) as f64 - sum.ln()) as f32
 }

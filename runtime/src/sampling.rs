@@ -104,8 +104,8 @@ impl Sampler {
         if p.temperature == 0.0 || p.top_k == 1 {
             return argmax(logits);
         }
-        let inv_t = 1.0 / p.temperature as f64;
-        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+        let inv_t = 1.0 / p.temperature;
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         let vocab = logits.len();
         // Candidates: the top k by partial selection (O(vocab)), or every token.
         let mut cand: Vec<u32> = (0..vocab as u32).collect();
@@ -114,21 +114,21 @@ impl Sampler {
             cand.truncate(p.top_k);
             cand.sort_unstable();
         }
-        // Weights relative to the best logit (the best has weight 1).
-        let weights: Vec<f64> = cand.iter().map(|&i| ((logits[i as usize] as f64 - max) * inv_t).exp()).collect();
-        let total: f64 = weights.iter().sum();
+        // Weights relative to the best logit (the best has weight 1), computed once; f32 exp
+        // is plenty for sampling and several times cheaper than f64 over 50k tokens.
+        let weights: Vec<f32> = cand.iter().map(|&i| ((logits[i as usize] - max) * inv_t).exp()).collect();
+        let total: f64 = weights.iter().map(|&w| w as f64).sum();
         let (kept, mass) =
-            if p.top_p < 1.0 { nucleus(&cand, &weights, p.top_p as f64 * total) } else { (cand.clone(), total) };
+            if p.top_p < 1.0 { nucleus(&weights, p.top_p as f64 * total) } else { ((0..cand.len()).collect(), total) };
         // Draw from the kept set in its (deterministic) order.
         let mut u = self.rng.next_f64() * mass;
-        for &i in &kept {
-            let w = ((logits[i as usize] as f64 - max) * inv_t).exp();
-            u -= w;
+        for &j in &kept {
+            u -= weights[j] as f64;
             if u < 0.0 {
-                return i;
+                return cand[j];
             }
         }
-        *kept.last().expect("the nucleus holds at least the best token")
+        cand[*kept.last().expect("the nucleus holds at least the best token")]
     }
 }
 
@@ -138,24 +138,26 @@ fn better(logits: &[f32], a: &u32, b: &u32) -> std::cmp::Ordering {
 }
 
 /// Buckets per halving of the weight: fine enough that the boundary bucket holds few tokens.
-const BUCKETS_PER_OCTAVE: f64 = 16.0;
-const BUCKETS: usize = 64 * 16;
+const BUCKETS_PER_OCTAVE: usize = 16;
+/// 128 octaves cover every positive normal f32 weight.
+const BUCKETS: usize = 128 * BUCKETS_PER_OCTAVE;
 
 /// The smallest set of most likely candidates whose weight reaches `target` (top-p), without
 /// sorting the vocabulary: weights go into log-spaced buckets, whole buckets are taken from
-/// the top until the boundary bucket, and only that bucket is sorted. Returns the kept ids and
-/// their total weight. Ties break by lower id, as a full sort would.
-fn nucleus(cand: &[u32], weights: &[f64], target: f64) -> (Vec<u32>, f64) {
+/// the top until the boundary bucket, and only that bucket is sorted. Returns the kept
+/// positions (into `weights`) and their total weight. Ties break by lower position, as a full
+/// sort would.
+fn nucleus(weights: &[f32], target: f64) -> (Vec<usize>, f64) {
     // -log2(w) from the exponent and mantissa bits (w is in (0, 1]): no log call per token.
-    let bucket = |w: f64| {
+    let bucket = |w: f32| {
         let bits = w.to_bits();
-        let octave = (1023 - ((bits >> 52) & 0x7ff) as i64).max(0) as usize;
-        let frac = ((bits >> 48) & 0xf) as usize; // top 4 mantissa bits: 16 sub-buckets
-        (octave * BUCKETS_PER_OCTAVE as usize + (15 - frac)).min(BUCKETS - 1)
+        let octave = (127 - ((bits >> 23) & 0xff) as i64).max(0) as usize;
+        let frac = ((bits >> 19) & 0xf) as usize; // top 4 mantissa bits: 16 sub-buckets
+        (octave * BUCKETS_PER_OCTAVE + (15 - frac)).min(BUCKETS - 1)
     };
     let mut mass = vec![0.0f64; BUCKETS];
     for &w in weights {
-        mass[bucket(w)] += w;
+        mass[bucket(w)] += w as f64;
     }
     let mut acc = 0.0;
     let mut boundary = BUCKETS - 1;
@@ -166,22 +168,22 @@ fn nucleus(cand: &[u32], weights: &[f64], target: f64) -> (Vec<u32>, f64) {
         }
         acc += m;
     }
-    let mut kept: Vec<u32> = Vec::new();
-    let mut edge: Vec<(f64, u32)> = Vec::new();
-    for (&i, &w) in cand.iter().zip(weights) {
+    let mut kept: Vec<usize> = Vec::new();
+    let mut edge: Vec<(f32, usize)> = Vec::new();
+    for (j, &w) in weights.iter().enumerate() {
         match bucket(w).cmp(&boundary) {
-            std::cmp::Ordering::Less => kept.push(i),
-            std::cmp::Ordering::Equal => edge.push((w, i)),
+            std::cmp::Ordering::Less => kept.push(j),
+            std::cmp::Ordering::Equal => edge.push((w, j)),
             std::cmp::Ordering::Greater => {}
         }
     }
     edge.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    for (w, i) in edge {
+    for (w, j) in edge {
         if acc >= target && !kept.is_empty() {
             break;
         }
-        acc += w;
-        kept.push(i);
+        acc += w as f64;
+        kept.push(j);
     }
     (kept, acc)
 }
