@@ -78,16 +78,15 @@ pub struct Engine {
     next_id: AtomicU64,
     stats: Arc<Mutex<Stats>>,
     thread: Option<JoinHandle<()>>,
-    n_positions: usize,
-    vocab: usize,
+    config: crate::config::Config,
     max_blocks: usize,
 }
 
 impl Engine {
-    pub fn start(model: Gpt2, tokenizer: Option<Tokenizer>, config: EngineConfig) -> Engine {
-        let pool = KvPool::with_budget(model.config(), config.kv_cache_bytes);
-        let (n_positions, vocab, max_blocks) =
-            (model.config().n_positions, model.config().vocab_size, pool.total_blocks());
+    pub fn start(model: Gpt2, tokenizer: Option<Tokenizer>, settings: EngineConfig) -> Engine {
+        let pool = KvPool::with_budget(model.config(), settings.kv_cache_bytes);
+        let (config_copy, max_blocks) = (model.config().clone(), pool.total_blocks());
+        (model.config().n_positions, model.config().vocab_size, pool.total_blocks());
         let stats =
             Arc::new(Mutex::new(Stats { kv_blocks_total: max_blocks, kv_blocks_free: max_blocks, ..Stats::default() }));
         let (tx, rx) = channel();
@@ -95,7 +94,7 @@ impl Engine {
             model,
             tokenizer,
             pool,
-            sched: Scheduler::new(config.limits),
+            sched: Scheduler::new(settings.limits),
             reqs: HashMap::new(),
             stats: stats.clone(),
             rx,
@@ -104,27 +103,17 @@ impl Engine {
             .name("inferneo-engine".into())
             .spawn(move || worker.run())
             .expect("spawn engine thread");
-        Engine { tx, next_id: AtomicU64::new(1), stats, thread: Some(thread), n_positions, vocab, max_blocks }
+        Engine { tx, next_id: AtomicU64::new(1), stats, thread: Some(thread), config: config_copy, max_blocks }
     }
 
     /// Validates and queues a request. Errors for requests that can never run (bad ids,
     /// beyond the context, more KV blocks than the whole pool).
     pub fn submit(&self, req: GenerateRequest) -> Result<RequestHandle> {
-        if req.prompt.is_empty() {
-            return Err(Error::Invalid("the prompt is empty".into()));
-        }
-        if let Some(&id) = req.prompt.iter().find(|&&t| t as usize >= self.vocab) {
-            return Err(Error::Token { id, vocab: self.vocab });
-        }
-        let need = req.prompt.len() + req.max_tokens;
-        if need > self.n_positions {
-            return Err(Error::Context { need, max: self.n_positions });
-        }
-        let blocks = need.div_ceil(BLOCK_TOKENS);
+        req.validate_for(&self.config)?;
+        let blocks = (req.prompt.len() + req.max_tokens).div_ceil(BLOCK_TOKENS);
         if blocks > self.max_blocks {
             return Err(Error::KvExhausted { need: blocks, free: self.max_blocks });
         }
-        req.sampling.validate()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (events, rx) = channel();
         self.tx

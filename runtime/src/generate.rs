@@ -32,7 +32,11 @@ pub struct GenerateRequest {
 impl GenerateRequest {
     /// Checks everything that can be checked before running the model.
     pub fn validate(&self, model: &Gpt2) -> Result<()> {
-        let c = model.config();
+        self.validate_for(model.config())
+    }
+
+    /// [`GenerateRequest::validate`] against a model's config alone.
+    pub fn validate_for(&self, c: &crate::config::Config) -> Result<()> {
         if self.prompt.is_empty() {
             return Err(Error::Invalid("the prompt is empty".into()));
         }
