@@ -86,7 +86,6 @@ impl Engine {
     pub fn start(model: Gpt2, tokenizer: Option<Tokenizer>, settings: EngineConfig) -> Engine {
         let pool = KvPool::with_budget(model.config(), settings.kv_cache_bytes);
         let (config_copy, max_blocks) = (model.config().clone(), pool.total_blocks());
-        (model.config().n_positions, model.config().vocab_size, pool.total_blocks());
         let stats =
             Arc::new(Mutex::new(Stats { kv_blocks_total: max_blocks, kv_blocks_free: max_blocks, ..Stats::default() }));
         let (tx, rx) = channel();
