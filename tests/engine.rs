@@ -23,7 +23,7 @@ fn request(i: u64, prompt_len: usize, max_tokens: usize) -> GenerateRequest {
         sampling: if i.is_multiple_of(2) {
             SamplingParams::default()
         } else {
-            SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, seed: i }
+            SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, seed: i, ..SamplingParams::default() }
         },
         stop_tokens: vec![],
     }

@@ -5,7 +5,7 @@ use inferneo_runtime::sampling::{argmax, Sampler, SamplingParams};
 use inferneo_runtime::{generate, GenerateRequest, Gpt2, Preset, WeightDtype};
 
 fn params(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> SamplingParams {
-    SamplingParams { temperature, top_k, top_p, seed }
+    SamplingParams { temperature, top_k, top_p, seed, ..SamplingParams::default() }
 }
 
 /// Logits whose softmax at temperature 1 is `probs`.
@@ -95,4 +95,19 @@ fn invalid_parameters_are_errors() {
     assert!(params(1.0, 0, 0.0, 0).validate().is_err());
     assert!(params(1.0, 0, 1.5, 0).validate().is_err());
     assert!(params(0.7, 40, 0.9, 0).validate().is_ok());
+}
+
+#[test]
+fn penalties_follow_openai_semantics() {
+    // Greedy over [3.0, 2.5, 1.0]: token 0 first; a presence penalty of 1 then makes token 1 win.
+    let logits = [3.0f32, 2.5, 1.0];
+    let mut s = Sampler::new(SamplingParams { presence_penalty: 1.0, ..SamplingParams::default() });
+    assert_eq!(s.sample(&logits), 0);
+    assert_eq!(s.sample(&logits), 1);
+    // Both penalised once now (3 - 1 = 2 vs 2.5 - 1 = 1.5): token 0 again.
+    assert_eq!(s.sample(&logits), 0);
+    // Frequency: token 0 penalised 0.4 per use; after two uses 3 - 0.8 = 2.2 < 2.5.
+    let mut f = Sampler::new(SamplingParams { frequency_penalty: 0.4, ..SamplingParams::default() });
+    assert_eq!([f.sample(&logits), f.sample(&logits), f.sample(&logits)], [0, 0, 1]);
+    assert!(SamplingParams { presence_penalty: 2.5, ..SamplingParams::default() }.validate().is_err());
 }

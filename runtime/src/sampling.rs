@@ -16,11 +16,23 @@ pub struct SamplingParams {
     /// Keep the smallest set of most likely tokens whose probability reaches `top_p` (1 = all).
     pub top_p: f32,
     pub seed: u64,
+    /// Subtracted once from the logit of every token already generated (OpenAI semantics;
+    /// generated tokens only, not the prompt), in [-2, 2].
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated, in [-2, 2].
+    pub frequency_penalty: f32,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+        }
     }
 }
 
@@ -31,6 +43,11 @@ impl SamplingParams {
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(Error::Invalid(format!("top_p must be in (0, 1], got {}", self.top_p)));
+        }
+        for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(Error::Invalid(format!("{name} must be in [-2, 2], got {v}")));
+            }
         }
         Ok(())
     }
@@ -75,6 +92,8 @@ impl Rng {
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
+    /// How often each token was generated so far (for the penalties).
+    counts: std::collections::HashMap<u32, u32>,
 }
 
 /// Index of the largest logit (the first one on ties).
@@ -91,15 +110,34 @@ pub fn argmax(logits: &[f32]) -> u32 {
 impl Sampler {
     pub fn new(params: SamplingParams) -> Sampler {
         let rng = Rng::new(params.seed);
-        Sampler { params, rng }
+        Sampler { params, rng, counts: Default::default() }
     }
 
     pub fn params(&self) -> &SamplingParams {
         &self.params
     }
 
-    /// Picks the next token from one row of logits.
+    /// Picks the next token from one row of logits (and remembers it for the penalties).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let penalised;
+        let logits = if self.counts.is_empty()
+            || (self.params.presence_penalty == 0.0 && self.params.frequency_penalty == 0.0)
+        {
+            logits
+        } else {
+            let mut l = logits.to_vec();
+            for (&t, &n) in &self.counts {
+                l[t as usize] -= self.params.presence_penalty + self.params.frequency_penalty * n as f32;
+            }
+            penalised = l;
+            &penalised
+        };
+        let token = self.pick(logits);
+        *self.counts.entry(token).or_insert(0) += 1;
+        token
+    }
+
+    fn pick(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         if p.temperature == 0.0 || p.top_k == 1 {
             return argmax(logits);

@@ -130,6 +130,12 @@ struct GenerateArgs {
     /// RNG seed: the same seed gives the same tokens.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Penalty in [-2, 2] on tokens already generated (once per token).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    presence_penalty: f32,
+    /// Penalty in [-2, 2] on tokens already generated (per occurrence).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    frequency_penalty: f32,
     /// Print token ids instead of text.
     #[arg(long)]
     ids: bool,
@@ -355,7 +361,14 @@ fn generate_cmd(a: GenerateArgs, kernels: Kernels) -> CliResult {
     let req = GenerateRequest {
         prompt,
         max_tokens: a.max_tokens,
-        sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+            presence_penalty: a.presence_penalty,
+            frequency_penalty: a.frequency_penalty,
+        },
         stop_tokens: if a.stop_at_eos { eos.into_iter().collect() } else { Vec::new() },
     };
     req.validate(&model).map_err(|e| e.to_string())?;

@@ -22,7 +22,13 @@ pub fn run(make_model: impl Fn() -> Gpt2, levels: &[usize], w: &Workload, config
         let handles = (0..n)
             .map(|i| {
                 let prompt = (0..w.prompt_tokens).map(|t| ((t * 389 + i * 7919 + 11) % 50257) as u32).collect();
-                let sampling = SamplingParams { temperature: 0.7, top_k: 0, top_p: 0.9, seed: i as u64 };
+                let sampling = SamplingParams {
+                    temperature: 0.7,
+                    top_k: 0,
+                    top_p: 0.9,
+                    seed: i as u64,
+                    ..SamplingParams::default()
+                };
                 engine.submit(GenerateRequest { prompt, max_tokens: w.max_tokens, sampling, stop_tokens: vec![] })
             })
             .collect::<Result<Vec<_>, _>>()
