@@ -26,6 +26,7 @@ fn request(i: u64, prompt_len: usize, max_tokens: usize) -> GenerateRequest {
             SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, seed: i, ..SamplingParams::default() }
         },
         stop_tokens: vec![],
+        top_logprobs: 0,
     }
 }
 
@@ -201,4 +202,20 @@ proptest! {
         prop_assert!(sched.is_idle());
         prop_assert_eq!(pool.free_blocks(), pool.total_blocks());
     }
+}
+
+#[test]
+fn top_logprobs_are_reported_per_token() {
+    let engine = Engine::start(model(), None, EngineConfig::default());
+    let req = GenerateRequest { top_logprobs: 5, ..request(0, 6, 8) }; // greedy
+    let h = engine.submit(req).unwrap();
+    let mut seen = 0;
+    while let Event::Token { id, logprob, top, .. } = h.events.recv().unwrap() {
+        assert_eq!(top.len(), 5);
+        assert_eq!((top[0].0, top[0].1.to_bits()), (id, logprob.to_bits()), "greedy token is the most likely");
+        assert!(top.windows(2).all(|w| w[0].1 >= w[1].1), "sorted: {top:?}");
+        assert!(top.iter().map(|t| (t.1 as f64).exp()).sum::<f64>() <= 1.0 + 1e-6);
+        seen += 1;
+    }
+    assert_eq!(seen, 8);
 }

@@ -22,6 +22,7 @@ fn check_greedy(label: &str, model: &Gpt2, g: &Golden) {
         max_tokens: g.greedy.len(),
         sampling: SamplingParams::default(),
         stop_tokens: vec![],
+        top_logprobs: 0,
     };
     let out = generate(model, &req, |_| {}).unwrap();
     for (i, (&ours, &hf)) in out.tokens.iter().zip(&g.greedy).enumerate() {

@@ -29,6 +29,7 @@ fn same_seed_same_tokens_different_seed_different_tokens() {
             max_tokens: 24,
             sampling: params(1.0, 0, 0.9, seed),
             stop_tokens: vec![],
+            top_logprobs: 0,
         };
         generate(&model, &req, |_| {}).unwrap().tokens
     };

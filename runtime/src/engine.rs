@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 pub enum Event {
     /// One generated token, the text it completes (UTF-8 safe; empty while a character is
     /// incomplete or without a tokenizer) and its log-probability under the model.
-    Token { id: u32, text: String, logprob: f32 },
+    Token { id: u32, text: String, logprob: f32, top: Vec<(u32, f32)> },
     /// The request ended; no event follows.
     Finished { reason: Finish, generated: usize },
 }
@@ -144,6 +144,7 @@ struct Live {
     sampler: Sampler,
     max_tokens: usize,
     stop: Vec<u32>,
+    top_logprobs: usize,
     generated: usize,
     decoder: IncrementalDecoder,
     events: Sender<Event>,
@@ -204,6 +205,7 @@ impl Worker {
                     sampler: Sampler::new(req.sampling),
                     max_tokens: req.max_tokens,
                     stop: req.stop_tokens,
+                    top_logprobs: req.top_logprobs,
                     generated: 0,
                     decoder: IncrementalDecoder::default(),
                     events,
@@ -253,34 +255,38 @@ impl Worker {
         let rows: Vec<u64> = plan.iter().filter(|p| p.logits).map(|p| p.id).collect();
         let mut samplers: Vec<(u64, Sampler)> =
             rows.iter().filter_map(|id| self.reqs.get(id).map(|l| (*id, l.sampler.clone()))).collect();
-        let picked: Vec<(u32, f32)> = samplers
+        let top_n: Vec<usize> =
+            samplers.iter().map(|(id, _)| self.reqs.get(id).map_or(0, |l| l.top_logprobs)).collect();
+        let picked: Vec<(u32, f32, Vec<(u32, f32)>)> = samplers
             .par_iter_mut()
-            .map(|(id, sampler)| {
+            .zip(top_n)
+            .map(|((id, sampler), n)| {
                 let row = rows.iter().position(|r| r == id).expect("sampled row");
                 let l = &logits[row * vocab..][..vocab];
                 let token = sampler.sample(l);
-                (token, log_softmax_at(l, token as usize))
+                let lse = log_sum_exp(l);
+                (token, l[token as usize] - lse, top_logprobs(l, n, lse))
             })
             .collect();
-        for ((id, sampler), (token, logprob)) in samplers.into_iter().zip(picked) {
+        for ((id, sampler), (token, logprob, top)) in samplers.into_iter().zip(picked) {
             if let Some(live) = self.reqs.get_mut(&id) {
                 live.sampler = sampler;
             }
-            self.emit(id, token, logprob);
+            self.emit(id, token, logprob, top);
         }
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).steps += 1;
         Ok(())
     }
 
     /// Sends `id` its next token and finishes it if that was the last.
-    fn emit(&mut self, id: u64, token: u32, logprob: f32) {
+    fn emit(&mut self, id: u64, token: u32, logprob: f32, top: Vec<(u32, f32)>) {
         let Some(live) = self.reqs.get_mut(&id) else { return };
         let text = match &self.tokenizer {
             Some(t) => live.decoder.push(t, token).unwrap_or_default(),
             None => String::new(),
         };
         live.generated += 1;
-        let gone = live.events.send(Event::Token { id: token, text, logprob }).is_err();
+        let gone = live.events.send(Event::Token { id: token, text, logprob, top }).is_err();
         let done = if gone {
             Some(Finish::Cancelled)
         } else if live.stop.contains(&token) {
@@ -313,9 +319,26 @@ impl Worker {
     }
 }
 
-/// `log softmax(logits)[i]` (f32 exponentials, f64 sum).
-pub fn log_softmax_at(logits: &[f32], i: usize) -> f32 {
+/// `log(sum(exp(logits)))` (f32 exponentials, f64 sum, max-shifted).
+pub fn log_sum_exp(logits: &[f32]) -> f32 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let sum: f64 = logits.iter().map(|&v| (v - max).exp() as f64).sum();
-    ((logits[i] - max) as f64 - sum.ln()) as f32
+    (sum.ln() + max as f64) as f32
+}
+
+/// The `n` most likely tokens and their log-probabilities, most likely first (ties: lower id),
+/// by partial selection.
+pub fn top_logprobs(logits: &[f32], n: usize, lse: f32) -> Vec<(u32, f32)> {
+    let n = n.min(logits.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let better = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    if n < ids.len() {
+        ids.select_nth_unstable_by(n - 1, better);
+    }
+    ids.truncate(n);
+    ids.sort_unstable_by(better);
+    ids.into_iter().map(|i| (i, logits[i as usize] - lse)).collect()
 }

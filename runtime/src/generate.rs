@@ -27,6 +27,8 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
     /// Generation ends after any of these ids.
     pub stop_tokens: Vec<u32>,
+    /// Also report the log-probabilities of this many most likely tokens at each step (0: none).
+    pub top_logprobs: usize,
 }
 
 impl GenerateRequest {

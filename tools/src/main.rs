@@ -370,6 +370,7 @@ fn generate_cmd(a: GenerateArgs, kernels: Kernels) -> CliResult {
             frequency_penalty: a.frequency_penalty,
         },
         stop_tokens: if a.stop_at_eos { eos.into_iter().collect() } else { Vec::new() },
+        top_logprobs: 0,
     };
     req.validate(&model).map_err(|e| e.to_string())?;
     let text_mode = !a.ids && tok.is_some();

@@ -29,7 +29,13 @@ pub fn run(make_model: impl Fn() -> Gpt2, levels: &[usize], w: &Workload, config
                     seed: i as u64,
                     ..SamplingParams::default()
                 };
-                engine.submit(GenerateRequest { prompt, max_tokens: w.max_tokens, sampling, stop_tokens: vec![] })
+                engine.submit(GenerateRequest {
+                    prompt,
+                    max_tokens: w.max_tokens,
+                    sampling,
+                    stop_tokens: vec![],
+                    top_logprobs: 0,
+                })
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
