@@ -140,6 +140,9 @@ impl Drop for Engine {
     }
 }
 
+/// A sampled token, its logprob and the top alternatives.
+type Pick = (u32, f32, Vec<(u32, f32)>);
+
 struct Live {
     sampler: Sampler,
     max_tokens: usize,
@@ -257,7 +260,7 @@ impl Worker {
             rows.iter().filter_map(|id| self.reqs.get(id).map(|l| (*id, l.sampler.clone()))).collect();
         let top_n: Vec<usize> =
             samplers.iter().map(|(id, _)| self.reqs.get(id).map_or(0, |l| l.top_logprobs)).collect();
-        let picked: Vec<(u32, f32, Vec<(u32, f32)>)> = samplers
+        let picked: Vec<Pick> = samplers
             .par_iter_mut()
             .zip(top_n)
             .map(|((id, sampler), n)| {
