@@ -57,11 +57,6 @@ impl Kernels {
         PackedKn::pack(w, layout, k, n, self.table.kn_nr, dtype)
     }
 
-    /// Packs a row-major `[k, n]` f32 matrix.
-    pub fn pack_kn(&self, w: &[f32], k: usize, n: usize) -> PackedKn {
-        self.pack(w, Layout::KN, k, n, WeightDtype::F32)
-    }
-
     /// `out[M,N] (+)= epilogue(x[M,K] · w[K,N] + bias[N])`, `w` packed from a `[K, N]` matrix.
     /// The [`Epilogue`] fuses GELU and/or the residual add into the store.
     pub fn matmul_kn(

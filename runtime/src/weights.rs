@@ -27,10 +27,6 @@ impl Tensor {
         }
     }
 
-    pub fn is_mapped(&self) -> bool {
-        matches!(self, Tensor::Mapped { .. })
-    }
-
     /// An owned copy, so the mapping can be released once loading is done.
     pub fn into_owned(self) -> Tensor {
         match self {
