@@ -3,7 +3,8 @@
 //! [`Kernels`].
 //!
 //! `forward` takes a batch of sequences, each with its own tokens (a prefill chunk or one decode
-//! token) and KV cache; every linear layer runs once over all rows of the batch.
+//! token) and block table in the shared paged KV pool; every linear layer runs once over all
+//! rows of the batch.
 
 use crate::config::Config;
 use crate::error::{Error, Result};

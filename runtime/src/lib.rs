@@ -3,7 +3,8 @@
 //! the mmap call in `weights.rs`); arithmetic goes through `inferneo_kernels`.
 //!
 //! Reading order: `config.rs` → `weights.rs` → `gpt2.rs` → `kv_cache.rs` → `sampling.rs` →
-//! `generate.rs`; `init.rs` makes deterministic random models of the real shapes.
+//! `generate.rs` (one sequence) → `scheduler.rs` → `engine.rs` (continuous batching);
+//! `init.rs` makes deterministic random models of the real shapes.
 #![deny(unsafe_code)]
 
 pub mod config;
