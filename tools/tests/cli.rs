@@ -45,7 +45,7 @@ fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
 
 #[test]
 fn help_on_every_subcommand() {
-    for sub in ["logits", "generate", "tokenize", "detokenize", "init"] {
+    for sub in ["logits", "generate", "tokenize", "detokenize", "init", "roofline", "throughput"] {
         let text = ok(&[sub, "--help"]);
         assert!(text.contains("Usage: inferneo"), "{sub} --help: {text}");
     }
@@ -157,4 +157,30 @@ fn forced_scalar_isa_gives_the_same_greedy_tokens() {
     let mut scalar_args = args.to_vec();
     scalar_args.extend(["--isa", "scalar"]);
     assert_eq!(ok(&scalar_args), auto);
+}
+
+#[test]
+fn roofline_json_has_every_figure() {
+    let out = ok(&["roofline", "--quick", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("roofline --json prints JSON");
+    for key in ["isa", "threads", "cpu", "read_bandwidth_gbps", "fma_peak_gflops", "fork_join_us", "kernels"] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    assert!(v["read_bandwidth_gbps"].as_f64().unwrap() > 0.1 && v["fma_peak_gflops"].as_f64().unwrap() > 0.1);
+    let rows = v["kernels"].as_array().unwrap();
+    assert!(rows.iter().any(|r| r["dtype"] == "int8" && r["m"] == 1));
+    for r in rows {
+        assert!(r["gflops"].as_f64().unwrap() > 0.0 && r["fraction_of_roofline"].as_f64().unwrap() > 0.0, "{r}");
+    }
+}
+
+#[test]
+fn throughput_runs_the_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path());
+    let out =
+        ok(&["throughput", "--model", &model, "--concurrency", "1,3", "--prompt-tokens", "5", "--max-tokens", "4"]);
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("| 1 |") || l.starts_with("| 3 |")).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    fails(&["throughput", "--model", &model, "--concurrency", "0"], "positive integers");
 }
