@@ -82,8 +82,11 @@ fn concurrent_requests_equal_each_alone_bitwise() {
 fn kv_exhaustion_preempts_and_every_request_completes_identically() {
     let reqs: Vec<GenerateRequest> = (0..8).map(|i| request(i, 20, 30)).collect(); // 4 blocks each
     let expected = alone(&reqs);
-    let config =
-        EngineConfig { limits: Limits { max_batch_tokens: 64, max_seqs: 8 }, kv_cache_bytes: 6 * TINY_BLOCK_BYTES };
+    let config = EngineConfig {
+        limits: Limits { max_batch_tokens: 64, max_seqs: 8 },
+        kv_cache_bytes: 6 * TINY_BLOCK_BYTES,
+        ..EngineConfig::default()
+    };
     let engine = Engine::start(model(), None, config);
     let handles: Vec<_> = reqs.iter().map(|r| engine.submit(r.clone()).unwrap()).collect();
     for (i, h) in handles.iter().enumerate() {

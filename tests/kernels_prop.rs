@@ -179,10 +179,16 @@ proptest! {
         };
         let (kb, vb) = (blocks_of(&kr), blocks_of(&vr));
         let (kref, vref): (Vec<&[f32]>, Vec<&[f32]>) = (kb.iter().map(|b| &b[..]).collect(), vb.iter().map(|b| &b[..]).collect());
+        let to16 = |b: &Vec<Vec<f32>>| -> Vec<Vec<half::f16>> { b.iter().map(|blk| blk.iter().map(|&v| half::f16::from_f32(v)).collect()).collect() };
+        let (kb16, vb16) = (to16(&kb), to16(&vb));
+        let (k16, v16): (Vec<&[half::f16]>, Vec<&[half::f16]>) = (kb16.iter().map(|b| &b[..]).collect(), vb16.iter().map(|b| &b[..]).collect());
         for h in 0..heads {
             let head = |rows: &[f32], n: usize| -> Vec<f32> { (0..n).flat_map(|p| rows[p * stride + h * hd..][..hd].to_vec()).collect() };
             let mut want = vec![0.0; t * hd];
             reference::causal_attention(&head(&qr, t), &head(&kr, len), &head(&vr, len), &mut want, t, len, hd);
+            let round = |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect() };
+            let mut want16 = vec![0.0; t * hd];
+            reference::causal_attention(&head(&qr, t), &round(&head(&kr, len)), &round(&head(&vr, len)), &mut want16, t, len, hd);
             for kern in kernels() {
                 let mut scores = vec![f32::NAN; len];
                 for i in 0..t {
@@ -198,6 +204,18 @@ proptest! {
                     let mut out = vec![f32::NAN; hd];
                     kern.attend(&a, &mut out, &mut scores);
                     assert_close(&format!("attention/{}", kern.isa()), &out, &want[i * hd..][..hd], |_| 2e-6);
+                    // The f16 cache: the same oracle on f16-rounded keys and values.
+                    let a16 = Attention {
+                        q: a.q,
+                        k: KvView { blocks: &k16, block_tokens: bt, token_stride: stride },
+                        v: KvView { blocks: &v16, block_tokens: bt, token_stride: stride },
+                        head_offset: a.head_offset,
+                        head_dim: hd,
+                        len: a.len,
+                        scale: a.scale,
+                    };
+                    kern.attend_f16(&a16, &mut out, &mut scores);
+                    assert_close(&format!("attention_f16/{}", kern.isa()), &out, &want16[i * hd..][..hd], |_| 2e-6);
                 }
             }
         }

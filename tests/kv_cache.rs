@@ -6,7 +6,7 @@ mod common;
 
 use common::available_kernels;
 use inferneo_runtime::kv_cache::BLOCK_TOKENS;
-use inferneo_runtime::{BlockTable, Gpt2, KvCache, KvPool, Logits, Preset, SeqInput, WeightDtype};
+use inferneo_runtime::{BlockTable, Gpt2, KvCache, KvDtype, KvPool, Logits, Preset, SeqInput, WeightDtype};
 use proptest::prelude::*;
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -193,5 +193,41 @@ proptest! {
         }
         drop(tables);
         prop_assert_eq!(pool.free_blocks(), pool.total_blocks());
+    }
+}
+
+/// The f16 KV cache: logits stay close to the f32 cache's, and batching is still bitwise
+/// invariant (every sequence's K/V are rounded the same way whatever the batch).
+#[test]
+fn f16_kv_cache_is_close_to_f32_and_batch_invariant() {
+    let model = tiny(11);
+    let vocab = model.config().vocab_size;
+    let prompts: Vec<Vec<u32>> =
+        (0..4).map(|s| (0..(9 + 11 * s)).map(|i| ((i * 613 + s * 77) % 50257) as u32).collect()).collect();
+    let run = |dtype: KvDtype, which: &[usize]| -> Vec<f32> {
+        let mut pool = KvPool::with_dtype(model.config(), 32, dtype);
+        let mut tables: Vec<BlockTable> = which.iter().map(|_| pool.sequence()).collect();
+        let mut batch: Vec<SeqInput> = which
+            .iter()
+            .zip(tables.iter_mut())
+            .map(|(&i, c)| SeqInput { tokens: &prompts[i], cache: c, logits: Logits::Last })
+            .collect();
+        model.forward(&mut pool, &mut batch).unwrap();
+        let next: Vec<[u32; 1]> = which.iter().map(|&i| [500 + i as u32]).collect();
+        let mut batch: Vec<SeqInput> = next
+            .iter()
+            .zip(tables.iter_mut())
+            .map(|(t, c)| SeqInput { tokens: t, cache: c, logits: Logits::Last })
+            .collect();
+        model.forward(&mut pool, &mut batch).unwrap()
+    };
+    let all = [0, 1, 2, 3];
+    let (f32_logits, f16_logits) = (run(KvDtype::F32, &all), run(KvDtype::F16, &all));
+    let max_diff = f32_logits.iter().zip(&f16_logits).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!("f16 KV: max abs logit difference vs f32 KV {max_diff:.2e}");
+    assert!(max_diff < 5e-3, "f16 KV drifts too far: {max_diff}");
+    for i in all {
+        let alone = run(KvDtype::F16, &[i]);
+        assert!(bits(&alone) == bits(&f16_logits[i * vocab..][..vocab]), "f16 sequence {i} differs when batched");
     }
 }

@@ -125,16 +125,25 @@ impl Kernels {
     /// One query head attending to `a.len` cached positions; `out` gets `head_dim` values.
     /// `scores` is scratch of at least `a.len` floats.
     pub fn attend(&self, a: &Attention, out: &mut [f32], scores: &mut [f32]) {
-        assert!(a.len > 0, "attend: no keys");
-        assert!(a.q.len() >= a.head_dim && out.len() >= a.head_dim, "attend: q/out shorter than head_dim");
-        assert!(scores.len() >= a.len, "attend: scores scratch shorter than len");
-        assert!(
-            a.k.covers(a.len, a.head_offset + a.head_dim) && a.v.covers(a.len, a.head_offset + a.head_dim),
-            "attend: K/V view shorter than len"
-        );
+        check_attention(a, out, scores);
         // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
         unsafe { (self.table.attend)(a, out, scores) }
     }
+
+    /// [`Kernels::attend`] over an f16 KV cache.
+    pub fn attend_f16(&self, a: &Attention<half::f16>, out: &mut [f32], scores: &mut [f32]) {
+        check_attention(a, out, scores);
+        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+        unsafe { (self.table.attend_f16)(a, out, scores) }
+    }
+}
+
+fn check_attention<E>(a: &Attention<E>, out: &[f32], scores: &[f32]) {
+    assert!(a.len > 0, "attend: no keys");
+    assert!(a.q.len() >= a.head_dim && out.len() >= a.head_dim, "attend: q/out shorter than head_dim");
+    assert!(scores.len() >= a.len, "attend: scores scratch shorter than len");
+    let width = a.head_offset + a.head_dim;
+    assert!(a.k.covers(a.len, width) && a.v.covers(a.len, width), "attend: K/V view shorter than len");
 }
 
 impl Kernels {

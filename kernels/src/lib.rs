@@ -43,17 +43,18 @@ pub struct MatmulKn<'a> {
 
 /// A sequence's cached keys or values for one layer, stored in fixed-size blocks:
 /// token `t` lives in `blocks[t / block_tokens]` at offset `(t % block_tokens) * token_stride`.
+/// Values are f32 or, for the f16 KV cache, `half::f16`.
 #[derive(Clone, Copy)]
-pub struct KvView<'a> {
-    pub blocks: &'a [&'a [f32]],
+pub struct KvView<'a, E = f32> {
+    pub blocks: &'a [&'a [E]],
     pub block_tokens: usize,
     pub token_stride: usize,
 }
 
-impl<'a> KvView<'a> {
+impl<'a, E> KvView<'a, E> {
     /// The `len` values at `offset` of token `t`.
     #[inline(always)]
-    pub fn row(&self, t: usize, offset: usize, len: usize) -> &'a [f32] {
+    pub fn row(&self, t: usize, offset: usize, len: usize) -> &'a [E] {
         // Shifts instead of two integer divisions per token when the block size allows
         // (it does in the runtime): the divisions dominated short attention rows.
         let bt = self.block_tokens;
@@ -72,11 +73,11 @@ impl<'a> KvView<'a> {
 }
 
 /// One query head attending to the first `len` tokens of `k`/`v`.
-pub struct Attention<'a> {
+pub struct Attention<'a, E = f32> {
     /// `[head_dim]` query.
     pub q: &'a [f32],
-    pub k: KvView<'a>,
-    pub v: KvView<'a>,
+    pub k: KvView<'a, E>,
+    pub v: KvView<'a, E>,
     /// Offset of this head inside each token's row.
     pub head_offset: usize,
     pub head_dim: usize,

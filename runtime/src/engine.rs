@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use crate::generate::{FinishReason, GenerateRequest};
 use crate::gpt2::{Gpt2, Logits, SeqInput};
-use crate::kv_cache::{KvPool, BLOCK_TOKENS};
+use crate::kv_cache::{KvDtype, KvPool, BLOCK_TOKENS};
 use crate::sampling::Sampler;
 use crate::scheduler::{Limits, Scheduler};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
@@ -52,11 +52,13 @@ pub struct EngineConfig {
     pub limits: Limits,
     /// KV pool size.
     pub kv_cache_bytes: usize,
+    /// KV storage precision.
+    pub kv_dtype: KvDtype,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { limits: Limits::default(), kv_cache_bytes: 512 << 20 }
+        EngineConfig { limits: Limits::default(), kv_cache_bytes: 512 << 20, kv_dtype: KvDtype::F32 }
     }
 }
 
@@ -84,7 +86,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn start(model: Gpt2, tokenizer: Option<Tokenizer>, settings: EngineConfig) -> Engine {
-        let pool = KvPool::with_budget(model.config(), settings.kv_cache_bytes);
+        let pool = KvPool::with_budget(model.config(), settings.kv_cache_bytes, settings.kv_dtype);
         let (config_copy, max_blocks) = (model.config().clone(), pool.total_blocks());
         let stats =
             Arc::new(Mutex::new(Stats { kv_blocks_total: max_blocks, kv_blocks_free: max_blocks, ..Stats::default() }));

@@ -9,7 +9,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::init::{Preset, RandomWeights};
-use crate::kv_cache::{BlockTable, KvCache, KvPool};
+use crate::kv_cache::{BlockTable, KvCache, KvPool, LayerBlocks};
 use crate::weights::{SafetensorsFile, Tensor, WeightSource};
 use inferneo_kernels::{Attention, Epilogue, Kernels, Layout, PackedKn, WeightDtype};
 use rayon::prelude::*;
@@ -51,9 +51,6 @@ pub struct Gpt2 {
     blocks: Vec<Block>,
     ln_f: LayerNorm,
 }
-
-/// One sequence's block slices of a layer: (keys, values).
-type KvBlocks<'a> = (Vec<&'a [f32]>, Vec<&'a [f32]>);
 
 /// Which rows of a sequence's chunk get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -282,7 +279,7 @@ impl Gpt2 {
         let c = &self.config;
         let (e, nh, hd) = (c.n_embd, c.n_head, c.head_dim());
         let scale = 1.0 / (hd as f32).sqrt();
-        let blocks: Vec<KvBlocks> =
+        let blocks: Vec<(LayerBlocks, LayerBlocks)> =
             seqs.iter().map(|s| (pool.layer_blocks(s.cache, layer, 0), pool.layer_blocks(s.cache, layer, 1))).collect();
         let k = self.kernels;
         att.par_chunks_mut(hd).enumerate().for_each_init(
@@ -290,17 +287,21 @@ impl Gpt2 {
             |scores, (idx, out)| {
                 let (r, head) = (idx / nh, idx % nh);
                 let (si, pos) = rows[r];
-                let (kb, vb) = &blocks[si];
-                let a = Attention {
-                    q: &qkv[r * 3 * e + head * hd..][..hd],
-                    k: pool.view(kb),
-                    v: pool.view(vb),
-                    head_offset: head * hd,
-                    head_dim: hd,
-                    len: pos + 1,
-                    scale,
-                };
-                k.attend(&a, out, scores);
+                let q = &qkv[r * 3 * e + head * hd..][..hd];
+                let (head_offset, len) = (head * hd, pos + 1);
+                match &blocks[si] {
+                    (LayerBlocks::F32(kb), LayerBlocks::F32(vb)) => {
+                        let (k_view, v_view) = (pool.view(kb), pool.view(vb));
+                        let a = Attention { q, k: k_view, v: v_view, head_offset, head_dim: hd, len, scale };
+                        k.attend(&a, out, scores);
+                    }
+                    (LayerBlocks::F16(kb), LayerBlocks::F16(vb)) => {
+                        let (k_view, v_view) = (pool.view(kb), pool.view(vb));
+                        let a = Attention { q, k: k_view, v: v_view, head_offset, head_dim: hd, len, scale };
+                        k.attend_f16(&a, out, scores);
+                    }
+                    _ => unreachable!("keys and values share the pool's dtype"),
+                }
             },
         );
     }

@@ -9,6 +9,7 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use half::f16;
 use inferneo_kernels::KvView;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -41,12 +42,32 @@ impl Allocator {
     }
 }
 
+/// How cached keys and values are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvDtype {
+    F32,
+    /// Half the memory and memory traffic; values rounded to f16 when written.
+    F16,
+}
+
+enum Storage {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+/// One layer's key or value blocks of a sequence, as stored.
+pub enum LayerBlocks<'a> {
+    F32(Vec<&'a [f32]>),
+    F16(Vec<&'a [f16]>),
+}
+
 /// The block pool: storage for `n_blocks` blocks and their allocator.
 pub struct KvPool {
     n_layer: usize,
     n_embd: usize,
     block_len: usize,
-    storage: Vec<f32>,
+    n_blocks: usize,
+    storage: Storage,
     alloc: Arc<Mutex<Allocator>>,
 }
 
@@ -58,14 +79,23 @@ pub struct BlockTable {
 }
 
 impl KvPool {
-    /// A pool of `n_blocks` blocks for `config`'s shape.
+    /// A pool of `n_blocks` f32 blocks for `config`'s shape.
     pub fn new(config: &Config, n_blocks: usize) -> KvPool {
+        KvPool::with_dtype(config, n_blocks, KvDtype::F32)
+    }
+
+    /// A pool of `n_blocks` blocks stored as `dtype`.
+    pub fn with_dtype(config: &Config, n_blocks: usize, dtype: KvDtype) -> KvPool {
         let block_len = config.n_layer * 2 * BLOCK_TOKENS * config.n_embd;
         KvPool {
             n_layer: config.n_layer,
             n_embd: config.n_embd,
             block_len,
-            storage: vec![0.0; n_blocks * block_len],
+            n_blocks,
+            storage: match dtype {
+                KvDtype::F32 => Storage::F32(vec![0.0; n_blocks * block_len]),
+                KvDtype::F16 => Storage::F16(vec![f16::ZERO; n_blocks * block_len]),
+            },
             alloc: Arc::new(Mutex::new(Allocator {
                 refcount: vec![0; n_blocks],
                 free: (0..n_blocks as u32).rev().collect(),
@@ -74,18 +104,24 @@ impl KvPool {
     }
 
     /// A pool sized from a memory budget in bytes.
-    pub fn with_budget(config: &Config, bytes: usize) -> KvPool {
-        let block_bytes = config.n_layer * 2 * BLOCK_TOKENS * config.n_embd * 4;
-        KvPool::new(config, bytes / block_bytes)
+    pub fn with_budget(config: &Config, bytes: usize, dtype: KvDtype) -> KvPool {
+        let size = match dtype {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        };
+        let block_bytes = config.n_layer * 2 * BLOCK_TOKENS * config.n_embd * size;
+        KvPool::with_dtype(config, bytes / block_bytes, dtype)
     }
 
-    /// Bytes one block holds.
-    pub fn block_bytes(&self) -> usize {
-        self.block_len * 4
+    pub fn dtype(&self) -> KvDtype {
+        match self.storage {
+            Storage::F32(_) => KvDtype::F32,
+            Storage::F16(_) => KvDtype::F16,
+        }
     }
 
     pub fn total_blocks(&self) -> usize {
-        self.storage.len() / self.block_len.max(1)
+        self.n_blocks
     }
 
     pub fn free_blocks(&self) -> usize {
@@ -133,7 +169,10 @@ impl KvPool {
             if alloc.refcount[old as usize] > 1 {
                 let new = alloc.take().expect("counted above");
                 let (o, n, len) = (old as usize * self.block_len, new as usize * self.block_len, self.block_len);
-                self.storage.copy_within(o..o + len, n);
+                match &mut self.storage {
+                    Storage::F32(v) => v.copy_within(o..o + len, n),
+                    Storage::F16(v) => v.copy_within(o..o + len, n),
+                }
                 alloc.release(old);
                 table.blocks[i] = new;
             }
@@ -154,18 +193,30 @@ impl KvPool {
     pub fn write(&mut self, table: &BlockTable, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
         let base = table.blocks[pos / BLOCK_TOKENS] as usize * self.block_len;
         let (ko, vo, c) = (base + self.offset(layer, 0, pos), base + self.offset(layer, 1, pos), self.n_embd);
-        self.storage[ko..ko + c].copy_from_slice(k);
-        self.storage[vo..vo + c].copy_from_slice(v);
+        match &mut self.storage {
+            Storage::F32(s) => {
+                s[ko..ko + c].copy_from_slice(k);
+                s[vo..vo + c].copy_from_slice(v);
+            }
+            Storage::F16(s) => {
+                s[ko..ko + c].iter_mut().zip(k).for_each(|(d, &x)| *d = f16::from_f32(x));
+                s[vo..vo + c].iter_mut().zip(v).for_each(|(d, &x)| *d = f16::from_f32(x));
+            }
+        }
     }
 
     /// Block slices of `layer`'s keys (`kv = 0`) or values (`kv = 1`) of `table`.
-    pub fn layer_blocks(&self, table: &BlockTable, layer: usize, kv: usize) -> Vec<&[f32]> {
+    pub fn layer_blocks(&self, table: &BlockTable, layer: usize, kv: usize) -> LayerBlocks<'_> {
         let span = BLOCK_TOKENS * self.n_embd;
         let start = (layer * 2 + kv) * span;
-        table.blocks.iter().map(|&b| &self.storage[b as usize * self.block_len + start..][..span]).collect()
+        let at = |b: u32| b as usize * self.block_len + start;
+        match &self.storage {
+            Storage::F32(s) => LayerBlocks::F32(table.blocks.iter().map(|&b| &s[at(b)..][..span]).collect()),
+            Storage::F16(s) => LayerBlocks::F16(table.blocks.iter().map(|&b| &s[at(b)..][..span]).collect()),
+        }
     }
 
-    pub fn view<'a>(&self, blocks: &'a [&'a [f32]]) -> KvView<'a> {
+    pub fn view<'a, E>(&self, blocks: &'a [&'a [E]]) -> KvView<'a, E> {
         KvView { blocks, block_tokens: BLOCK_TOKENS, token_stride: self.n_embd }
     }
 

@@ -26,7 +26,7 @@ pub use generate::{generate, FinishReason, GenerateRequest, Generation};
 pub use gpt2::{Gpt2, Logits, SeqInput};
 pub use inferneo_kernels::WeightDtype;
 pub use init::Preset;
-pub use kv_cache::{BlockTable, KvCache, KvPool};
+pub use kv_cache::{BlockTable, KvCache, KvDtype, KvPool};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;
 

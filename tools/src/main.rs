@@ -10,7 +10,9 @@ use inferneo_kernels::{Isa, Kernels};
 use inferneo_runtime::init::{self, Preset, StoreDtype};
 use inferneo_runtime::scheduler::Limits;
 use inferneo_runtime::tokenizer::IncrementalDecoder;
-use inferneo_runtime::{generate, EngineConfig, GenerateRequest, Gpt2, Logits, SamplingParams, Tokenizer, WeightDtype};
+use inferneo_runtime::{
+    generate, EngineConfig, GenerateRequest, Gpt2, KvDtype, Logits, SamplingParams, Tokenizer, WeightDtype,
+};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +67,9 @@ struct ThroughputArgs {
     /// KV cache budget in MB.
     #[arg(long, default_value_t = 512)]
     kv_cache_mb: usize,
+    /// KV cache storage: f32 or f16.
+    #[arg(long, default_value = "f32")]
+    kv_dtype: String,
 }
 
 #[derive(Args)]
@@ -237,6 +242,11 @@ fn run(cli: Cli) -> CliResult {
                     max_seqs: levels.iter().copied().max().unwrap_or(1),
                 },
                 kv_cache_bytes: a.kv_cache_mb << 20,
+                kv_dtype: match a.kv_dtype.as_str() {
+                    "f32" => KvDtype::F32,
+                    "f16" => KvDtype::F16,
+                    other => return Err(format!("--kv-dtype '{other}': expected f32 or f16")),
+                },
             };
             let (probe, _) = load_model(&a.model, kernels)?;
             drop(probe);

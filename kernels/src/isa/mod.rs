@@ -26,6 +26,7 @@ pub struct Table {
     pub softmax: unsafe fn(&mut [f32]),
     pub add: unsafe fn(&[f32], &[f32], &mut [f32]),
     pub attend: unsafe fn(&Attention, &mut [f32], &mut [f32]),
+    pub attend_f16: unsafe fn(&Attention<half::f16>, &mut [f32], &mut [f32]),
     pub sum: unsafe fn(&[f32]) -> f32,
     pub fma_probe: unsafe fn(usize, f32) -> f32,
 }
@@ -61,6 +62,10 @@ macro_rules! instantiate {
         fn attend(a: &Attention, out: &mut [f32], scores: &mut [f32]) {
             ops::attention::attend($token, a, out, scores)
         }
+        $(#[$attr])*
+        fn attend_f16(a: &Attention<half::f16>, out: &mut [f32], scores: &mut [f32]) {
+            ops::attention::attend($token, a, out, scores)
+        }
 
         $(#[$attr])*
         fn sum(x: &[f32]) -> f32 {
@@ -81,6 +86,7 @@ macro_rules! instantiate {
                 softmax,
                 add,
                 attend,
+                attend_f16,
                 sum,
                 fma_probe,
             }

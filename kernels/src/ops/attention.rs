@@ -3,12 +3,12 @@
 //! Two passes over the keys: scores and their max, then `exp` and the weighted sum of values.
 //! The scores scratch buffer is the caller's, so the hot loop allocates nothing.
 
-use super::{dot, map_vectors, sum_by};
+use super::{dot, map_vectors, sum_by, Elem};
 use crate::simd::Simd;
 use crate::Attention;
 
 #[inline(always)]
-pub fn attend<S: Simd>(s: S, a: &Attention, out: &mut [f32], scores: &mut [f32]) {
+pub fn attend<S: Simd, E: Elem>(s: S, a: &Attention<E>, out: &mut [f32], scores: &mut [f32]) {
     let hd = a.head_dim;
     let scores = &mut scores[..a.len];
     let mut max = f32::NEG_INFINITY;
@@ -29,12 +29,12 @@ pub fn attend<S: Simd>(s: S, a: &Attention, out: &mut [f32], scores: &mut [f32])
         let pv = s.splat(p);
         let mut i = 0;
         while i < hv {
-            let o = s.fma(pv, s.load(&v[i..]), s.load(&out[i..]));
+            let o = s.fma(pv, E::load(s, &v[i..]), s.load(&out[i..]));
             s.store(&mut out[i..], o);
             i += l;
         }
         for j in hv..hd {
-            out[j] = s.fma1(p, v[j], out[j]);
+            out[j] = s.fma1(p, v[j].to_f32(), out[j]);
         }
     }
     let inv = s.splat(1.0 / sum);

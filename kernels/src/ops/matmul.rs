@@ -8,6 +8,7 @@
 //! to the product of row `i` alone.
 
 use super::elementwise::gelu_vec;
+use super::Elem;
 use crate::pack::Panels;
 use crate::simd::Simd;
 use crate::MatmulKn;
@@ -40,39 +41,6 @@ pub fn matmul_kn<S: Simd, const C: usize, const MR: usize, const Q1: usize, cons
         Panels::F16(w) => kn_blocks::<S, f16, C, MR, Q1, Q2>(s, a, w, None, out),
         Panels::Bf16(w) => kn_blocks::<S, bf16, C, MR, Q1, Q2>(s, a, w, None, out),
         Panels::Int8 { q, scale } => kn_blocks::<S, i8, C, MR, Q1, Q2>(s, a, q, Some(scale), out),
-    }
-}
-
-/// A stored weight type the microkernel can widen to f32 lanes.
-trait Elem: Copy {
-    fn load<S: Simd>(s: S, p: &[Self]) -> S::V;
-}
-
-impl Elem for f32 {
-    #[inline(always)]
-    fn load<S: Simd>(s: S, p: &[f32]) -> S::V {
-        s.load(p)
-    }
-}
-
-impl Elem for f16 {
-    #[inline(always)]
-    fn load<S: Simd>(s: S, p: &[f16]) -> S::V {
-        s.load_f16(p)
-    }
-}
-
-impl Elem for bf16 {
-    #[inline(always)]
-    fn load<S: Simd>(s: S, p: &[bf16]) -> S::V {
-        s.load_bf16(p)
-    }
-}
-
-impl Elem for i8 {
-    #[inline(always)]
-    fn load<S: Simd>(s: S, p: &[i8]) -> S::V {
-        s.load_i8(p)
     }
 }
 

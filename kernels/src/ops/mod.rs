@@ -59,21 +59,72 @@ macro_rules! sum_by {
 }
 pub(crate) use sum_by;
 
-/// Dot product in the kernels' fixed order (lane-wise FMA, tree sum, sequential tail).
+/// Dot product in the kernels' fixed order (lane-wise FMA, tree sum, sequential tail); `b` may
+/// be stored narrower than f32.
 #[inline(always)]
-pub(crate) fn dot<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot<S: Simd, E: Elem>(s: S, a: &[f32], b: &[E]) -> f32 {
     let l = S::LANES;
     let n = a.len().min(b.len());
     let nv = n / l * l;
     let mut acc = s.zero();
     let mut i = 0;
     while i < nv {
-        acc = s.fma(s.load(&a[i..]), s.load(&b[i..]), acc);
+        acc = s.fma(s.load(&a[i..]), E::load(s, &b[i..]), acc);
         i += l;
     }
     let mut total = s.hsum(acc);
     for j in nv..n {
-        total = s.fma1(a[j], b[j], total);
+        total = s.fma1(a[j], b[j].to_f32(), total);
     }
     total
+}
+
+/// A stored value type the kernels widen to f32 lanes.
+pub(crate) trait Elem: Copy {
+    fn load<S: Simd>(s: S, p: &[Self]) -> S::V;
+    fn to_f32(self) -> f32;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn load<S: Simd>(s: S, p: &[f32]) -> S::V {
+        s.load(p)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Elem for half::f16 {
+    #[inline(always)]
+    fn load<S: Simd>(s: S, p: &[half::f16]) -> S::V {
+        s.load_f16(p)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+}
+
+impl Elem for half::bf16 {
+    #[inline(always)]
+    fn load<S: Simd>(s: S, p: &[half::bf16]) -> S::V {
+        s.load_bf16(p)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+}
+
+impl Elem for i8 {
+    #[inline(always)]
+    fn load<S: Simd>(s: S, p: &[i8]) -> S::V {
+        s.load_i8(p)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
 }
