@@ -63,7 +63,6 @@ pub enum LayerBlocks<'a> {
 
 /// The block pool: storage for `n_blocks` blocks and their allocator.
 pub struct KvPool {
-    n_layer: usize,
     n_embd: usize,
     block_len: usize,
     n_blocks: usize,
@@ -88,7 +87,6 @@ impl KvPool {
     pub fn with_dtype(config: &Config, n_blocks: usize, dtype: KvDtype) -> KvPool {
         let block_len = config.n_layer * 2 * BLOCK_TOKENS * config.n_embd;
         KvPool {
-            n_layer: config.n_layer,
             n_embd: config.n_embd,
             block_len,
             n_blocks,
@@ -218,10 +216,6 @@ impl KvPool {
 
     pub fn view<'a, E>(&self, blocks: &'a [&'a [E]]) -> KvView<'a, E> {
         KvView { blocks, block_tokens: BLOCK_TOKENS, token_stride: self.n_embd }
-    }
-
-    pub fn n_layer(&self) -> usize {
-        self.n_layer
     }
 }
 

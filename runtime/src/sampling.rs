@@ -113,10 +113,6 @@ impl Sampler {
         Sampler { params, rng, counts: Default::default() }
     }
 
-    pub fn params(&self) -> &SamplingParams {
-        &self.params
-    }
-
     /// Picks the next token from one row of logits (and remembers it for the penalties).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let penalised;
