@@ -59,7 +59,7 @@ fn wait_idle(engine: &Engine) -> inferneo_runtime::Stats {
 }
 
 fn alone(reqs: &[GenerateRequest]) -> Vec<(Vec<u32>, Vec<u32>, Finish)> {
-    let engine = Engine::start(model(), None, EngineConfig::default());
+    let engine = Engine::start(model(), None, EngineConfig::default()).expect("engine starts");
     reqs.iter().map(|r| collect(&engine.submit(r.clone()).unwrap().events)).collect()
 }
 
@@ -69,7 +69,7 @@ fn concurrent_requests_equal_each_alone_bitwise() {
     let expected = alone(&reqs);
     // Small token budget: prompts are split into chunks and mixed with decodes.
     let config = EngineConfig { limits: Limits { max_batch_tokens: 24, max_seqs: 8 }, ..EngineConfig::default() };
-    let engine = Engine::start(model(), None, config);
+    let engine = Engine::start(model(), None, config).expect("engine starts");
     let handles: Vec<_> = reqs.iter().map(|r| engine.submit(r.clone()).unwrap()).collect();
     for (i, h) in handles.iter().enumerate() {
         let got = collect(&h.events);
@@ -87,7 +87,7 @@ fn kv_exhaustion_preempts_and_every_request_completes_identically() {
         kv_cache_bytes: 6 * TINY_BLOCK_BYTES,
         ..EngineConfig::default()
     };
-    let engine = Engine::start(model(), None, config);
+    let engine = Engine::start(model(), None, config).expect("engine starts");
     let handles: Vec<_> = reqs.iter().map(|r| engine.submit(r.clone()).unwrap()).collect();
     for (i, h) in handles.iter().enumerate() {
         assert_eq!(collect(&h.events), expected[i], "request {i} differs after preemption");
@@ -98,7 +98,7 @@ fn kv_exhaustion_preempts_and_every_request_completes_identically() {
 
 #[test]
 fn cancel_frees_blocks_and_others_continue() {
-    let engine = Engine::start(model(), None, EngineConfig::default());
+    let engine = Engine::start(model(), None, EngineConfig::default()).expect("engine starts");
     let long = engine.submit(request(2, 10, 100)).unwrap();
     let other = engine.submit(request(4, 10, 10)).unwrap();
     // Wait until the long one is generating, then cancel it.
@@ -117,7 +117,7 @@ fn cancel_frees_blocks_and_others_continue() {
 #[test]
 fn impossible_requests_are_refused_at_submit() {
     let config = EngineConfig { kv_cache_bytes: 2 * TINY_BLOCK_BYTES, ..EngineConfig::default() };
-    let engine = Engine::start(model(), None, config);
+    let engine = Engine::start(model(), None, config).expect("engine starts");
     let err = |r: GenerateRequest| engine.submit(r).err().expect("refused").to_string();
     assert!(err(request(0, 100, 100)).contains("context length exceeded"));
     assert!(err(request(0, 40, 10)).contains("KV cache exhausted"));
@@ -209,7 +209,7 @@ proptest! {
 
 #[test]
 fn top_logprobs_are_reported_per_token() {
-    let engine = Engine::start(model(), None, EngineConfig::default());
+    let engine = Engine::start(model(), None, EngineConfig::default()).expect("engine starts");
     let req = GenerateRequest { top_logprobs: 5, ..request(0, 6, 8) }; // greedy
     let h = engine.submit(req).unwrap();
     let mut seen = 0;

@@ -23,8 +23,21 @@ pub enum Event {
     /// One generated token, the text it completes (UTF-8 safe; empty while a character is
     /// incomplete or without a tokenizer) and its log-probability under the model.
     Token { id: u32, text: String, logprob: f32, top: Vec<(u32, f32)> },
-    /// The request ended; no event follows.
-    Finished { reason: Finish, generated: usize },
+    /// The request ended; no event follows. `tail` is text still held back by the incremental
+    /// decoder (an unfinished character, as U+FFFD), normally empty.
+    Finished { reason: Finish, generated: usize, tail: String },
+}
+
+/// Where a request's events go. The engine calls `send` on its own thread, so it must not
+/// block; returning `false` (the receiver is gone) cancels the request at that point.
+pub trait EventSink: Send {
+    fn send(&mut self, event: Event) -> bool;
+}
+
+impl EventSink for Sender<Event> {
+    fn send(&mut self, event: Event) -> bool {
+        Sender::send(self, event).is_ok()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,16 +67,18 @@ pub struct EngineConfig {
     pub kv_cache_bytes: usize,
     /// KV storage precision.
     pub kv_dtype: KvDtype,
+    /// Worker threads for this engine's kernels (its own pool); `None`: the process-wide pool.
+    pub threads: Option<usize>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { limits: Limits::default(), kv_cache_bytes: 512 << 20, kv_dtype: KvDtype::F32 }
+        EngineConfig { limits: Limits::default(), kv_cache_bytes: 512 << 20, kv_dtype: KvDtype::F32, threads: None }
     }
 }
 
 enum Command {
-    Submit { id: u64, req: GenerateRequest, events: Sender<Event> },
+    Submit { id: u64, req: GenerateRequest, events: Box<dyn EventSink> },
     Cancel(u64),
     Shutdown,
 }
@@ -85,7 +100,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn start(model: Gpt2, tokenizer: Option<Tokenizer>, settings: EngineConfig) -> Engine {
+    /// Starts the engine thread. Errors only if its thread pool cannot be built.
+    pub fn start(model: Gpt2, tokenizer: Option<Tokenizer>, settings: EngineConfig) -> Result<Engine> {
         let pool = KvPool::with_budget(model.config(), settings.kv_cache_bytes, settings.kv_dtype);
         let (config_copy, max_blocks) = (model.config().clone(), pool.total_blocks());
         let stats =
@@ -100,27 +116,54 @@ impl Engine {
             stats: stats.clone(),
             rx,
         };
+        // A model with its own thread budget gets its own pool, so two engines in one process
+        // do not contend for the same workers.
+        let pool = match settings.threads {
+            Some(n) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n.max(1))
+                    .thread_name(|i| format!("inferneo-kernel-{i}"))
+                    .build()
+                    .map_err(|e| Error::Invalid(format!("cannot start {n} threads: {e}")))?,
+            ),
+            None => None,
+        };
         let thread = std::thread::Builder::new()
             .name("inferneo-engine".into())
-            .spawn(move || worker.run())
-            .expect("spawn engine thread");
-        Engine { tx, next_id: AtomicU64::new(1), stats, thread: Some(thread), config: config_copy, max_blocks }
+            .spawn(move || match pool {
+                Some(pool) => pool.install(|| worker.run()),
+                None => worker.run(),
+            })
+            .map_err(|e| Error::Invalid(format!("cannot start the engine thread: {e}")))?;
+        Ok(Engine { tx, next_id: AtomicU64::new(1), stats, thread: Some(thread), config: config_copy, max_blocks })
+    }
+
+    /// The served model's configuration.
+    pub fn config(&self) -> &crate::config::Config {
+        &self.config
     }
 
     /// Validates and queues a request. Errors for requests that can never run (bad ids,
     /// beyond the context, more KV blocks than the whole pool).
     pub fn submit(&self, req: GenerateRequest) -> Result<RequestHandle> {
+        let (events, rx) = channel();
+        let id = self.submit_with(req, Box::new(events))?;
+        Ok(RequestHandle { id, events: rx })
+    }
+
+    /// [`Engine::submit`] with the events delivered to `sink` (an async channel, say); returns
+    /// the request's id.
+    pub fn submit_with(&self, req: GenerateRequest, events: Box<dyn EventSink>) -> Result<u64> {
         req.validate_for(&self.config)?;
         let blocks = (req.prompt.len() + req.max_tokens).div_ceil(BLOCK_TOKENS);
         if blocks > self.max_blocks {
             return Err(Error::KvExhausted { need: blocks, free: self.max_blocks });
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (events, rx) = channel();
         self.tx
             .send(Command::Submit { id, req, events })
             .map_err(|_| Error::Invalid("the engine has stopped".into()))?;
-        Ok(RequestHandle { id, events: rx })
+        Ok(id)
     }
 
     /// Cancels a request; its blocks are freed at the next step.
@@ -152,7 +195,7 @@ struct Live {
     top_logprobs: usize,
     generated: usize,
     decoder: IncrementalDecoder,
-    events: Sender<Event>,
+    events: Box<dyn EventSink>,
 }
 
 struct Worker {
@@ -291,7 +334,7 @@ impl Worker {
             None => String::new(),
         };
         live.generated += 1;
-        let gone = live.events.send(Event::Token { id: token, text, logprob, top }).is_err();
+        let gone = !live.events.send(Event::Token { id: token, text, logprob, top });
         let done = if gone {
             Some(Finish::Cancelled)
         } else if live.stop.contains(&token) {
@@ -310,8 +353,12 @@ impl Worker {
 
     fn finish(&mut self, id: u64, reason: Finish) {
         self.sched.remove(id);
-        if let Some(live) = self.reqs.remove(&id) {
-            let _ = live.events.send(Event::Finished { reason, generated: live.generated });
+        if let Some(mut live) = self.reqs.remove(&id) {
+            let tail = match (&self.tokenizer, &reason) {
+                (Some(t), Finish::Done(_)) => live.decoder.finish(t).unwrap_or_default(),
+                _ => String::new(),
+            };
+            live.events.send(Event::Finished { reason, generated: live.generated, tail });
         }
     }
 

@@ -45,6 +45,9 @@ impl GenerateRequest {
         if let Some(&id) = self.prompt.iter().find(|&&t| t as usize >= c.vocab_size) {
             return Err(Error::Token { id, vocab: c.vocab_size });
         }
+        if let Some(&(id, _)) = self.sampling.logit_bias.iter().find(|(t, _)| *t as usize >= c.vocab_size) {
+            return Err(Error::Token { id, vocab: c.vocab_size });
+        }
         let need = self.prompt.len() + self.max_tokens;
         if need > c.n_positions {
             return Err(Error::Context { need, max: c.n_positions });

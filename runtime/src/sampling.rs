@@ -21,6 +21,9 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     /// Subtracted from a token's logit once per time it was generated, in [-2, 2].
     pub frequency_penalty: f32,
+    /// Added to the logits of these tokens before anything else (OpenAI `logit_bias`, each in
+    /// [-100, 100]; -100 effectively bans a token, 100 effectively forces it).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -32,6 +35,7 @@ impl Default for SamplingParams {
             seed: 0,
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -48,6 +52,9 @@ impl SamplingParams {
             if !(-2.0..=2.0).contains(&v) {
                 return Err(Error::Invalid(format!("{name} must be in [-2, 2], got {v}")));
             }
+        }
+        if let Some((id, b)) = self.logit_bias.iter().find(|(_, b)| !(-100.0..=100.0).contains(b)) {
+            return Err(Error::Invalid(format!("logit_bias for token {id} must be in [-100, 100], got {b}")));
         }
         Ok(())
     }
@@ -115,18 +122,25 @@ impl Sampler {
 
     /// Picks the next token from one row of logits (and remembers it for the penalties).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        let penalised;
-        let logits = if self.counts.is_empty()
-            || (self.params.presence_penalty == 0.0 && self.params.frequency_penalty == 0.0)
-        {
+        let adjusted;
+        let penalties =
+            !self.counts.is_empty() && (self.params.presence_penalty != 0.0 || self.params.frequency_penalty != 0.0);
+        let logits = if !penalties && self.params.logit_bias.is_empty() {
             logits
         } else {
             let mut l = logits.to_vec();
-            for (&t, &n) in &self.counts {
-                l[t as usize] -= self.params.presence_penalty + self.params.frequency_penalty * n as f32;
+            for &(t, b) in &self.params.logit_bias {
+                if let Some(v) = l.get_mut(t as usize) {
+                    *v += b;
+                }
             }
-            penalised = l;
-            &penalised
+            if penalties {
+                for (&t, &n) in &self.counts {
+                    l[t as usize] -= self.params.presence_penalty + self.params.frequency_penalty * n as f32;
+                }
+            }
+            adjusted = l;
+            &adjusted
         };
         let token = self.pick(logits);
         *self.counts.entry(token).or_insert(0) += 1;

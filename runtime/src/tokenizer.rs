@@ -15,6 +15,7 @@ pub const GPT2_TOKENIZER_FILES: [(&str, &[u8]); 5] = [
     ("special_tokens_map.json", include_bytes!("../../assets/special_tokens_map.json")),
 ];
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
 }

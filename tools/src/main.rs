@@ -3,6 +3,7 @@
 
 mod npy;
 mod roofline;
+mod serve;
 mod throughput;
 
 use clap::{Args, Parser, Subcommand};
@@ -33,6 +34,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve models over an OpenAI-compatible HTTP API (default: the embedded model on 127.0.0.1:8000).
+    Serve(serve::ServeArgs),
     /// Write the logits of every position as a little-endian f32 .npy of shape [len, vocab].
     Logits(LogitsArgs),
     /// Generate a continuation of a prompt.
@@ -209,6 +212,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> CliResult {
     let kernels = select_kernels(cli.isa.as_deref())?;
     match cli.command {
+        Command::Serve(a) => serve::run(a, kernels),
         Command::Logits(a) => logits(a, kernels),
         Command::Generate(a) => generate_cmd(a, kernels),
         Command::Tokenize(a) => {
@@ -247,6 +251,7 @@ fn run(cli: Cli) -> CliResult {
                     "f16" => KvDtype::F16,
                     other => return Err(format!("--kv-dtype '{other}': expected f32 or f16")),
                 },
+                threads: None,
             };
             let (probe, _) = load_model(&a.model, kernels)?;
             drop(probe);
@@ -378,6 +383,7 @@ fn generate_cmd(a: GenerateArgs, kernels: Kernels) -> CliResult {
             seed: a.seed,
             presence_penalty: a.presence_penalty,
             frequency_penalty: a.frequency_penalty,
+            logit_bias: Vec::new(),
         },
         stop_tokens: if a.stop_at_eos { eos.into_iter().collect() } else { Vec::new() },
         top_logprobs: 0,

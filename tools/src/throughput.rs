@@ -17,7 +17,7 @@ pub fn run(make_model: impl Fn() -> Gpt2, levels: &[usize], w: &Workload, config
     );
     println!("|---|---|---|---|---|---|");
     for &n in levels {
-        let engine = Engine::start(make_model(), None, config);
+        let engine = Engine::start(make_model(), None, config).map_err(|e| e.to_string())?;
         let start = Instant::now();
         let handles = (0..n)
             .map(|i| {

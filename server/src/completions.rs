@@ -1,0 +1,428 @@
+//! `/v1/completions`: checks a parsed request against its model, submits one engine sequence
+//! per choice (prompts x n), and turns the engines' token events into OpenAI choices: stop
+//! strings matched across tokens, logprobs, usage, timing metrics. The same [`Run`] drives the
+//! plain JSON response and the server-sent-event stream.
+
+use crate::api::{CompletionRequest, Prompt};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::models::{Admission, Registry, Served};
+use crate::stop::StopMatcher;
+use inferneo_runtime::engine::EventSink;
+use inferneo_runtime::{Event, Finish, FinishReason, GenerateRequest, SamplingParams};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// A request checked against its model: token ids in range, context long enough.
+pub struct Prepared {
+    pub req: CompletionRequest,
+    pub served: Arc<Served>,
+    pub prompts: Vec<Vec<u32>>,
+}
+
+pub fn prepare(registry: &Registry, req: CompletionRequest) -> Result<Prepared, ApiError> {
+    let served = registry.get(req.model.as_deref())?;
+    let (vocab, context) = (served.config().vocab_size, served.config().n_positions);
+    let prompts = req
+        .prompts
+        .iter()
+        .map(|p| match p {
+            Prompt::Text(text) => {
+                let tok = served.tokenizer.as_ref().ok_or_else(|| {
+                    ApiError::invalid("prompt", "this model has no tokenizer; send the prompt as token ids")
+                })?;
+                tok.encode(text).map_err(|e| ApiError::invalid("prompt", e.to_string()))
+            }
+            Prompt::Tokens(ids) => ids
+                .iter()
+                .map(|&t| {
+                    u32::try_from(t).ok().filter(|&t| (t as usize) < vocab).ok_or_else(|| {
+                        ApiError::invalid("prompt", format!("token id {t} is outside the vocabulary (0..{vocab})"))
+                    })
+                })
+                .collect(),
+        })
+        .collect::<Result<Vec<Vec<u32>>, _>>()?;
+    if prompts.iter().any(Vec::is_empty) {
+        return Err(ApiError::invalid("prompt", "the prompt encodes to no tokens"));
+    }
+    if let Some(p) = prompts.iter().find(|p| p.len() + req.max_tokens > context) {
+        return Err(ApiError::invalid(
+            "max_tokens",
+            format!(
+                "this model's maximum context length is {context} tokens, but {} were requested ({} in the \
+                 prompt, {} for the completion)",
+                p.len() + req.max_tokens,
+                p.len(),
+                req.max_tokens
+            ),
+        ));
+    }
+    if let Some((t, _)) = req.logit_bias.iter().find(|(t, _)| !(0..vocab as i64).contains(t)) {
+        return Err(ApiError::invalid("logit_bias", format!("token id {t} is outside the vocabulary (0..{vocab})")));
+    }
+    if req.echo && req.logprobs.is_some() {
+        return Err(ApiError::invalid("echo", "'echo' together with 'logprobs' (prompt logprobs) is not supported"));
+    }
+    Ok(Prepared { req, served, prompts })
+}
+
+/// Delivers a choice's engine events into the request's async channel.
+struct ChannelSink {
+    index: usize,
+    tx: UnboundedSender<(usize, Event)>,
+}
+
+impl EventSink for ChannelSink {
+    fn send(&mut self, event: Event) -> bool {
+        self.tx.send((self.index, event)).is_ok()
+    }
+}
+
+/// One choice's progress.
+struct Choice {
+    engine_id: u64,
+    matcher: StopMatcher,
+    /// Text decoded so far, held-back text included (for logprob text offsets).
+    decoded: usize,
+    generated: usize,
+    finish: Option<&'static str>,
+    last_token: Option<Instant>,
+}
+
+/// Something to send for one choice.
+#[derive(Debug)]
+pub struct Update {
+    pub index: usize,
+    pub text: String,
+    pub logprobs: Option<Logprobs>,
+    pub finish: Option<&'static str>,
+}
+
+/// OpenAI's completion logprobs object, for the tokens of one update or a whole choice.
+#[derive(Debug, Default)]
+pub struct Logprobs {
+    tokens: Vec<String>,
+    token_logprobs: Vec<f32>,
+    top: Vec<Map<String, Value>>,
+    offsets: Vec<usize>,
+}
+
+impl Logprobs {
+    fn append(&mut self, other: Logprobs) {
+        self.tokens.extend(other.tokens);
+        self.token_logprobs.extend(other.token_logprobs);
+        self.top.extend(other.top);
+        self.offsets.extend(other.offsets);
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "tokens": self.tokens,
+            "token_logprobs": self.token_logprobs,
+            "top_logprobs": self.top,
+            "text_offset": self.offsets,
+        })
+    }
+}
+
+/// A running completion: its sequences in the engine, their event channel, their choices.
+/// Dropping it (client gone, timeout) cancels every sequence still running.
+pub struct Run {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub prompt_tokens: usize,
+    pub echo: Vec<String>,
+    served: Arc<Served>,
+    _admission: Admission,
+    rx: UnboundedReceiver<(usize, Event)>,
+    choices: Vec<Choice>,
+    logprobs: Option<usize>,
+    arrival: Instant,
+    deadline: Instant,
+    timeout: Duration,
+    first_token_seen: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl Run {
+    pub fn start(p: Prepared, arrival: Instant, timeout: Duration, metrics: Arc<Metrics>) -> Result<Run, ApiError> {
+        let n_choices = p.prompts.len() * p.req.n;
+        let admission = p.served.admit(n_choices)?;
+        let (tx, rx) = unbounded_channel();
+        let eos = p.served.tokenizer.as_ref().and_then(|t| t.eos_id()).or(p.served.config().eos_token_id);
+        let base_seed = p.req.seed.unwrap_or_else(random_seed);
+        let mut choices = Vec::with_capacity(n_choices);
+        let echo = if p.req.echo {
+            p.prompts
+                .iter()
+                .map(|ids| p.served.tokenizer.as_ref().map_or(Ok(String::new()), |t| t.decode(ids)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ApiError::invalid("prompt", e.to_string()))?
+        } else {
+            Vec::new()
+        };
+        for (pi, prompt) in p.prompts.iter().enumerate() {
+            for j in 0..p.req.n {
+                let index = pi * p.req.n + j;
+                let sampling = SamplingParams {
+                    temperature: p.req.temperature,
+                    top_k: p.req.top_k,
+                    top_p: p.req.top_p,
+                    seed: base_seed.wrapping_add(index as u64),
+                    presence_penalty: p.req.presence_penalty,
+                    frequency_penalty: p.req.frequency_penalty,
+                    logit_bias: p.req.logit_bias.iter().map(|&(t, b)| (t as u32, b)).collect(),
+                };
+                let req = GenerateRequest {
+                    prompt: prompt.clone(),
+                    max_tokens: p.req.max_tokens,
+                    sampling,
+                    stop_tokens: eos.into_iter().collect(),
+                    top_logprobs: p.req.logprobs.unwrap_or(0),
+                };
+                let sink = Box::new(ChannelSink { index, tx: tx.clone() });
+                let engine_id = match p.served.engine.submit_with(req, sink) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        // Cancel the choices already submitted before reporting.
+                        choices.iter().for_each(|c: &Choice| p.served.engine.cancel(c.engine_id));
+                        return Err(ApiError::bad_request(e.to_string()));
+                    }
+                };
+                choices.push(Choice {
+                    engine_id,
+                    matcher: StopMatcher::new(p.req.stop.clone()),
+                    decoded: 0,
+                    generated: 0,
+                    finish: None,
+                    last_token: None,
+                });
+            }
+        }
+        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Ok(Run {
+            id: format!("cmpl-{:016x}", random_seed()),
+            created,
+            model: p.served.name.clone(),
+            prompt_tokens: p.prompts.iter().map(Vec::len).sum(),
+            echo,
+            served: p.served.clone(),
+            _admission: admission,
+            rx,
+            choices,
+            logprobs: p.req.logprobs,
+            arrival,
+            deadline: arrival + timeout,
+            timeout,
+            first_token_seen: false,
+            metrics,
+        })
+    }
+
+    pub fn n_choices(&self) -> usize {
+        self.choices.len()
+    }
+
+    pub fn completion_tokens(&self) -> usize {
+        self.choices.iter().map(|c| c.generated).sum()
+    }
+
+    pub fn usage(&self) -> Value {
+        let c = self.completion_tokens();
+        json!({"prompt_tokens": self.prompt_tokens, "completion_tokens": c, "total_tokens": self.prompt_tokens + c})
+    }
+
+    fn done(&self) -> bool {
+        self.choices.iter().all(|c| c.finish.is_some())
+    }
+
+    /// The next update, `Ok(None)` once every choice has finished.
+    pub async fn next(&mut self) -> Result<Option<Update>, ApiError> {
+        loop {
+            if self.done() {
+                return Ok(None);
+            }
+            let event = match tokio::time::timeout_at(self.deadline.into(), self.rx.recv()).await {
+                Err(_) => return Err(ApiError::timeout(self.timeout.as_secs_f64())),
+                Ok(None) => return Err(ApiError::internal("the engine stopped")),
+                Ok(Some(e)) => e,
+            };
+            if let Some(u) = self.apply(event)? {
+                return Ok(Some(u));
+            }
+        }
+    }
+
+    fn apply(&mut self, (index, event): (usize, Event)) -> Result<Option<Update>, ApiError> {
+        let now = Instant::now();
+        let choice = &mut self.choices[index];
+        if choice.finish.is_some() {
+            return Ok(None); // events after a stop string cancelled the sequence
+        }
+        match event {
+            Event::Token { id, text, logprob, top } => {
+                choice.generated += 1;
+                if !self.first_token_seen {
+                    self.first_token_seen = true;
+                    self.metrics.ttft(&self.model, (now - self.arrival).as_secs_f64());
+                }
+                if let Some(prev) = choice.last_token.replace(now) {
+                    self.metrics.inter_token(&self.model, &[(now - prev).as_secs_f64()]);
+                }
+                let logprobs = self.logprobs.map(|_| {
+                    let tok = self.served.tokenizer.as_ref();
+                    let piece = |t: u32| tok.and_then(|k| k.decode(&[t]).ok()).unwrap_or_else(|| t.to_string());
+                    Logprobs {
+                        tokens: vec![piece(id)],
+                        token_logprobs: vec![logprob],
+                        top: vec![top.iter().map(|&(t, lp)| (piece(t), json!(lp))).collect()],
+                        offsets: vec![choice.decoded],
+                    }
+                });
+                choice.decoded += text.len();
+                let step = choice.matcher.push(&text);
+                if step.stopped {
+                    choice.finish = Some("stop");
+                    self.served.engine.cancel(choice.engine_id);
+                }
+                if step.emit.is_empty() && logprobs.is_none() && choice.finish.is_none() {
+                    return Ok(None);
+                }
+                Ok(Some(Update { index, text: step.emit, logprobs, finish: choice.finish }))
+            }
+            Event::Finished { reason, tail, .. } => {
+                let step = choice.matcher.push(&tail);
+                let mut text = step.emit;
+                let finish = match reason {
+                    _ if step.stopped => "stop",
+                    Finish::Done(FinishReason::Length) => "length",
+                    Finish::Done(FinishReason::Stop) => "stop",
+                    Finish::Cancelled => return Err(ApiError::unavailable("the request was cancelled by the server")),
+                    Finish::Error(e) => return Err(ApiError::internal(format!("generation failed: {e}"))),
+                };
+                if !step.stopped {
+                    text.push_str(&choice.matcher.flush());
+                }
+                choice.finish = Some(finish);
+                Ok(Some(Update { index, text, logprobs: None, finish: Some(finish) }))
+            }
+        }
+    }
+
+    /// Records the request's end-to-end figures.
+    pub fn record(&self, status: u16) {
+        self.metrics.request(&self.model, status);
+        self.metrics.tokens(&self.model, self.prompt_tokens, self.completion_tokens());
+        if status == 200 {
+            self.metrics.e2e(&self.model, self.arrival.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Runs to the end and builds the plain (non-streaming) response body.
+    pub async fn collect(&mut self) -> Result<Value, ApiError> {
+        let n = self.n_choices();
+        let mut texts: Vec<String> =
+            (0..n).map(|i| self.echo.get(i / self.per_prompt()).cloned().unwrap_or_default()).collect();
+        let mut logprobs: Vec<Logprobs> = (0..n).map(|_| Logprobs::default()).collect();
+        let mut finish: Vec<&str> = vec!["length"; n];
+        loop {
+            match self.next().await {
+                Ok(Some(u)) => {
+                    texts[u.index].push_str(&u.text);
+                    if let Some(lp) = u.logprobs {
+                        logprobs[u.index].append(lp);
+                    }
+                    if let Some(f) = u.finish {
+                        finish[u.index] = f;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        let choices: Vec<Value> = (0..n)
+            .map(|i| {
+                json!({
+                    "text": texts[i],
+                    "index": i,
+                    "logprobs": self.logprobs.map(|_| logprobs[i].to_json()),
+                    "finish_reason": finish[i],
+                })
+            })
+            .collect();
+        Ok(json!({
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": self.usage(),
+        }))
+    }
+
+    fn per_prompt(&self) -> usize {
+        (self.n_choices() / self.echo.len().max(1)).max(1)
+    }
+
+    /// One streamed chunk for `u` (`usage: null` on every chunk when usage is requested).
+    pub fn chunk(&self, u: &Update, include_usage: bool) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{
+                "index": u.index,
+                "text": u.text,
+                "logprobs": u.logprobs.as_ref().map(Logprobs::to_json),
+                "finish_reason": u.finish,
+            }],
+        });
+        if include_usage {
+            v["usage"] = Value::Null;
+        }
+        v
+    }
+
+    /// The echoed prompt of each choice, as the first streamed chunks.
+    pub fn echo_updates(&self) -> Vec<Update> {
+        if self.echo.is_empty() {
+            return Vec::new();
+        }
+        let per = self.per_prompt();
+        (0..self.n_choices())
+            .map(|i| Update { index: i, text: self.echo[i / per].clone(), logprobs: None, finish: None })
+            .collect()
+    }
+
+    pub fn usage_chunk(&self) -> Value {
+        json!({
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": self.usage(),
+        })
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        for c in self.choices.iter().filter(|c| c.finish.is_none()) {
+            self.served.engine.cancel(c.engine_id);
+        }
+    }
+}
+
+/// A seed for requests that give none: different per request, from the clock and a counter.
+fn random_seed() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    inferneo_runtime::init::splitmix64(nanos ^ COUNTER.fetch_add(1, Ordering::Relaxed).rotate_left(32))
+}

@@ -1,0 +1,482 @@
+//! The HTTP edge: accept loop with a connection cap, header and body timeouts, routing, auth,
+//! body limits, panic isolation per request, and graceful drain on shutdown.
+
+use crate::api::CompletionRequest;
+use crate::completions::{prepare, Run};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::models::{ModelSpec, Registry};
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub models: Vec<ModelSpec>,
+    /// Required as `Authorization: Bearer <key>` on the API routes when set.
+    pub api_key: Option<String>,
+    /// A completion that has not finished by then is cancelled (504).
+    pub request_timeout: Duration,
+    /// A client must send a request's headers within this time (slow-loris bound; also how long
+    /// an idle keep-alive connection is kept).
+    pub header_timeout: Duration,
+    /// ... and its body within this time.
+    pub body_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_connections: usize,
+    /// On shutdown, in-flight requests get this long to finish.
+    pub drain_timeout: Duration,
+    /// Test hook: a request with the header `x-inferneo-fault: panic` panics in its handler.
+    pub fault_injection: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            models: Vec::new(),
+            api_key: None,
+            request_timeout: Duration::from_secs(600),
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            max_body_bytes: 2 << 20,
+            max_connections: 1024,
+            drain_timeout: Duration::from_secs(30),
+            fault_injection: false,
+        }
+    }
+}
+
+struct App {
+    config: ServerConfig,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    draining: AtomicBool,
+}
+
+/// A bound server: models loading in the background, not yet accepting.
+pub struct Server {
+    listener: TcpListener,
+    app: Arc<App>,
+}
+
+impl Server {
+    /// Binds the address and starts loading the models.
+    pub async fn bind(config: ServerConfig, kernels: inferneo_kernels::Kernels) -> std::io::Result<Server> {
+        let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
+        let registry = Registry::load(config.models.clone(), kernels);
+        let app = Arc::new(App { config, registry, metrics: Arc::default(), draining: AtomicBool::new(false) });
+        Ok(Server { listener, app })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Every model is loaded.
+    pub fn ready(&self) -> bool {
+        self.app.registry.ready()
+    }
+
+    /// A model failed to load.
+    pub fn failure(&self) -> Option<String> {
+        self.app.registry.failure()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
+    /// (bounded by the drain timeout) and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let Server { listener, app } = self;
+        let max = app.config.max_connections;
+        let slots = Arc::new(Semaphore::new(max));
+        let (drain_tx, drain_rx) = watch::channel(false);
+        tokio::pin!(shutdown);
+        loop {
+            // At the connection cap, stop accepting (the kernel's backlog holds newcomers)
+            // rather than accepting and dropping.
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+                _ = &mut shutdown => break,
+            };
+            let (stream, _) = tokio::select! {
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue }
+                },
+                _ = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let (app, mut drain) = (app.clone(), drain_rx.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let svc_app = app.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let app = svc_app.clone();
+                    async move { Ok::<_, Infallible>(handle(app, req).await) }
+                });
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder.timer(TokioTimer::new()).header_read_timeout(app.config.header_timeout);
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                let draining = tokio::select! {
+                    _ = conn.as_mut() => false,
+                    d = drain.wait_for(|d| *d) => d.is_ok(),
+                };
+                if draining {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            });
+        }
+        drop(listener);
+        app.draining.store(true, Ordering::SeqCst);
+        let _ = drain_tx.send(true);
+        let all = u32::try_from(max).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(app.config.drain_timeout, slots.acquire_many(all)).await.is_ok();
+        if !drained {
+            eprintln!("drain timeout: closing the connections still open");
+        }
+        Ok(())
+    }
+}
+
+/// Builds a runtime, serves until SIGINT or SIGTERM, drains and returns. Prints where it
+/// listens and when it is ready.
+pub fn run_blocking(config: ServerConfig, kernels: inferneo_kernels::Kernels) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("inferneo-http")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    rt.block_on(async move {
+        let (host, port) = (config.host.clone(), config.port);
+        let server = Server::bind(config, kernels).await.map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+        let addr = server.local_addr().map_err(|e| e.to_string())?;
+        eprintln!("listening on http://{addr} (GET /health, /ready, /metrics; POST /v1/completions)");
+        let app = server.app.clone();
+        tokio::spawn(async move {
+            loop {
+                if app.registry.ready() {
+                    eprintln!("ready: serving {}", app.registry.names().collect::<Vec<_>>().join(", "));
+                    return;
+                }
+                if app.registry.failure().is_some() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        server.run(shutdown_signal()).await.map_err(|e| e.to_string())?;
+        eprintln!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("shutting down: no new connections, finishing requests in flight");
+}
+
+/// The routes, each with its methods; the metrics label is the route itself.
+const ROUTES: &[(&str, Method)] = &[
+    ("/v1/completions", Method::POST),
+    ("/v1/models", Method::GET),
+    ("/tokenize", Method::POST),
+    ("/detokenize", Method::POST),
+    ("/health", Method::GET),
+    ("/ready", Method::GET),
+    ("/metrics", Method::GET),
+];
+
+async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let arrival = Instant::now();
+    let path = req.uri().path().to_string();
+    let route = ROUTES.iter().find(|(p, _)| *p == path);
+    let label = route.map_or("other", |(p, _)| *p);
+    let resp = match route {
+        None => error(&ApiError::not_found(&path)),
+        Some((_, m)) if m != req.method() => {
+            let mut r = error(&ApiError::method_not_allowed(req.method().as_str(), &path));
+            r.headers_mut().insert(ALLOW, HeaderValue::from_static(m.as_str()));
+            r
+        }
+        Some(&(p, _)) => {
+            // Run the handler as its own task: a panic in it fails this request with a 500
+            // and leaves the connection, the server and every other request alone.
+            let task_app = app.clone();
+            match tokio::spawn(async move { dispatch(task_app, p, req, arrival).await }).await {
+                Ok(r) => r,
+                Err(_) => {
+                    app.metrics.request("", 500);
+                    error(&ApiError::internal("internal error while handling the request"))
+                }
+            }
+        }
+    };
+    app.metrics.http(label, resp.status().as_u16());
+    resp
+}
+
+async fn dispatch(app: Arc<App>, route: &'static str, req: Request<Incoming>, arrival: Instant) -> Response<Body> {
+    if app.config.fault_injection && req.headers().get("x-inferneo-fault").is_some_and(|v| v == "panic") {
+        panic!("fault injected by request header");
+    }
+    let api = !matches!(route, "/health" | "/ready" | "/metrics");
+    if api {
+        if let Some(key) = &app.config.api_key {
+            if !authorized(req.headers().get(AUTHORIZATION), key) {
+                return error(&ApiError::unauthorized());
+            }
+        }
+        if app.draining.load(Ordering::SeqCst) {
+            return error(&ApiError::unavailable("the server is shutting down"));
+        }
+    }
+    let result = match route {
+        "/health" => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        "/ready" => Ok(ready(&app)),
+        "/metrics" => Ok(metrics(&app)),
+        "/v1/models" => Ok(models(&app)),
+        "/tokenize" => tokenize(&app, req).await,
+        "/detokenize" => detokenize(&app, req).await,
+        "/v1/completions" => completions(&app, req, arrival).await,
+        _ => Err(ApiError::not_found(route)),
+    };
+    result.unwrap_or_else(|e| error(&e))
+}
+
+/// Compares without an early exit, so response timing does not reveal the key.
+fn authorized(header: Option<&HeaderValue>, key: &str) -> bool {
+    let Some(given) = header.and_then(|h| h.as_bytes().strip_prefix(b"Bearer ")) else { return false };
+    let want = key.as_bytes();
+    given.len() == want.len() && given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+fn ready(app: &App) -> Response<Body> {
+    if app.draining.load(Ordering::SeqCst) {
+        return error(&ApiError::unavailable("the server is shutting down"));
+    }
+    if let Some(e) = app.registry.failure() {
+        return error(&ApiError::unavailable(e));
+    }
+    if !app.registry.ready() {
+        return error(&ApiError::unavailable("models are still loading"));
+    }
+    json_response(StatusCode::OK, &json!({"status": "ready"}))
+}
+
+fn metrics(app: &App) -> Response<Body> {
+    let text = app.metrics.render(&app.registry.gauges());
+    let mut r = Response::new(full(text));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r
+}
+
+fn models(app: &App) -> Response<Body> {
+    let data: Vec<Value> = app
+        .registry
+        .loaded()
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.name,
+                "object": "model",
+                "created": m.created,
+                "owned_by": "inferneo",
+                "max_model_len": m.config().n_positions,
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+async fn tokenize(app: &App, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let v = read_json(app, req).await?;
+    let served = app.registry.get(model_field(&v)?)?;
+    let text = v
+        .get("prompt")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid("prompt", "'prompt' must be a string"))?;
+    let tok = served.tokenizer.as_ref().ok_or_else(|| ApiError::bad_request("this model has no tokenizer"))?;
+    let ids = tok.encode(text).map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"tokens": ids, "count": ids.len(), "max_model_len": served.config().n_positions}),
+    ))
+}
+
+async fn detokenize(app: &App, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let v = read_json(app, req).await?;
+    let served = app.registry.get(model_field(&v)?)?;
+    let vocab = served.config().vocab_size;
+    let bad = || ApiError::invalid("tokens", format!("'tokens' must be a list of token ids in 0..{vocab}"));
+    let ids = v
+        .get("tokens")
+        .and_then(Value::as_array)
+        .ok_or_else(bad)?
+        .iter()
+        .map(|t| t.as_u64().filter(|&t| (t as usize) < vocab).map(|t| t as u32))
+        .collect::<Option<Vec<u32>>>()
+        .ok_or_else(bad)?;
+    let tok = served.tokenizer.as_ref().ok_or_else(|| ApiError::bad_request("this model has no tokenizer"))?;
+    let text = tok.decode(&ids).map_err(|e| ApiError::invalid("tokens", e.to_string()))?;
+    Ok(json_response(StatusCode::OK, &json!({"prompt": text})))
+}
+
+fn model_field(v: &Value) -> Result<Option<&str>, ApiError> {
+    match v.get("model") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::invalid("model", "'model' must be a string")),
+    }
+}
+
+async fn completions(app: &App, req: Request<Incoming>, arrival: Instant) -> Result<Response<Body>, ApiError> {
+    let v = read_json(app, req).await?;
+    let parsed = CompletionRequest::parse(&v)?;
+    let (stream, include_usage) = (parsed.stream, parsed.include_usage);
+    let prepared = prepare(&app.registry, parsed)?;
+    let model = prepared.served.name.clone();
+    let mut run = match Run::start(prepared, arrival, app.config.request_timeout, app.metrics.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            app.metrics.request(&model, e.status.as_u16());
+            return Err(e);
+        }
+    };
+    if !stream {
+        return match run.collect().await {
+            Ok(body) => {
+                run.record(200);
+                Ok(json_response(StatusCode::OK, &body))
+            }
+            Err(e) => {
+                run.record(e.status.as_u16());
+                Err(e)
+            }
+        };
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        let event = |v: &Value| Bytes::from(format!("data: {v}\n\n"));
+        let mut status = 200;
+        for u in run.echo_updates() {
+            if tx.send(event(&run.chunk(&u, include_usage))).await.is_err() {
+                status = 499;
+            }
+        }
+        while status == 200 {
+            match run.next().await {
+                Ok(Some(u)) => {
+                    if tx.send(event(&run.chunk(&u, include_usage))).await.is_err() {
+                        // The client went away: dropping the run cancels its sequences.
+                        status = 499;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(event(&e.body())).await;
+                    status = e.status.as_u16();
+                }
+            }
+        }
+        if status == 200 && include_usage {
+            let _ = tx.send(event(&run.usage_chunk())).await;
+        }
+        if status != 499 {
+            let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+        }
+        run.record(status);
+    });
+    let mut r = Response::new(BoxBody::new(ChannelBody { rx }));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    Ok(r)
+}
+
+/// Reads a JSON body within the size limit and the body timeout.
+async fn read_json(app: &App, req: Request<Incoming>) -> Result<Value, ApiError> {
+    let limit = app.config.max_body_bytes;
+    if let Some(ct) = req.headers().get(CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        if !ct.to_ascii_lowercase().contains("json") {
+            return Err(ApiError::unsupported_media(ct));
+        }
+    }
+    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    let body = Limited::new(req.into_body(), limit);
+    let bytes = match tokio::time::timeout(app.config.body_timeout, body.collect()).await {
+        Err(_) => return Err(ApiError::body_timeout()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(ApiError::too_large(limit)),
+        Ok(Err(e)) => return Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
+}
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed()
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut r = Response::new(full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(e: &ApiError) -> Response<Body> {
+    let mut r = json_response(e.status, &e.body());
+    if let Some(s) = e.retry_after {
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
+    }
+    r
+}
+
+/// A response body fed by a channel: the SSE stream. Dropped by hyper when the client goes
+/// away, which closes the channel and so tells the producer.
+struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.get_mut().rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    }
+}

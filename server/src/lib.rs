@@ -1,0 +1,20 @@
+//! Inferneo's HTTP server: an OpenAI-compatible API (`/v1/completions` with streaming,
+//! `/v1/models`), tokenizer routes, health/readiness and Prometheus metrics, over one batching
+//! engine per model. hyper 1.x on tokio; the engines run on their own threads and know nothing
+//! of HTTP.
+//!
+//! Reading order: `http.rs` (accept loop, routing, limits, drain) → `api.rs` (request parsing)
+//! → `completions.rs` (engine sequences to OpenAI choices) → `stop.rs`, `metrics.rs`,
+//! `models.rs` (loading and admission), `error.rs`.
+#![deny(unsafe_code)]
+
+pub mod api;
+mod completions;
+pub mod error;
+mod http;
+pub mod metrics;
+mod models;
+pub mod stop;
+
+pub use http::{run_blocking, Server, ServerConfig};
+pub use models::{ModelSource, ModelSpec};

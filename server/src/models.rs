@@ -1,0 +1,214 @@
+//! The served models: each loads on its own thread at start-up (the server answers `/health`
+//! meanwhile and `/ready` once all are loaded), then owns an engine. Admission control lives
+//! here: a bounded number of sequences per model, beyond which requests are refused (429)
+//! instead of queueing without bound.
+
+use crate::error::ApiError;
+use crate::metrics::Gauges;
+use inferneo_runtime::{Config, Engine, EngineConfig, Gpt2, Tokenizer, WeightDtype};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub enum ModelSource {
+    /// The built-in GPT-2 124M shape with random weights and the real tokenizer.
+    Embedded,
+    /// A HuggingFace model directory.
+    Dir(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelSpec {
+    pub name: String,
+    pub source: ModelSource,
+    pub dtype: WeightDtype,
+    pub engine: EngineConfig,
+    /// Sequences that may wait for the engine beyond those it runs (`--max-queue`).
+    pub max_queue: usize,
+}
+
+/// A loaded model.
+pub struct Served {
+    pub name: String,
+    pub engine: Engine,
+    pub tokenizer: Option<Tokenizer>,
+    pub created: u64,
+    capacity: usize,
+    in_flight: AtomicUsize,
+}
+
+impl Served {
+    pub fn config(&self) -> &Config {
+        self.engine.config()
+    }
+
+    /// Reserves room for `n` sequences, or refuses with 429.
+    pub fn admit(self: &Arc<Self>, n: usize) -> Result<Admission, ApiError> {
+        let mut cur = self.in_flight.load(Ordering::Relaxed);
+        loop {
+            if cur + n > self.capacity {
+                return Err(ApiError::overloaded(&self.name));
+            }
+            match self.in_flight.compare_exchange_weak(cur, cur + n, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Ok(Admission { served: self.clone(), n }),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        let s = self.engine.stats();
+        Gauges {
+            model: self.name.clone(),
+            ready: true,
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            waiting: s.waiting,
+            running: s.running,
+            kv_blocks_used: s.kv_blocks_total - s.kv_blocks_free,
+            kv_blocks_free: s.kv_blocks_free,
+            preemptions: s.preemptions,
+            prefix_cache_hits: 0,
+            prefix_cache_queries: 0,
+        }
+    }
+}
+
+/// Room for some sequences; given back when dropped (request finished, failed or abandoned).
+pub struct Admission {
+    pub served: Arc<Served>,
+    n: usize,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.served.in_flight.fetch_sub(self.n, Ordering::AcqRel);
+    }
+}
+
+enum State {
+    Loading,
+    Ready(Arc<Served>),
+    Failed(String),
+}
+
+struct Slot {
+    name: String,
+    state: RwLock<State>,
+}
+
+/// All models, by name, in the order given.
+pub struct Registry {
+    slots: Vec<Slot>,
+}
+
+impl Registry {
+    /// Starts loading every model in the background.
+    pub fn load(specs: Vec<ModelSpec>, kernels: inferneo_kernels::Kernels) -> Arc<Registry> {
+        let slots = specs.iter().map(|s| Slot { name: s.name.clone(), state: RwLock::new(State::Loading) }).collect();
+        let reg = Arc::new(Registry { slots });
+        for (i, spec) in specs.into_iter().enumerate() {
+            let reg = reg.clone();
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                eprintln!("loading model '{}' from {} ({} weights) ...", spec.name, describe(&spec.source), spec.dtype);
+                let state = match load(&spec, kernels) {
+                    Ok(served) => {
+                        let c = served.config();
+                        eprintln!(
+                            "loaded '{}' in {:.1} s: {} layers x {} wide, vocab {}, context {}, kernels {}",
+                            spec.name,
+                            t0.elapsed().as_secs_f64(),
+                            c.n_layer,
+                            c.n_embd,
+                            c.vocab_size,
+                            c.n_positions,
+                            kernels.isa()
+                        );
+                        State::Ready(Arc::new(served))
+                    }
+                    Err(e) => {
+                        eprintln!("error: model '{}' failed to load: {e}", spec.name);
+                        State::Failed(e)
+                    }
+                };
+                *reg.slots[i].state.write().unwrap_or_else(|p| p.into_inner()) = state;
+            });
+        }
+        reg
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.slots.iter().map(|s| s.name.as_str())
+    }
+
+    /// Every model loaded (none still loading, none failed).
+    pub fn ready(&self) -> bool {
+        self.slots.iter().all(|s| matches!(*s.state.read().unwrap_or_else(|p| p.into_inner()), State::Ready(_)))
+    }
+
+    /// Some model failed to load (the server cannot become ready).
+    pub fn failure(&self) -> Option<String> {
+        self.slots.iter().find_map(|s| match &*s.state.read().unwrap_or_else(|p| p.into_inner()) {
+            State::Failed(e) => Some(format!("model '{}': {e}", s.name)),
+            _ => None,
+        })
+    }
+
+    /// The named model (or the first when none is named), if loaded.
+    pub fn get(&self, name: Option<&str>) -> Result<Arc<Served>, ApiError> {
+        let slot = match name {
+            Some(n) => self.slots.iter().find(|s| s.name == n).ok_or_else(|| ApiError::model_not_found(n))?,
+            None => self.slots.first().ok_or_else(|| ApiError::unavailable("no model is configured"))?,
+        };
+        match &*slot.state.read().unwrap_or_else(|p| p.into_inner()) {
+            State::Ready(s) => Ok(s.clone()),
+            State::Loading => Err(ApiError::unavailable(format!("the model '{}' is still loading", slot.name))),
+            State::Failed(e) => Err(ApiError::unavailable(format!("the model '{}' failed to load: {e}", slot.name))),
+        }
+    }
+
+    pub fn loaded(&self) -> Vec<Arc<Served>> {
+        self.slots
+            .iter()
+            .filter_map(|s| match &*s.state.read().unwrap_or_else(|p| p.into_inner()) {
+                State::Ready(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn gauges(&self) -> Vec<Gauges> {
+        self.slots
+            .iter()
+            .map(|s| match &*s.state.read().unwrap_or_else(|p| p.into_inner()) {
+                State::Ready(m) => m.gauges(),
+                _ => Gauges { model: s.name.clone(), ..Gauges::default() },
+            })
+            .collect()
+    }
+}
+
+fn describe(source: &ModelSource) -> String {
+    match source {
+        ModelSource::Embedded => "the embedded GPT-2 (124M shape, random weights)".into(),
+        ModelSource::Dir(d) => d.display().to_string(),
+    }
+}
+
+fn load(spec: &ModelSpec, kernels: inferneo_kernels::Kernels) -> Result<Served, String> {
+    let (model, tokenizer) = match &spec.source {
+        ModelSource::Embedded => (Gpt2::embedded(kernels, spec.dtype), Some(Tokenizer::gpt2())),
+        ModelSource::Dir(d) => (
+            Gpt2::load(d, kernels, spec.dtype).map_err(|e| e.to_string())?,
+            Tokenizer::from_dir(d).map_err(|e| e.to_string())?,
+        ),
+    };
+    let capacity = spec.engine.limits.max_seqs + spec.max_queue;
+    // The engine thread gets its own copy (for incremental text decoding), so prompts are
+    // tokenized here without sharing anything with it.
+    let engine = Engine::start(model, tokenizer.clone(), spec.engine).map_err(|e| e.to_string())?;
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    Ok(Served { name: spec.name.clone(), engine, tokenizer, created, capacity, in_flight: AtomicUsize::new(0) })
+}

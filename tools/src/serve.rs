@@ -1,0 +1,151 @@
+//! `inferneo serve`: flags to a [`ServerConfig`], then the server until SIGINT/SIGTERM.
+
+use clap::Args;
+use inferneo_kernels::Kernels;
+use inferneo_runtime::scheduler::Limits;
+use inferneo_runtime::{EngineConfig, KvDtype, WeightDtype};
+use inferneo_server::{ModelSource, ModelSpec, ServerConfig};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The name the embedded model is served under when no `--model` is given.
+pub const EMBEDDED_NAME: &str = "gpt2";
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// A model to serve, as NAME=DIR (a HuggingFace GPT-2 directory) or DIR (named after the
+    /// directory). Repeatable: each model gets its own engine. Default: the embedded model, as "gpt2".
+    #[arg(long = "model", value_name = "NAME=DIR")]
+    models: Vec<String>,
+    /// Kernel threads of one model's engine, as NAME=N (repeatable). Default: all cores, shared.
+    #[arg(long = "threads", value_name = "NAME=N")]
+    threads: Vec<String>,
+    /// Weight storage: f32, f16, bf16 or int8 (weight-only, per output channel).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// KV cache budget per model, in MB.
+    #[arg(long, default_value_t = 512)]
+    kv_cache_mb: usize,
+    /// KV cache storage: f32 or f16.
+    #[arg(long, default_value = "f32")]
+    kv_dtype: String,
+    /// Sequences one engine runs at once.
+    #[arg(long, default_value_t = 64)]
+    max_seqs: usize,
+    /// Tokens per engine step (prefill chunks + decodes).
+    #[arg(long, default_value_t = 512)]
+    max_batch_tokens: usize,
+    /// Sequences that may wait beyond --max-seqs; more are refused with 429.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Require `Authorization: Bearer KEY` on the API routes.
+    #[arg(long, env = "INFERNEO_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Seconds a completion may take before it is cancelled (504).
+    #[arg(long, default_value_t = 600.0)]
+    request_timeout: f64,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 30.0)]
+    drain_timeout: f64,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 2 << 20)]
+    max_body_bytes: usize,
+}
+
+fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{flag} {v}: expected seconds > 0"))
+}
+
+fn parse_models(specs: &[String]) -> Result<Vec<(String, ModelSource)>, String> {
+    if specs.is_empty() {
+        return Ok(vec![(EMBEDDED_NAME.to_string(), ModelSource::Embedded)]);
+    }
+    let mut out: Vec<(String, ModelSource)> = Vec::new();
+    for s in specs {
+        let (name, dir) = match s.split_once('=') {
+            Some((n, d)) => (n.to_string(), PathBuf::from(d)),
+            None => {
+                let dir = PathBuf::from(s);
+                let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| s.clone());
+                (name, dir)
+            }
+        };
+        if name.is_empty() || dir.as_os_str().is_empty() {
+            return Err(format!("--model '{s}': expected NAME=DIR or DIR"));
+        }
+        if out.iter().any(|(n, _)| *n == name) {
+            return Err(format!("--model '{s}': the name '{name}' is used twice"));
+        }
+        if !dir.is_dir() {
+            return Err(format!("--model '{s}': {} is not a directory", dir.display()));
+        }
+        out.push((name, ModelSource::Dir(dir)));
+    }
+    Ok(out)
+}
+
+fn parse_threads(specs: &[String], names: &[&str]) -> Result<Vec<(String, usize)>, String> {
+    specs
+        .iter()
+        .map(|s| {
+            let (name, n) = s.split_once('=').ok_or_else(|| format!("--threads '{s}': expected NAME=N"))?;
+            let n =
+                n.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| format!("--threads '{s}': N must be > 0"))?;
+            if !names.contains(&name) {
+                return Err(format!("--threads '{s}': no model named '{name}'"));
+            }
+            Ok((name.to_string(), n))
+        })
+        .collect()
+}
+
+pub fn config(a: &ServeArgs) -> Result<ServerConfig, String> {
+    let dtype: WeightDtype = a.dtype.parse()?;
+    let kv_dtype = match a.kv_dtype.as_str() {
+        "f32" => KvDtype::F32,
+        "f16" => KvDtype::F16,
+        other => return Err(format!("--kv-dtype '{other}': expected f32 or f16")),
+    };
+    if a.max_seqs == 0 || a.max_batch_tokens == 0 {
+        return Err("--max-seqs and --max-batch-tokens must be > 0".into());
+    }
+    let models = parse_models(&a.models)?;
+    let names: Vec<&str> = models.iter().map(|(n, _)| n.as_str()).collect();
+    let threads = parse_threads(&a.threads, &names)?;
+    let specs = models
+        .iter()
+        .map(|(name, source)| ModelSpec {
+            name: name.clone(),
+            source: source.clone(),
+            dtype,
+            engine: EngineConfig {
+                limits: Limits { max_batch_tokens: a.max_batch_tokens, max_seqs: a.max_seqs },
+                kv_cache_bytes: a.kv_cache_mb << 20,
+                kv_dtype,
+                threads: threads.iter().find(|(n, _)| n == name).map(|&(_, t)| t),
+            },
+            max_queue: a.max_queue,
+        })
+        .collect();
+    Ok(ServerConfig {
+        host: a.host.clone(),
+        port: a.port,
+        models: specs,
+        api_key: a.api_key.clone().filter(|k| !k.is_empty()),
+        request_timeout: seconds("--request-timeout", a.request_timeout)?,
+        drain_timeout: seconds("--drain-timeout", a.drain_timeout)?,
+        max_body_bytes: a.max_body_bytes,
+        ..ServerConfig::default()
+    })
+}
+
+pub fn run(a: ServeArgs, kernels: Kernels) -> Result<(), String> {
+    inferneo_server::run_blocking(config(&a)?, kernels)
+}
