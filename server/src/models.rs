@@ -151,7 +151,7 @@ impl Registry {
     /// Some model failed to load (the server cannot become ready).
     pub fn failure(&self) -> Option<String> {
         self.slots.iter().find_map(|s| match &*s.state.read().unwrap_or_else(|p| p.into_inner()) {
-            State::Failed(e) => Some(format!("model '{}': {e}", s.name)),
+            State::Failed(e) => Some(format!("the model '{}' failed to load: {e}", s.name)),
             _ => None,
         })
     }

@@ -1,0 +1,262 @@
+//! Hardened edges, each against a real server: bad input of every kind, auth, overload,
+//! timeouts, slow and idle clients, disconnects, panics, failed loads, several models.
+
+mod common;
+
+use common::*;
+use inferneo_server::{ModelSource, ServerConfig};
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+#[test]
+fn bad_requests_get_openai_errors_with_the_right_status() {
+    let s = TestServer::start(config(), true);
+    let cases: Vec<(serde_json::Value, u16, Option<&str>)> = vec![
+        (json!({"prompt": "x", "max_tokens": -5}), 400, Some("max_tokens")),
+        (json!({"prompt": "x", "max_tokens": 1_000_000_000u64}), 400, Some("max_tokens")),
+        (json!({"prompt": "x", "n": 0}), 400, Some("n")),
+        (json!({"prompt": "x", "n": 17}), 400, Some("n")),
+        (json!({"prompt": "x", "temperature": -1}), 400, Some("temperature")),
+        (json!({"prompt": "x", "top_p": 0}), 400, Some("top_p")),
+        (json!({"prompt": "x", "top_p": 1.01}), 400, Some("top_p")),
+        (json!({"prompt": [1, 2, 50257]}), 400, Some("prompt")),
+        (json!({"prompt": [-1]}), 400, Some("prompt")),
+        (json!({"prompt": vec![1; 200]}), 400, Some("max_tokens")),
+        (json!({"prompt": ""}), 400, Some("prompt")),
+        (json!({"prompt": []}), 400, Some("prompt")),
+        (json!({"prompt": 42}), 400, Some("prompt")),
+        (json!({"prompt": "x", "stop": vec!["s"; 5000]}), 400, Some("stop")),
+        (json!({"prompt": "x", "logprobs": 100000}), 400, Some("logprobs")),
+        (json!({"prompt": "x", "logit_bias": {"60000": 5}}), 400, Some("logit_bias")),
+        (json!({"prompt": "x", "echo": true, "logprobs": 1}), 400, Some("echo")),
+        (json!({"prompt": "x", "max_tokens": "ten"}), 400, Some("max_tokens")),
+        (json!({"model": "nope", "prompt": "x"}), 404, Some("model")),
+    ];
+    for (body, status, param) in cases {
+        let e = post(s.addr, "/v1/completions", &body).error(status);
+        assert_eq!(e["param"].as_str(), param, "{body}");
+    }
+    let ct = [("Content-Type", "application/json")];
+    let bad = |body: &[u8]| request(s.addr, "POST", "/v1/completions", &ct, body);
+    bad(b"{\"prompt\": ").error(400);
+    bad(b"[1, 2]").error(400);
+    bad(b"{\"prompt\": \"\xff\xfe\"}").error(400);
+    bad(b"").error(400);
+    request(s.addr, "POST", "/v1/completions", &[("Content-Type", "text/plain")], b"{}").error(415);
+    // Unknown fields are ignored, as OpenAI does.
+    let ok = post(
+        s.addr,
+        "/v1/completions",
+        &json!({"prompt": "x", "max_tokens": 1, "frobnicate": {"a": [1]}, "user": "u"}),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(get(s.addr, "/v2/nothing").error(404)["type"], "invalid_request_error");
+    let r = get(s.addr, "/v1/completions");
+    r.error(405);
+    assert_eq!(r.header("allow"), Some("POST"));
+    // Nothing above is a server error.
+    assert!(metric(s.addr, "inferneo_http_requests_total{route=\"/v1/completions\",status=\"500\"}").is_none());
+}
+
+#[test]
+fn oversized_bodies_are_refused_without_reading_them() {
+    let s = TestServer::start(config(), true);
+    // Declared: refused from the header alone.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 10485760\r\n\r\n").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = vec![0; 4096];
+    let n = c.read(&mut buf).unwrap();
+    parse(&buf[..n]).error(413);
+    // Chunked, no length: refused once the limit is crossed.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 1 << 20, "a".repeat(1 << 20));
+    for _ in 0..3 {
+        if c.write_all(chunk.as_bytes()).is_err() {
+            break;
+        }
+    }
+    let n = c.read(&mut buf).unwrap();
+    parse(&buf[..n]).error(413);
+}
+
+#[test]
+fn api_key_is_required_on_api_routes_only() {
+    let s = TestServer::start(ServerConfig { api_key: Some("sekrit".into()), ..config() }, true);
+    let body = json!({"prompt": "x", "max_tokens": 1}).to_string();
+    let ct = ("Content-Type", "application/json");
+    let e = request(s.addr, "POST", "/v1/completions", &[ct], body.as_bytes()).error(401);
+    assert_eq!(e["code"], "invalid_api_key");
+    request(s.addr, "POST", "/v1/completions", &[ct, ("Authorization", "Bearer wrong")], body.as_bytes()).error(401);
+    request(s.addr, "GET", "/v1/models", &[], b"").error(401);
+    let ok = request(s.addr, "POST", "/v1/completions", &[ct, ("Authorization", "Bearer sekrit")], body.as_bytes());
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    for open in ["/health", "/ready", "/metrics"] {
+        assert_eq!(get(s.addr, open).status, 200, "{open}");
+    }
+}
+
+#[test]
+fn a_panicking_request_fails_alone() {
+    let s = TestServer::start(config(), true);
+    let addr = s.addr;
+    let long = std::thread::spawn(move || {
+        post(addr, "/v1/completions", &json!({"prompt": "x", "max_tokens": 100, "stream": true, "temperature": 0}))
+    });
+    let body = json!({"prompt": "x"}).to_string();
+    let r = request(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        &[("Content-Type", "application/json"), ("x-inferneo-fault", "panic")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.error(500)["type"], "server_error");
+    let long = long.join().unwrap();
+    assert_eq!(long.status, 200);
+    assert_eq!(long.events().last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(complete(s.addr, json!({"prompt": "after", "max_tokens": 2}))["choices"][0]["finish_reason"], "length");
+}
+
+#[test]
+fn request_timeout_cancels_and_answers_504() {
+    let s = TestServer::start(ServerConfig { request_timeout: Duration::from_millis(1), ..config() }, true);
+    let e = post(s.addr, "/v1/completions", &json!({"prompt": "x", "max_tokens": 120})).error(504);
+    assert_eq!(e["type"], "timeout_error");
+    wait_for(s.addr, "inferneo_kv_blocks_used{model=\"tiny\"}", 0.0);
+}
+
+/// Polls a metric until it has `want` (the engine publishes after each step).
+fn wait_for(addr: std::net::SocketAddr, series: &str, want: f64) {
+    let t0 = Instant::now();
+    loop {
+        let v = metric(addr, series);
+        if v == Some(want) {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{series} = {v:?}, want {want}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One sequence at a time on the 124M shape (slow enough that a request is surely still
+/// running while the test acts): overload gets 429, a client that disconnects mid-stream has
+/// its sequence cancelled and its KV blocks freed.
+#[test]
+fn overload_is_refused_and_disconnects_cancel() {
+    let mut spec = spec("gpt2", ModelSource::Embedded);
+    spec.engine.limits.max_seqs = 1;
+    spec.engine.kv_cache_bytes = 64 << 20;
+    spec.engine.threads = None;
+    spec.max_queue = 0;
+    let s = TestServer::start(ServerConfig { models: vec![spec], ..config() }, true);
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    let body = json!({"prompt": "x", "max_tokens": 200, "stream": true}).to_string();
+    write!(c, "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: ") {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(metric(s.addr, "inferneo_kv_blocks_used{model=\"gpt2\"}").unwrap() > 0.0);
+    let r = post(s.addr, "/v1/completions", &json!({"prompt": "y", "max_tokens": 1}));
+    assert_eq!(r.error(429)["type"], "rate_limit_error");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    drop(c);
+    wait_for(s.addr, "inferneo_running_sequences{model=\"gpt2\"}", 0.0);
+    wait_for(s.addr, "inferneo_kv_blocks_used{model=\"gpt2\"}", 0.0);
+    wait_for(s.addr, "inferneo_requests_in_flight{model=\"gpt2\"}", 0.0);
+    assert_eq!(metric(s.addr, "inferneo_requests_total{model=\"gpt2\",status=\"499\"}"), Some(1.0));
+    let generated = metric(s.addr, "inferneo_generation_tokens_total{model=\"gpt2\"}").unwrap();
+    assert!(generated < 200.0, "the abandoned request ran to the end ({generated} tokens)");
+    assert_eq!(post(s.addr, "/v1/completions", &json!({"prompt": "y", "max_tokens": 1})).status, 200);
+}
+
+#[test]
+fn slow_and_idle_clients_are_bounded() {
+    let s = TestServer::start(config(), true);
+    // Many idle connections do not stop others from being served.
+    let idle: Vec<TcpStream> = (0..300).map(|_| TcpStream::connect(s.addr).unwrap()).collect();
+    assert_eq!(get(s.addr, "/health").status, 200);
+    // A client trickling its headers a byte at a time is cut off by the header timeout (2 s).
+    let mut slow = TcpStream::connect(s.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+    let t0 = Instant::now();
+    let head = b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+    let mut closed = false;
+    for &b in head.iter().cycle().take(200) {
+        if slow.write_all(&[b]).is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match slow.read(&mut buf) {
+            Ok(_) => {
+                closed = true; // EOF or a 408: either way the server gave up on it
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "slow client never cut off");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    // The idle ones were closed by the same timeout.
+    let mut idle0 = idle.into_iter().next().unwrap();
+    idle0.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(matches!(idle0.read(&mut buf), Ok(0) | Err(_)));
+    // A body that never arrives: 408 after the body timeout.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"pro").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = vec![0; 4096];
+    let n = c.read(&mut buf).unwrap();
+    parse(&buf[..n]).error(408);
+}
+
+#[test]
+fn a_model_that_fails_to_load_keeps_the_server_unready() {
+    let missing = spec("broken", ModelSource::Dir("/nonexistent/model".into()));
+    let s = TestServer::start(ServerConfig { models: vec![missing], ..config() }, false);
+    let t0 = Instant::now();
+    loop {
+        let r = get(s.addr, "/ready");
+        let e = r.error(503);
+        if e["message"].as_str().unwrap().contains("failed") {
+            assert!(e["message"].as_str().unwrap().contains("/nonexistent/model"), "{e}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(s.addr, "/health").status, 200);
+    post(s.addr, "/v1/completions", &json!({"prompt": "x"})).error(503);
+}
+
+#[test]
+fn several_models_each_with_an_engine() {
+    let models = vec![spec("a", ModelSource::Dir(tiny_dir(0))), spec("b", ModelSource::Dir(tiny_dir(1)))];
+    let s = TestServer::start(ServerConfig { models, ..config() }, true);
+    let ids: Vec<String> = get(s.addr, "/v1/models").json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+    let body = |m: &str| json!({"model": m, "prompt": "Same prompt", "max_tokens": 8, "temperature": 0});
+    let (a, b) = (complete(s.addr, body("a")), complete(s.addr, body("b")));
+    assert_eq!(a["model"], "a");
+    assert_eq!(b["model"], "b");
+    assert_ne!(a["choices"][0]["text"], b["choices"][0]["text"], "different weights, same text");
+    assert_eq!(metric(s.addr, "inferneo_requests_total{model=\"b\",status=\"200\"}"), Some(1.0));
+}

@@ -1,0 +1,140 @@
+//! `inferneo serve` as users run it: the real binary on a loopback port, flags, SIGTERM drain,
+//! and the official `openai` Python client against it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Served {
+    child: Child,
+    addr: SocketAddr,
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `inferneo serve --port 0 ARGS` and waits for "ready".
+fn serve(args: &[&str]) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inferneo"))
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start inferneo serve");
+    let (tx, log) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut addr = None;
+    let t0 = Instant::now();
+    loop {
+        let line = log.recv_timeout(Duration::from_secs(60)).expect("server output");
+        if let Some(rest) = line.strip_prefix("listening on http://") {
+            addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
+        }
+        if line.starts_with("ready") {
+            break;
+        }
+        assert!(!line.starts_with("error"), "{line}");
+        assert!(t0.elapsed() < Duration::from_secs(60));
+    }
+    Served { child, addr: addr.expect("listening line"), log }
+}
+
+fn tiny_model(dir: &std::path::Path) -> String {
+    let d = dir.join("tiny");
+    let out = Command::new(env!("CARGO_BIN_EXE_inferneo"))
+        .args(["init", "--preset", "tiny", "--out", d.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    format!("tiny={}", d.display())
+}
+
+#[test]
+fn bad_serve_flags_are_one_line_errors() {
+    for (args, needle) in [
+        (vec!["serve", "--model", "/nonexistent/dir"], "not a directory"),
+        (vec!["serve", "--threads", "nope=2"], "no model named 'nope'"),
+        (vec!["serve", "--dtype", "int3"], "int3"),
+        (vec!["serve", "--kv-dtype", "f8"], "f8"),
+        (vec!["serve", "--request-timeout", "0"], "--request-timeout"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_inferneo")).args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+/// SIGTERM while a stream is running: no new connections, the stream still finishes, exit 0.
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    // The embedded 124M model: slow enough that the stream is mid-way when the signal lands.
+    let mut s = serve(&[]);
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    let body = r#"{"model": "gpt2", "prompt": "Hello", "max_tokens": 60, "stream": true}"#;
+    write!(c, "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("data: ") {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    let status = Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    // The listener closes at once.
+    let t0 = Instant::now();
+    while TcpStream::connect(s.addr).is_ok() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.read_to_end(&mut got).unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("data: [DONE]"), "stream cut short: {text}");
+    assert!(text.contains("\"finish_reason\":\"length\""), "{text}");
+    let t0 = Instant::now();
+    let code = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "did not exit after draining");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(code.success(), "exit status {code}");
+    let log: Vec<String> = s.log.try_iter().collect();
+    assert!(log.iter().any(|l| l.starts_with("shutting down")), "{log:?}");
+}
+
+/// The official `openai` client, where Python has it: `INFERNEO_E2E_PYTHON` names the
+/// interpreter (CI sets it and installs `openai`); otherwise `python3` is tried.
+#[test]
+fn official_openai_python_client() {
+    let required = std::env::var("INFERNEO_E2E_PYTHON").ok();
+    let python = required.clone().unwrap_or_else(|| "python3".into());
+    let has_openai = Command::new(&python).args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success());
+    if !has_openai {
+        assert!(required.is_none(), "INFERNEO_E2E_PYTHON={python} cannot import openai");
+        println!("notice: skipped, no Python with the openai package (set INFERNEO_E2E_PYTHON)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(&["--model", &tiny_model(dir.path())]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/openai_client.py");
+    let out = Command::new(&python).args([script, &format!("http://{}", s.addr), "tiny"]).output().unwrap();
+    let all = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "openai e2e failed:\n{all}");
+    println!("{all}");
+}
