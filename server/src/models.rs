@@ -113,7 +113,10 @@ impl Registry {
             std::thread::spawn(move || {
                 let t0 = Instant::now();
                 eprintln!("loading model '{}' from {} ({} weights) ...", spec.name, describe(&spec.source), spec.dtype);
-                let state = match load(&spec, kernels) {
+                let ticker = Ticker::start(&spec.name);
+                let loaded = load(&spec, kernels);
+                drop(ticker);
+                let state = match loaded {
                     Ok(served) => {
                         let c = served.config();
                         eprintln!(
@@ -211,4 +214,41 @@ fn load(spec: &ModelSpec, kernels: inferneo_kernels::Kernels) -> Result<Served, 
     let engine = Engine::start(model, tokenizer.clone(), spec.engine).map_err(|e| e.to_string())?;
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     Ok(Served { name: spec.name.clone(), engine, tokenizer, created, capacity, in_flight: AtomicUsize::new(0) })
+}
+
+/// On a terminal, a live "loading ... N s" line while a model loads (large checkpoints take
+/// seconds to map, convert and pack); nothing when stderr is a file or pipe.
+struct Ticker {
+    done: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(name: &str) -> Ticker {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return Ticker { done: None, thread: None };
+        }
+        let (done, rx) = std::sync::mpsc::channel::<()>();
+        let name = name.to_string();
+        let t0 = Instant::now();
+        let thread = std::thread::spawn(move || {
+            while rx.recv_timeout(std::time::Duration::from_millis(250))
+                == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            {
+                eprint!("\r  loading '{name}' ... {:.1} s", t0.elapsed().as_secs_f64());
+            }
+            eprint!("\r\x1b[2K");
+        });
+        Ticker { done: Some(done), thread: Some(thread) }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
