@@ -1,6 +1,7 @@
 //! The `inferneo` command line: argument parsing and one function per subcommand.
 //! No model math here; everything runs through `inferneo_runtime`.
 
+mod bench;
 mod npy;
 mod roofline;
 mod serve;
@@ -36,6 +37,9 @@ struct Cli {
 enum Command {
     /// Serve models over an OpenAI-compatible HTTP API (default: the embedded model on 127.0.0.1:8000).
     Serve(serve::ServeArgs),
+    /// Load-test an OpenAI-compatible server (default: ours, in-process): latency, throughput,
+    /// concurrency, batch and production scenarios; Markdown, JSON and SVG.
+    Bench(Box<bench::BenchArgs>),
     /// Write the logits of every position as a little-endian f32 .npy of shape [len, vocab].
     Logits(LogitsArgs),
     /// Generate a continuation of a prompt.
@@ -213,6 +217,7 @@ fn run(cli: Cli) -> CliResult {
     let kernels = select_kernels(cli.isa.as_deref())?;
     match cli.command {
         Command::Serve(a) => serve::run(a, kernels),
+        Command::Bench(a) => bench::run(*a, kernels),
         Command::Logits(a) => logits(a, kernels),
         Command::Generate(a) => generate_cmd(a, kernels),
         Command::Tokenize(a) => {

@@ -1,0 +1,328 @@
+//! `inferneo bench`: the seed report's scenarios (latency, throughput, concurrency, batch,
+//! production) against any loopback OpenAI-compatible `/v1/completions` endpoint, or our own
+//! server started in-process. Seeded, bounded in time; Markdown on stdout, JSON and SVG files.
+
+mod client;
+mod report;
+mod run;
+mod stats;
+
+use crate::throughput;
+use clap::Args;
+use client::Target;
+use inferneo_kernels::Kernels;
+use inferneo_runtime::scheduler::Limits;
+use inferneo_runtime::{EngineConfig, Gpt2, WeightDtype};
+use inferneo_server::{ModelSource, ModelSpec, Server, ServerConfig};
+use run::{Driver, Level, Load, Shape};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const SCENARIOS: [&str; 5] = ["latency", "throughput", "concurrency", "batch", "production"];
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// An OpenAI-compatible server on loopback (http://127.0.0.1:PORT). Default: start ours
+    /// in-process with --model.
+    #[arg(long)]
+    url: Option<String>,
+    /// The `model` field sent with each request (default: the local server's model name).
+    #[arg(long)]
+    model_name: Option<String>,
+    /// Local server only: a HuggingFace directory to serve (default: the embedded model).
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// Local server only: weight storage (f32, f16, bf16, int8).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Local server only: sequences per engine step.
+    #[arg(long, default_value_t = 64)]
+    max_seqs: usize,
+    #[arg(long, default_value_t = 512)]
+    max_batch_tokens: usize,
+    #[arg(long, default_value_t = 512)]
+    kv_cache_mb: usize,
+    #[arg(long, env = "INFERNEO_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Comma-separated scenarios: latency, throughput, concurrency, batch, production, or all.
+    #[arg(long, default_value = "all")]
+    scenarios: String,
+    #[arg(long, default_value_t = 50)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 100)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.9)]
+    top_p: f32,
+    /// Seeds prompts, lengths, arrival times and sampling: same seed, same run.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Latency scenario: requests, one at a time.
+    #[arg(long, default_value_t = 10)]
+    requests: usize,
+    /// Throughput scenario: target request rates (Poisson arrivals); then doubling until saturated.
+    #[arg(long, default_value = "1,2,5,10,20")]
+    rates: String,
+    /// Concurrency scenario: closed-loop clients.
+    #[arg(long, default_value = "1,4,8,16,32")]
+    concurrency: String,
+    /// Batch scenario (engine, no HTTP; local model only): requests submitted together.
+    #[arg(long, default_value = "1,4,8,16,32")]
+    batch_sizes: String,
+    /// Seconds each throughput/concurrency level sends new requests.
+    #[arg(long, default_value_t = 20.0)]
+    duration: f64,
+    /// Seconds of discarded warm-up requests before measuring.
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// Production scenario: seconds of mixed-length Poisson traffic.
+    #[arg(long, default_value_t = 60.0)]
+    soak: f64,
+    /// Production scenario: request rate.
+    #[arg(long, default_value_t = 1.0)]
+    production_rate: f64,
+    /// Seconds before one request counts as failed (timeout).
+    #[arg(long, default_value_t = 300.0)]
+    timeout: f64,
+    /// The server's pid, for its peak RSS (a local server is this process).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Write every figure and the machine description here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write SVG plots into this directory.
+    #[arg(long, value_name = "DIR")]
+    svg: Option<PathBuf>,
+    /// A smoke run: tiny durations and levels (for tests).
+    #[arg(long)]
+    quick: bool,
+}
+
+fn list<T: std::str::FromStr>(flag: &str, v: &str) -> Result<Vec<T>, String> {
+    v.split(',')
+        .map(|x| {
+            x.trim().parse::<T>().map_err(|_| format!("--{flag} '{v}': expected a comma-separated list of numbers"))
+        })
+        .collect()
+}
+
+fn secs(flag: &str, v: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v).map_err(|_| format!("--{flag} {v}: expected seconds >= 0"))
+}
+
+pub fn run(mut a: BenchArgs, kernels: Kernels) -> Result<(), String> {
+    if a.quick {
+        (a.requests, a.duration, a.warmup, a.soak) = (3, 1.0, 0.0, 2.0);
+        (a.rates, a.concurrency, a.batch_sizes) = ("2,4".into(), "1,2".into(), "1,2".into());
+        a.production_rate = 2.0;
+    }
+    let scenarios: Vec<&str> =
+        if a.scenarios == "all" { SCENARIOS.to_vec() } else { a.scenarios.split(',').map(str::trim).collect() };
+    if let Some(bad) = scenarios.iter().find(|s| !SCENARIOS.contains(s)) {
+        return Err(format!("--scenarios: unknown scenario '{bad}' (expected {} or all)", SCENARIOS.join(", ")));
+    }
+    let rates: Vec<f64> = list("rates", &a.rates)?;
+    let positive = |r: f64| r > 0.0 && r.is_finite();
+    if !rates.iter().all(|&r| positive(r)) || !positive(a.production_rate) {
+        return Err("--rates and --production-rate must be > 0".into());
+    }
+    let clients: Vec<usize> = list("concurrency", &a.concurrency)?;
+    let batches: Vec<usize> = list("batch-sizes", &a.batch_sizes)?;
+    if clients.contains(&0) || batches.contains(&0) || a.max_tokens == 0 || a.prompt_tokens == 0 {
+        return Err("clients, batch sizes, --prompt-tokens and --max-tokens must be > 0".into());
+    }
+    let (duration, warmup, soak, timeout) =
+        (secs("duration", a.duration)?, secs("warmup", a.warmup)?, secs("soak", a.soak)?, secs("timeout", a.timeout)?);
+    let dtype: WeightDtype = a.dtype.parse()?;
+    let local_name =
+        a.model.as_ref().and_then(|d| d.file_name()).map_or("gpt2".into(), |n| n.to_string_lossy().into_owned());
+    let model_name = a.model_name.clone().unwrap_or(local_name.clone());
+    let engine = EngineConfig {
+        limits: Limits { max_batch_tokens: a.max_batch_tokens, max_seqs: a.max_seqs },
+        kv_cache_bytes: a.kv_cache_mb << 20,
+        ..EngineConfig::default()
+    };
+    let source = a.model.clone().map_or(ModelSource::Embedded, ModelSource::Dir);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let shape = Shape {
+        prompt_tokens: a.prompt_tokens,
+        max_tokens: a.max_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        mixed: false,
+        context: 1024,
+    };
+    let mut results = serde_json::Map::new();
+    let mut levels_by: Vec<(&str, Vec<Level>)> = Vec::new();
+    let mut batch_rows = Vec::new();
+    rt.block_on(async {
+        // Our server in-process unless --url names one.
+        let (url, stop) = match &a.url {
+            Some(u) => (u.clone(), None),
+            None => {
+                let spec =
+                    ModelSpec { name: local_name.clone(), source: source.clone(), dtype, engine, max_queue: 4096 };
+                let config = ServerConfig { port: 0, models: vec![spec], ..ServerConfig::default() };
+                let server =
+                    Server::bind(config, kernels).await.map_err(|e| format!("cannot start the server: {e}"))?;
+                let addr = server.local_addr().map_err(|e| e.to_string())?;
+                while !server.ready() {
+                    if let Some(e) = server.failure() {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                tokio::spawn(server.run(async {
+                    let _ = rx.await;
+                }));
+                (format!("http://{addr}"), Some(tx))
+            }
+        };
+        let target = Target::parse(&url, &model_name, a.api_key.clone())?;
+        eprintln!(
+            "bench: {url}, model '{model_name}', {} prompt + {} generated tokens, seed {}",
+            a.prompt_tokens, a.max_tokens, a.seed
+        );
+        let driver = Driver { target, timeout, seed: a.seed };
+        if !warmup.is_zero() {
+            driver.level("warmup", Load::Closed { clients: 1 }, warmup, &shape).await;
+        }
+        for &scenario in &scenarios {
+            let mut levels = Vec::new();
+            match scenario {
+                "latency" => levels
+                    .push(driver.level("latency", Load::Sequential { n: a.requests }, Duration::ZERO, &shape).await),
+                "throughput" => {
+                    // The listed rates, then doubling, until the server saturates (achieves
+                    // under 80% of the target or fails requests).
+                    let mut rate_list = rates.clone();
+                    let mut i = 0;
+                    while i < rate_list.len() && i < rates.len() + 4 {
+                        let l = driver.level("throughput", Load::Open { rps: rate_list[i] }, duration, &shape).await;
+                        let saturated = l.achieved_rps() < 0.8 * rate_list[i] || l.success_rate() < 0.95;
+                        levels.push(l);
+                        if saturated {
+                            break;
+                        }
+                        if i + 1 == rate_list.len() {
+                            rate_list.push(rate_list[i] * 2.0);
+                        }
+                        i += 1;
+                    }
+                }
+                "concurrency" => {
+                    for &c in &clients {
+                        levels.push(driver.level("concurrency", Load::Closed { clients: c }, duration, &shape).await);
+                    }
+                }
+                "production" => {
+                    let mixed = Shape { mixed: true, ..shape.clone() };
+                    levels.push(driver.level("production", Load::Open { rps: a.production_rate }, soak, &mixed).await);
+                }
+                "batch" => {
+                    if a.url.is_some() {
+                        eprintln!("  batch: skipped (engine-level, needs the local model; not available with --url)");
+                        continue;
+                    }
+                    let w = throughput::Workload { prompt_tokens: a.prompt_tokens, max_tokens: a.max_tokens };
+                    for &n in &batches {
+                        let model = match &source {
+                            ModelSource::Embedded => Gpt2::embedded(kernels, dtype),
+                            ModelSource::Dir(d) => Gpt2::load(d, kernels, dtype).map_err(|e| e.to_string())?,
+                        };
+                        let config =
+                            EngineConfig { limits: Limits { max_seqs: n.max(a.max_seqs), ..engine.limits }, ..engine };
+                        let f = tokio::task::block_in_place(|| throughput::measure(model, n, &w, config))?;
+                        eprintln!("  batch {n}: {:.1} tok/s, mean ITL {:.1} ms", f.tokens_per_s, f.mean_itl_ms);
+                        batch_rows.push(f);
+                    }
+                }
+                _ => unreachable!("checked above"),
+            }
+            if !levels.is_empty() {
+                results.insert(scenario.to_string(), Value::Array(levels.iter().map(Level::json).collect()));
+                levels_by.push((scenario, levels));
+            }
+        }
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
+        Ok::<(), String>(())
+    })?;
+    if !batch_rows.is_empty() {
+        results.insert(
+            "batch".into(),
+            batch_rows
+                .iter()
+                .map(|f| {
+                    json!({"batch": f.concurrent, "generated_tokens_per_s": f.tokens_per_s, "requests_per_s": f.requests_per_s,
+                           "mean_inter_token_latency_ms": f.mean_itl_ms, "p50_ttft_ms": f.p50_ttft_ms, "wall_s": f.wall_s})
+                })
+                .collect(),
+        );
+    }
+    let rss = report::peak_rss_mb(if a.url.is_some() { a.server_pid } else { None });
+    let rss = if a.url.is_some() && a.server_pid.is_none() { None } else { rss };
+
+    for (scenario, levels) in &levels_by {
+        println!("\n### {scenario}\n\n{}", report::table(levels));
+    }
+    if !batch_rows.is_empty() {
+        println!("\n### batch (engine, no HTTP)\n\n| batch | gen tok/s | req/s | mean ITL (ms) | p50 TTFT (ms) | wall (s) |\n|---|---|---|---|---|---|");
+        for f in &batch_rows {
+            println!(
+                "| {} | {:.1} | {:.2} | {:.1} | {:.0} | {:.2} |",
+                f.concurrent, f.tokens_per_s, f.requests_per_s, f.mean_itl_ms, f.p50_ttft_ms, f.wall_s
+            );
+        }
+    }
+    println!("\nServer peak RSS: {}", rss.map_or("unknown (pass --server-pid)".into(), |m| format!("{m:.0} MB")));
+
+    if let Some(dir) = &a.svg {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for (scenario, levels) in &levels_by {
+            let (name, title, x_label) = match *scenario {
+                "throughput" => ("latency_vs_load.svg", "Request latency vs offered load", "target requests/s"),
+                "concurrency" => ("throughput_vs_concurrency.svg", "Throughput vs concurrency", "concurrent clients"),
+                _ => continue,
+            };
+            let svg = if *scenario == "throughput" {
+                let pick =
+                    |f: fn(&stats::Summary) -> f64| levels.iter().map(|l| (l.x, f(&l.latency()))).collect::<Vec<_>>();
+                report::line_chart(
+                    title,
+                    x_label,
+                    "latency (s)",
+                    &[("p50", pick(|s| s.p50)), ("p95", pick(|s| s.p95)), ("p99", pick(|s| s.p99))],
+                )
+            } else {
+                let pts = levels.iter().map(|l| (l.x, l.tokens_per_s())).collect();
+                report::line_chart(title, x_label, "generated tokens/s", &[("inferneo", pts)])
+            };
+            let path = dir.join(name);
+            std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    if let Some(path) = &a.json {
+        let doc = json!({
+            "machine": report::machine(&kernels.isa().to_string()),
+            "target": {"url": a.url, "model": model_name, "local": a.url.is_none(), "dtype": a.dtype},
+            "workload": {"prompt_tokens": a.prompt_tokens, "max_tokens": a.max_tokens, "temperature": a.temperature,
+                         "top_p": a.top_p, "seed": a.seed, "duration_s": a.duration, "warmup_s": a.warmup,
+                         "soak_s": a.soak, "production_rate": a.production_rate},
+            "scenarios": results,
+            "server_peak_rss_mb": rss,
+            "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc).expect("json"))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! `inferneo bench` end to end on a tiny model: every scenario runs, the JSON has every figure
+//! with sane values, the SVG plots are written, and a seed reproduces the workload.
+
+use serde_json::Value;
+use std::process::Command;
+
+fn inferneo(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_inferneo")).args(args).output().expect("run inferneo")
+}
+
+fn tiny(dir: &std::path::Path) -> String {
+    let d = dir.join("tiny");
+    assert!(inferneo(&["init", "--preset", "tiny", "--out", d.to_str().unwrap()]).status.success());
+    d.to_str().unwrap().to_string()
+}
+
+fn bench(model: &str, extra: &[&str], json: &std::path::Path) -> Value {
+    let mut args = vec!["bench", "--quick", "--model", model, "--prompt-tokens", "8", "--max-tokens", "8"];
+    args.extend_from_slice(&["--json", json.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    let out = inferneo(&args);
+    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
+fn check_level(l: &Value) {
+    check(l, true)
+}
+
+fn check(l: &Value, fixed_lengths: bool) {
+    assert_eq!(l["success_rate"], 1.0, "{l}");
+    assert!(l["requests"].as_u64().unwrap() > 0, "{l}");
+    assert!(l["achieved_rps"].as_f64().unwrap() > 0.0, "{l}");
+    assert!(l["generated_tokens_per_s"].as_f64().unwrap() > 0.0, "{l}");
+    for dist in ["latency", "ttft", "inter_token_latency"] {
+        let d = &l[dist];
+        let f = |k: &str| d[k].as_f64().unwrap_or_else(|| panic!("{dist}.{k} in {l}"));
+        assert!(f("p50_ms") > 0.0 && f("p50_ms") <= f("p95_ms") && f("p95_ms") <= f("p99_ms"), "{d}");
+        assert!(f("p99_ms") <= f("p99_9_ms") && f("p99_9_ms") <= f("max_ms"), "{d}");
+        assert!(f("mean_ms") > 0.0 && f("stddev_ms") >= 0.0, "{d}");
+    }
+    assert!(l["latency"]["p50_ms"].as_f64() >= l["ttft"]["p50_ms"].as_f64());
+    if fixed_lengths {
+        assert_eq!(l["completion_tokens"].as_u64().unwrap() % 8, 0, "every request generates max_tokens: {l}");
+    }
+    assert!(l["gauges"]["kv_blocks_free_min"].as_f64().is_some(), "{l}");
+}
+
+#[test]
+fn every_scenario_reports_every_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let svg = dir.path().join("svg");
+    let v = bench(&model, &["--svg", svg.to_str().unwrap()], &dir.path().join("b.json"));
+    let m = &v["machine"];
+    assert!(m["cpu"].is_string() && m["cores"].as_u64().unwrap() > 0 && m["kernels_isa"].is_string(), "{m}");
+    assert!(m["flags"].is_array() && m["inferneo_version"].is_string());
+    assert!(v["server_peak_rss_mb"].as_f64().unwrap() > 10.0);
+    assert_eq!(v["workload"]["max_tokens"], 8);
+    let s = &v["scenarios"];
+    check_level(&s["latency"][0]);
+    assert_eq!(s["latency"][0]["requests"], 3);
+    let tp = s["throughput"].as_array().unwrap();
+    assert!(!tp.is_empty());
+    for l in tp {
+        assert!(l["target_rps"].as_f64().unwrap() > 0.0);
+        assert!(l["errors"].is_object());
+    }
+    check_level(&tp[0]);
+    let cc = s["concurrency"].as_array().unwrap();
+    assert_eq!(cc.iter().map(|l| l["x"].as_f64().unwrap()).collect::<Vec<_>>(), [1.0, 2.0]);
+    cc.iter().for_each(check_level);
+    let batch = s["batch"].as_array().unwrap();
+    assert_eq!(batch.len(), 2);
+    assert!(batch.iter().all(|b| b["generated_tokens_per_s"].as_f64().unwrap() > 0.0));
+    check(&s["production"][0], false);
+    for f in ["latency_vs_load.svg", "throughput_vs_concurrency.svg"] {
+        let text = std::fs::read_to_string(svg.join(f)).unwrap();
+        assert!(text.starts_with("<svg") && text.contains("<polyline"), "{f}");
+    }
+}
+
+#[test]
+fn same_seed_same_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let run = |seed: &str, name: &str| {
+        let v = bench(&model, &["--scenarios", "production", "--seed", seed], &dir.path().join(name));
+        let p = v["scenarios"]["production"][0].clone();
+        (p["requests"].clone(), p["prompt_tokens"].clone(), p["completion_tokens"].clone())
+    };
+    let a = run("5", "a.json");
+    assert_eq!(a, run("5", "b.json"));
+    assert_ne!(a, run("6", "c.json"));
+}
+
+#[test]
+fn bad_bench_flags_are_one_line_errors() {
+    for (args, needle) in [
+        (vec!["bench", "--url", "http://10.1.2.3:8000"], "loopback"),
+        (vec!["bench", "--scenarios", "latency,nope"], "unknown scenario 'nope'"),
+        (vec!["bench", "--rates", "1,x"], "--rates"),
+    ] {
+        let out = inferneo(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| !l.starts_with("note:") && !l.starts_with("loading") && !l.starts_with("loaded"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        assert!(lines[0].contains(needle), "{args:?}: {err}");
+    }
+}
