@@ -114,6 +114,8 @@ async fn stream(t: &Target, w: &Workload, sent: Instant, out: &mut Outcome) -> R
     let mut pending = String::new();
     let (mut first, mut last) = (None::<Instant>, None::<Instant>);
     let mut done = false;
+    // Servers that send no usage chunk stream one token per chunk; count those instead.
+    let (mut chunks, mut usage_seen) = (0usize, false);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| "body".to_string())?;
         let Some(data) = frame.data_ref() else { continue };
@@ -131,6 +133,7 @@ async fn stream(t: &Target, w: &Workload, sent: Instant, out: &mut Outcome) -> R
                 return Err("stream_error".into());
             }
             if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                usage_seen = true;
                 out.completion_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as usize;
                 out.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as usize;
             }
@@ -138,6 +141,7 @@ async fn stream(t: &Target, w: &Workload, sent: Instant, out: &mut Outcome) -> R
                 .as_array()
                 .is_some_and(|c| c.iter().any(|c| c["text"].as_str().is_some_and(|t| !t.is_empty())));
             if has_text {
+                chunks += 1;
                 first.get_or_insert(now);
                 last = Some(now);
             }
@@ -145,6 +149,9 @@ async fn stream(t: &Target, w: &Workload, sent: Instant, out: &mut Outcome) -> R
     }
     if !done {
         return Err("truncated".into());
+    }
+    if !usage_seen {
+        out.completion_tokens = chunks;
     }
     if let Some(f) = first {
         out.ttft = Some((f - sent).as_secs_f64());
