@@ -1,6 +1,7 @@
 //! The continuous-batching engine: every request's tokens and logprobs are bitwise the same
-//! whether it runs alone or with others, under preemption from KV exhaustion and with
-//! cancellations; the scheduler respects its budgets and never leaks blocks.
+//! whether it runs alone or with others, under preemption from KV exhaustion, with prefix-cache
+//! hits and with cancellations; the scheduler respects its budgets, admits first come first
+//! served and never leaks blocks.
 
 use inferneo_runtime::kv_cache::BLOCK_TOKENS;
 use inferneo_runtime::scheduler::{Limits, Scheduler};
@@ -58,8 +59,13 @@ fn wait_idle(engine: &Engine) -> inferneo_runtime::Stats {
     }
 }
 
+fn with_prompt(i: u64, prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest { prompt, ..request(i, 1, max_tokens) }
+}
+
+/// Each request run by itself, every prompt computed in full (no prefix cache): the reference.
 fn alone(reqs: &[GenerateRequest]) -> Vec<(Vec<u32>, Vec<u32>, Finish)> {
-    let engine = Engine::start(model(), None, EngineConfig::default());
+    let engine = Engine::start(model(), None, EngineConfig { prefix_caching: false, ..EngineConfig::default() });
     reqs.iter().map(|r| collect(&engine.submit(r.clone()).unwrap().events)).collect()
 }
 
@@ -164,9 +170,11 @@ proptest! {
                 let start = pool.grow(seq.table.as_mut().unwrap(), p.len).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(start, p.start);
                 seq.computed += p.len;
-                if p.logits {
-                    seq.tokens.push(1);
-                }
+            }
+            // All-zero prompts: later requests (and preempted ones) reuse cached blocks.
+            sched.commit_blocks(pool, &plan);
+            for p in plan.iter().filter(|p| p.logits) {
+                sched.get_mut(p.id).unwrap().tokens.push(1);
             }
             goals.retain(|&(id, total)| {
                 let done = sched.get(id).is_some_and(|s| s.tokens.len() >= total);
@@ -221,4 +229,84 @@ fn top_logprobs_are_reported_per_token() {
         seen += 1;
     }
     assert_eq!(seen, 8);
+}
+
+/// Requests sharing a 40-token prefix: later ones reuse its first two blocks (and a follow-up
+/// reuses blocks holding generated tokens), one after another and all at once, with prompts
+/// chunked so two compute the same block concurrently; outputs are bitwise those of each alone
+/// without the cache.
+#[test]
+fn shared_prefixes_hit_the_cache_and_equal_each_alone_bitwise() {
+    let prefix: Vec<u32> = (0..40).map(|t| (t * 313 + 7) % 50257).collect();
+    let reqs: Vec<GenerateRequest> = (0..4u64)
+        .map(|i| {
+            let suffix = (0..3 + 2 * i).map(|t| ((t * 71 + i * 1009 + 3) % 50257) as u32);
+            with_prompt(i, prefix.iter().copied().chain(suffix).collect(), 12)
+        })
+        .collect();
+    let expected = alone(&reqs);
+
+    let engine = Engine::start(model(), None, EngineConfig::default());
+    for (i, r) in reqs.iter().enumerate() {
+        assert_eq!(collect(&engine.submit(r.clone()).unwrap().events), expected[i], "request {i} after the others");
+    }
+    let s = wait_idle(&engine);
+    // Prompts of 43, 45, 47 and 49 tokens look up 2, 2, 2 and 3 blocks; all but the first
+    // request find the prefix's 2 full blocks (their third blocks hold their own suffixes).
+    assert_eq!((s.prefix_cache_queries, s.prefix_cache_hits), (9, 6), "{s:?}");
+    // A follow-up: the first request's prompt and output and 2 more tokens. Its first 48
+    // positions (3 blocks, 5 of the generated tokens) were computed and cached already.
+    let mut follow_up = reqs[0].prompt.clone();
+    follow_up.extend(&expected[0].0);
+    follow_up.extend([5, 6]);
+    let follow_up = with_prompt(5, follow_up, 8);
+    let want = alone(std::slice::from_ref(&follow_up)).remove(0);
+    assert_eq!(collect(&engine.submit(follow_up).unwrap().events), want, "follow-up");
+    assert_eq!(wait_idle(&engine).prefix_cache_hits, 6 + 3);
+
+    let config = EngineConfig { limits: Limits { max_batch_tokens: 24, max_seqs: 8 }, ..EngineConfig::default() };
+    let engine = Engine::start(model(), None, config);
+    for round in 0..2 {
+        let handles: Vec<_> = reqs.iter().map(|r| engine.submit(r.clone()).unwrap()).collect();
+        for (i, h) in handles.iter().enumerate() {
+            assert_eq!(collect(&h.events), expected[i], "round {round}: request {i} batched");
+        }
+        let s = wait_idle(&engine);
+        assert!(s.prefix_cache_hits > 0, "round {round}: {s:?}");
+    }
+}
+
+/// 32 requests in 4 groups sharing prefixes, a KV pool far too small for them (preemption,
+/// recomputation from cached blocks, eviction), submitted in order and in reverse so each
+/// sits at another position in the batch: every output is bitwise that of running alone.
+#[test]
+fn thirty_two_requests_with_shared_prefixes_under_preemption_equal_each_alone() {
+    let prefixes: Vec<Vec<u32>> =
+        (0..4u64).map(|g| (0..16 + 12 * g).map(|t| ((t * 211 + g * 4999 + 1) % 50257) as u32).collect()).collect();
+    let reqs: Vec<GenerateRequest> = (0..32u64)
+        .map(|i| {
+            let suffix = (0..1 + i % 5).map(|t| ((t * 37 + i * 613) % 50257) as u32);
+            let prompt = prefixes[i as usize % 4].iter().copied().chain(suffix).collect();
+            with_prompt(i, prompt, 10 + i as usize % 7)
+        })
+        .collect();
+    let expected = alone(&reqs);
+    for reverse in [false, true] {
+        let config = EngineConfig {
+            limits: Limits { max_batch_tokens: 64, max_seqs: 32 },
+            kv_cache_bytes: 16 * TINY_BLOCK_BYTES,
+            ..EngineConfig::default()
+        };
+        let engine = Engine::start(model(), None, config);
+        let mut order: Vec<usize> = (0..reqs.len()).collect();
+        if reverse {
+            order.reverse();
+        }
+        let handles: Vec<_> = order.iter().map(|&i| (i, engine.submit(reqs[i].clone()).unwrap())).collect();
+        for (i, h) in &handles {
+            assert_eq!(collect(&h.events), expected[*i], "request {i} (reversed: {reverse})");
+        }
+        let s = wait_idle(&engine);
+        assert!(s.preemptions > 0 && s.prefix_cache_hits > 0, "{s:?}");
+    }
 }
