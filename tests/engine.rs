@@ -310,3 +310,80 @@ fn thirty_two_requests_with_shared_prefixes_under_preemption_equal_each_alone() 
         assert!(s.preemptions > 0 && s.prefix_cache_hits > 0, "{s:?}");
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Steady load: a closed loop keeps `max_seqs + extra` requests in the system, submitting
+    /// a new one whenever one finishes. Requests are admitted in submission order (first come
+    /// first served, whatever the prefix cache finds and whoever is preempted), and with blocks
+    /// to spare a request's wait is bounded by the load, not by how long the loop runs: within
+    /// `g_max` steps every running sequence finishes, so each such window admits `max_seqs`
+    /// more from the queue ahead of it.
+    #[test]
+    fn admission_is_fcfs_and_waiting_is_bounded_under_steady_load(
+        reqs in proptest::collection::vec((1usize..=40, 1usize..=20, 0u32..3), 60),
+        max_seqs in 1usize..6,
+        extra in 1usize..8,
+        small in proptest::option::of(1usize..40),
+    ) {
+        let config = Preset::Tiny.config();
+        // Small: 4 blocks (one request's most) + 2, any budget, so there is preemption.
+        // Otherwise every running sequence gets its whole prompt or a decode each step.
+        let (mut pool, budget) = match small {
+            Some(budget) => (KvPool::new(&config, 6), budget),
+            None => (KvPool::new(&config, 64), 40 * max_seqs),
+        };
+        let mut sched = Scheduler::new(Limits { max_batch_tokens: budget, max_seqs });
+        let in_flight = max_seqs + extra;
+        let g_max = reqs.iter().map(|r| r.1).max().unwrap();
+        // Per request: (total length when done, step submitted, step first admitted).
+        let mut life: Vec<(usize, usize, Option<usize>)> = Vec::new();
+        let mut live: Vec<u64> = Vec::new();
+        let mut admitted: Vec<u64> = Vec::new();
+        let mut step = 0;
+        while life.len() < reqs.len() || !live.is_empty() {
+            while live.len() < in_flight && life.len() < reqs.len() {
+                let (prompt, gen, group) = reqs[life.len()];
+                let id = life.len() as u64;
+                sched.add(id, (0..prompt as u32).map(|t| group * 100 + t % 7).collect());
+                life.push((prompt + gen, step, None));
+                live.push(id);
+            }
+            let plan = sched.plan(&pool);
+            for p in &plan {
+                let seq = sched.get_mut(p.id).unwrap();
+                pool.grow(seq.table.as_mut().unwrap(), p.len).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                seq.computed += p.len;
+                let first = &mut life[p.id as usize].2;
+                if first.is_none() {
+                    *first = Some(step);
+                    admitted.push(p.id);
+                }
+            }
+            sched.commit_blocks(&pool, &plan);
+            for p in plan.iter().filter(|p| p.logits) {
+                sched.get_mut(p.id).unwrap().tokens.push(1);
+            }
+            live.retain(|&id| {
+                let done = sched.get(id).unwrap().tokens.len() >= life[id as usize].0;
+                if done {
+                    sched.remove(id);
+                }
+                !done
+            });
+            step += 1;
+            prop_assert!(step < 100_000, "requests never finish");
+        }
+        prop_assert!(admitted.windows(2).all(|w| w[0] < w[1]), "admitted out of order: {:?}", admitted);
+        prop_assert_eq!(pool.free_blocks(), pool.total_blocks());
+        if small.is_none() {
+            prop_assert_eq!(sched.preemptions, 0);
+            let bound = (in_flight.div_ceil(max_seqs) + 1) * g_max;
+            for (id, &(_, submitted, first)) in life.iter().enumerate() {
+                let wait = first.unwrap() - submitted;
+                prop_assert!(wait <= bound, "request {} waited {} steps (bound {})", id, wait, bound);
+            }
+        }
+    }
+}
