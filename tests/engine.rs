@@ -1,6 +1,7 @@
 //! The continuous-batching engine: every request's tokens and logprobs are bitwise the same
-//! whether it runs alone or with others, under preemption from KV exhaustion and with
-//! cancellations; the scheduler respects its budgets and never leaks blocks.
+//! whether it runs alone or with others, under preemption from KV exhaustion, with prefix-cache
+//! hits and with cancellations; the scheduler respects its budgets, admits first come first
+//! served and never leaks blocks.
 
 use inferneo_runtime::kv_cache::BLOCK_TOKENS;
 use inferneo_runtime::scheduler::{Limits, Scheduler};
@@ -58,8 +59,14 @@ fn wait_idle(engine: &Engine) -> inferneo_runtime::Stats {
     }
 }
 
+fn with_prompt(i: u64, prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest { prompt, ..request(i, 1, max_tokens) }
+}
+
+/// Each request run by itself, every prompt computed in full (no prefix cache): the reference.
 fn alone(reqs: &[GenerateRequest]) -> Vec<(Vec<u32>, Vec<u32>, Finish)> {
-    let engine = Engine::start(model(), None, EngineConfig::default()).expect("engine starts");
+    let engine = Engine::start(model(), None, EngineConfig { prefix_caching: false, ..EngineConfig::default() })
+        .expect("engine starts");
     reqs.iter().map(|r| collect(&engine.submit(r.clone()).unwrap().events)).collect()
 }
 
@@ -164,9 +171,11 @@ proptest! {
                 let start = pool.grow(seq.table.as_mut().unwrap(), p.len).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(start, p.start);
                 seq.computed += p.len;
-                if p.logits {
-                    seq.tokens.push(1);
-                }
+            }
+            // All-zero prompts: later requests (and preempted ones) reuse cached blocks.
+            sched.commit_blocks(pool, &plan);
+            for p in plan.iter().filter(|p| p.logits) {
+                sched.get_mut(p.id).unwrap().tokens.push(1);
             }
             goals.retain(|&(id, total)| {
                 let done = sched.get(id).is_some_and(|s| s.tokens.len() >= total);
@@ -221,4 +230,161 @@ fn top_logprobs_are_reported_per_token() {
         seen += 1;
     }
     assert_eq!(seen, 8);
+}
+
+/// Requests sharing a 40-token prefix: later ones reuse its first two blocks (and a follow-up
+/// reuses blocks holding generated tokens), one after another and all at once, with prompts
+/// chunked so two compute the same block concurrently; outputs are bitwise those of each alone
+/// without the cache.
+#[test]
+fn shared_prefixes_hit_the_cache_and_equal_each_alone_bitwise() {
+    let prefix: Vec<u32> = (0..40).map(|t| (t * 313 + 7) % 50257).collect();
+    let reqs: Vec<GenerateRequest> = (0..4u64)
+        .map(|i| {
+            let suffix = (0..3 + 2 * i).map(|t| ((t * 71 + i * 1009 + 3) % 50257) as u32);
+            with_prompt(i, prefix.iter().copied().chain(suffix).collect(), 12)
+        })
+        .collect();
+    let expected = alone(&reqs);
+
+    let engine = Engine::start(model(), None, EngineConfig::default()).expect("engine starts");
+    for (i, r) in reqs.iter().enumerate() {
+        assert_eq!(collect(&engine.submit(r.clone()).unwrap().events), expected[i], "request {i} after the others");
+    }
+    let s = wait_idle(&engine);
+    // Prompts of 43, 45, 47 and 49 tokens look up 2, 2, 2 and 3 blocks; all but the first
+    // request find the prefix's 2 full blocks (their third blocks hold their own suffixes).
+    assert_eq!((s.prefix_cache_queries, s.prefix_cache_hits), (9, 6), "{s:?}");
+    // A follow-up: the first request's prompt and output and 2 more tokens. Its first 48
+    // positions (3 blocks, 5 of the generated tokens) were computed and cached already.
+    let mut follow_up = reqs[0].prompt.clone();
+    follow_up.extend(&expected[0].0);
+    follow_up.extend([5, 6]);
+    let follow_up = with_prompt(5, follow_up, 8);
+    let want = alone(std::slice::from_ref(&follow_up)).remove(0);
+    assert_eq!(collect(&engine.submit(follow_up).unwrap().events), want, "follow-up");
+    assert_eq!(wait_idle(&engine).prefix_cache_hits, 6 + 3);
+
+    let config = EngineConfig { limits: Limits { max_batch_tokens: 24, max_seqs: 8 }, ..EngineConfig::default() };
+    let engine = Engine::start(model(), None, config).expect("engine starts");
+    for round in 0..2 {
+        let handles: Vec<_> = reqs.iter().map(|r| engine.submit(r.clone()).unwrap()).collect();
+        for (i, h) in handles.iter().enumerate() {
+            assert_eq!(collect(&h.events), expected[i], "round {round}: request {i} batched");
+        }
+        let s = wait_idle(&engine);
+        assert!(s.prefix_cache_hits > 0, "round {round}: {s:?}");
+    }
+}
+
+/// 32 requests in 4 groups sharing prefixes, a KV pool far too small for them (preemption,
+/// recomputation from cached blocks, eviction), submitted in order and in reverse so each
+/// sits at another position in the batch: every output is bitwise that of running alone.
+#[test]
+fn thirty_two_requests_with_shared_prefixes_under_preemption_equal_each_alone() {
+    let prefixes: Vec<Vec<u32>> =
+        (0..4u64).map(|g| (0..16 + 12 * g).map(|t| ((t * 211 + g * 4999 + 1) % 50257) as u32).collect()).collect();
+    let reqs: Vec<GenerateRequest> = (0..32u64)
+        .map(|i| {
+            let suffix = (0..1 + i % 5).map(|t| ((t * 37 + i * 613) % 50257) as u32);
+            let prompt = prefixes[i as usize % 4].iter().copied().chain(suffix).collect();
+            with_prompt(i, prompt, 10 + i as usize % 7)
+        })
+        .collect();
+    let expected = alone(&reqs);
+    for reverse in [false, true] {
+        let config = EngineConfig {
+            limits: Limits { max_batch_tokens: 64, max_seqs: 32 },
+            kv_cache_bytes: 16 * TINY_BLOCK_BYTES,
+            ..EngineConfig::default()
+        };
+        let engine = Engine::start(model(), None, config).expect("engine starts");
+        let mut order: Vec<usize> = (0..reqs.len()).collect();
+        if reverse {
+            order.reverse();
+        }
+        let handles: Vec<_> = order.iter().map(|&i| (i, engine.submit(reqs[i].clone()).unwrap())).collect();
+        for (i, h) in &handles {
+            assert_eq!(collect(&h.events), expected[*i], "request {i} (reversed: {reverse})");
+        }
+        let s = wait_idle(&engine);
+        assert!(s.preemptions > 0 && s.prefix_cache_hits > 0, "{s:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Steady load: a closed loop keeps `max_seqs + extra` requests in the system, submitting
+    /// a new one whenever one finishes. Requests are admitted in submission order (first come
+    /// first served, whatever the prefix cache finds and whoever is preempted), and with blocks
+    /// to spare a request's wait is bounded by the load, not by how long the loop runs: within
+    /// `g_max` steps every running sequence finishes, so each such window admits `max_seqs`
+    /// more from the queue ahead of it.
+    #[test]
+    fn admission_is_fcfs_and_waiting_is_bounded_under_steady_load(
+        reqs in proptest::collection::vec((1usize..=40, 1usize..=20, 0u32..3), 60),
+        max_seqs in 1usize..6,
+        extra in 1usize..8,
+        small in proptest::option::of(1usize..40),
+    ) {
+        let config = Preset::Tiny.config();
+        // Small: 4 blocks (one request's most) + 2, any budget, so there is preemption.
+        // Otherwise every running sequence gets its whole prompt or a decode each step.
+        let (mut pool, budget) = match small {
+            Some(budget) => (KvPool::new(&config, 6), budget),
+            None => (KvPool::new(&config, 64), 40 * max_seqs),
+        };
+        let mut sched = Scheduler::new(Limits { max_batch_tokens: budget, max_seqs });
+        let in_flight = max_seqs + extra;
+        let g_max = reqs.iter().map(|r| r.1).max().unwrap();
+        // Per request: (total length when done, step submitted, step first admitted).
+        let mut life: Vec<(usize, usize, Option<usize>)> = Vec::new();
+        let mut live: Vec<u64> = Vec::new();
+        let mut admitted: Vec<u64> = Vec::new();
+        let mut step = 0;
+        while life.len() < reqs.len() || !live.is_empty() {
+            while live.len() < in_flight && life.len() < reqs.len() {
+                let (prompt, gen, group) = reqs[life.len()];
+                let id = life.len() as u64;
+                sched.add(id, (0..prompt as u32).map(|t| group * 100 + t % 7).collect());
+                life.push((prompt + gen, step, None));
+                live.push(id);
+            }
+            let plan = sched.plan(&pool);
+            for p in &plan {
+                let seq = sched.get_mut(p.id).unwrap();
+                pool.grow(seq.table.as_mut().unwrap(), p.len).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                seq.computed += p.len;
+                let first = &mut life[p.id as usize].2;
+                if first.is_none() {
+                    *first = Some(step);
+                    admitted.push(p.id);
+                }
+            }
+            sched.commit_blocks(&pool, &plan);
+            for p in plan.iter().filter(|p| p.logits) {
+                sched.get_mut(p.id).unwrap().tokens.push(1);
+            }
+            live.retain(|&id| {
+                let done = sched.get(id).unwrap().tokens.len() >= life[id as usize].0;
+                if done {
+                    sched.remove(id);
+                }
+                !done
+            });
+            step += 1;
+            prop_assert!(step < 100_000, "requests never finish");
+        }
+        prop_assert!(admitted.windows(2).all(|w| w[0] < w[1]), "admitted out of order: {:?}", admitted);
+        prop_assert_eq!(pool.free_blocks(), pool.total_blocks());
+        if small.is_none() {
+            prop_assert_eq!(sched.preemptions, 0);
+            let bound = (in_flight.div_ceil(max_seqs) + 1) * g_max;
+            for (id, &(_, submitted, first)) in life.iter().enumerate() {
+                let wait = first.unwrap() - submitted;
+                prop_assert!(wait <= bound, "request {} waited {} steps (bound {})", id, wait, bound);
+            }
+        }
+    }
 }

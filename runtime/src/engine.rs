@@ -57,6 +57,10 @@ pub struct Stats {
     pub preemptions: u64,
     pub steps: u64,
     pub generated_tokens: u64,
+    /// Full prompt blocks looked up in the prefix cache at admission, and how many were reused
+    /// rather than computed: the hit rate is `prefix_cache_hits / prefix_cache_queries`.
+    pub prefix_cache_queries: u64,
+    pub prefix_cache_hits: u64,
 }
 
 /// Engine settings.
@@ -69,11 +73,19 @@ pub struct EngineConfig {
     pub kv_dtype: KvDtype,
     /// Worker threads for this engine's kernels (its own pool); `None`: the process-wide pool.
     pub threads: Option<usize>,
+    /// Share the KV blocks of identical prompt prefixes between requests.
+    pub prefix_caching: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { limits: Limits::default(), kv_cache_bytes: 512 << 20, kv_dtype: KvDtype::F32, threads: None }
+        EngineConfig {
+            limits: Limits::default(),
+            kv_cache_bytes: 512 << 20,
+            kv_dtype: KvDtype::F32,
+            threads: None,
+            prefix_caching: true,
+        }
     }
 }
 
@@ -102,7 +114,8 @@ pub struct Engine {
 impl Engine {
     /// Starts the engine thread. Errors only if its thread pool cannot be built.
     pub fn start(model: Gpt2, tokenizer: Option<Tokenizer>, settings: EngineConfig) -> Result<Engine> {
-        let pool = KvPool::with_budget(model.config(), settings.kv_cache_bytes, settings.kv_dtype);
+        let mut pool = KvPool::with_budget(model.config(), settings.kv_cache_bytes, settings.kv_dtype);
+        pool.set_prefix_caching(settings.prefix_caching);
         let (config_copy, max_blocks) = (model.config().clone(), pool.total_blocks());
         let stats =
             Arc::new(Mutex::new(Stats { kv_blocks_total: max_blocks, kv_blocks_free: max_blocks, ..Stats::default() }));
@@ -297,6 +310,7 @@ impl Worker {
             }
         }
         let logits = result?;
+        self.sched.commit_blocks(&self.pool, plan);
         let vocab = self.model.config().vocab_size;
         // Sample every sequence in parallel (each has its own RNG, so the order cannot matter),
         // then send the tokens in plan order.
@@ -368,6 +382,8 @@ impl Worker {
         s.waiting = self.sched.n_waiting();
         s.kv_blocks_free = self.pool.free_blocks();
         s.preemptions = self.sched.preemptions;
+        s.prefix_cache_queries = self.sched.prefix_queries;
+        s.prefix_cache_hits = self.sched.prefix_hits;
     }
 }
 

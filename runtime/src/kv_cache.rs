@@ -6,30 +6,110 @@
 //! [`inferneo_kernels::KvView`]. Blocks are reference-counted so sequences can share a prefix;
 //! writing into a shared block copies it first (copy-on-write). A [`BlockTable`] returns its
 //! blocks when dropped, so cancellation and error paths cannot leak them.
+//!
+//! Prefix caching: a full block whose keys and values are final can be committed under its
+//! prefix (the committed prefix before it plus its own tokens). Another sequence starting with
+//! the same tokens then shares it instead of recomputing it ([`KvPool::lookup_prefix`]). A
+//! committed block nobody uses is kept, still findable, until its space is needed: it counts as
+//! free, and taking a block evicts the least recently released one. Reuse is exact, not
+//! approximate: the kernels compute a position's keys and values bitwise the same however the
+//! positions are batched or chunked, so a shared block holds what recomputing would write.
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use half::f16;
 use inferneo_kernels::KvView;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Positions per block.
 pub const BLOCK_TOKENS: usize = 16;
 
-/// Free list and reference counts. Shared (behind a mutex) with every block table, which is
-/// what lets a table hand its blocks back on drop from any thread.
+/// Free list, reference counts and the prefix cache. Shared (behind a mutex) with every block
+/// table, which is what lets a table hand its blocks back on drop from any thread.
 #[derive(Debug)]
 struct Allocator {
     refcount: Vec<u32>,
+    /// Unused blocks holding nothing worth keeping.
     free: Vec<u32>,
+    prefix: PrefixCache,
+}
+
+/// Identifies a full block's contents exactly: the node of the committed prefix before it (0 at
+/// the start of a sequence) and its tokens. The map compares whole keys, so distinct prefixes
+/// can never be confused, whatever their hashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PrefixKey {
+    parent: u64,
+    tokens: [u32; BLOCK_TOKENS],
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Committed {
+    /// Names the prefix ending with this block; never reused, so a key naming an evicted
+    /// parent can never match again.
+    node: u64,
+    block: u32,
+}
+
+#[derive(Debug)]
+struct PrefixCache {
+    map: HashMap<PrefixKey, Committed>,
+    /// Per block: its key while committed.
+    key: Vec<Option<PrefixKey>>,
+    /// Committed blocks with no user, by release time: the eviction order.
+    idle: BTreeMap<u64, u32>,
+    /// Per block: its key in `idle` while there.
+    idle_since: Vec<u64>,
+    clock: u64,
+    next_node: u64,
 }
 
 impl Allocator {
+    fn new(n_blocks: usize) -> Allocator {
+        Allocator {
+            refcount: vec![0; n_blocks],
+            free: (0..n_blocks as u32).rev().collect(),
+            prefix: PrefixCache {
+                map: HashMap::new(),
+                key: vec![None; n_blocks],
+                idle: BTreeMap::new(),
+                idle_since: vec![0; n_blocks],
+                clock: 0,
+                next_node: 1,
+            },
+        }
+    }
+
+    /// Blocks that can be taken: the free ones and the idle committed ones.
+    fn available(&self) -> usize {
+        self.free.len() + self.prefix.idle.len()
+    }
+
+    /// A block for new contents: a free one, else the least recently released committed one,
+    /// which leaves the prefix cache.
     fn take(&mut self) -> Option<u32> {
-        let b = self.free.pop()?;
+        let b = match self.free.pop() {
+            Some(b) => b,
+            None => {
+                let (_, b) = self.prefix.idle.pop_first()?;
+                self.uncommit(b);
+                b
+            }
+        };
         debug_assert_eq!(self.refcount[b as usize], 0);
         self.refcount[b as usize] = 1;
         Some(b)
+    }
+
+    /// One more user of block `b` (which may be idle in the cache).
+    fn acquire(&mut self, b: u32) {
+        let rc = &mut self.refcount[b as usize];
+        if *rc == 0 {
+            let removed = self.prefix.idle.remove(&self.prefix.idle_since[b as usize]);
+            debug_assert_eq!(removed, Some(b), "unused committed block {b} is idle");
+        }
+        *rc += 1;
     }
 
     fn release(&mut self, b: u32) {
@@ -37,7 +117,20 @@ impl Allocator {
         assert!(*rc > 0, "KV block {b} released twice");
         *rc -= 1;
         if *rc == 0 {
-            self.free.push(b);
+            if self.prefix.key[b as usize].is_some() {
+                self.prefix.clock += 1;
+                self.prefix.idle.insert(self.prefix.clock, b);
+                self.prefix.idle_since[b as usize] = self.prefix.clock;
+            } else {
+                self.free.push(b);
+            }
+        }
+    }
+
+    /// Removes block `b` from the prefix cache (if there), so it can be overwritten.
+    fn uncommit(&mut self, b: u32) {
+        if let Some(key) = self.prefix.key[b as usize].take() {
+            self.prefix.map.remove(&key);
         }
     }
 }
@@ -68,12 +161,15 @@ pub struct KvPool {
     n_blocks: usize,
     storage: Storage,
     alloc: Arc<Mutex<Allocator>>,
+    prefix_caching: bool,
 }
 
 /// One sequence's blocks, in position order, and how many positions are filled.
 pub struct BlockTable {
     blocks: Vec<u32>,
     len: usize,
+    /// Prefix-cache nodes of the leading blocks committed so far (see [`KvPool::commit_full_blocks`]).
+    nodes: Vec<u64>,
     alloc: Arc<Mutex<Allocator>>,
 }
 
@@ -94,10 +190,8 @@ impl KvPool {
                 KvDtype::F32 => Storage::F32(vec![0.0; n_blocks * block_len]),
                 KvDtype::F16 => Storage::F16(vec![f16::ZERO; n_blocks * block_len]),
             },
-            alloc: Arc::new(Mutex::new(Allocator {
-                refcount: vec![0; n_blocks],
-                free: (0..n_blocks as u32).rev().collect(),
-            })),
+            alloc: Arc::new(Mutex::new(Allocator::new(n_blocks))),
+            prefix_caching: true,
         }
     }
 
@@ -122,8 +216,26 @@ impl KvPool {
         self.n_blocks
     }
 
+    /// Blocks a table can still get, counting the unused ones the prefix cache keeps (they are
+    /// evicted when taken).
     pub fn free_blocks(&self) -> usize {
-        self.lock().free.len()
+        self.lock().available()
+    }
+
+    /// Turns prefix caching on (the default) or off. Off, [`KvPool::lookup_prefix`] finds nothing
+    /// and [`KvPool::commit_full_blocks`] keeps nothing; what is already cached stays findable
+    /// only once it is turned back on.
+    pub fn set_prefix_caching(&mut self, on: bool) {
+        self.prefix_caching = on;
+    }
+
+    pub fn prefix_caching(&self) -> bool {
+        self.prefix_caching
+    }
+
+    /// Committed blocks currently in the prefix cache, in use or not.
+    pub fn cached_blocks(&self) -> usize {
+        self.lock().prefix.map.len()
     }
 
     fn lock(&self) -> MutexGuard<'_, Allocator> {
@@ -134,7 +246,69 @@ impl KvPool {
 
     /// An empty block table for a new sequence.
     pub fn sequence(&self) -> BlockTable {
-        BlockTable { blocks: Vec::new(), len: 0, alloc: self.alloc.clone() }
+        BlockTable { blocks: Vec::new(), len: 0, nodes: Vec::new(), alloc: self.alloc.clone() }
+    }
+
+    /// A table for a sequence of `tokens`, sharing the longest run of committed full blocks that
+    /// starts it; its length is the positions reused. The block holding the last token is never
+    /// reused, so at least one position is left to compute the next token's logits from.
+    pub fn lookup_prefix(&self, tokens: &[u32]) -> BlockTable {
+        let mut table = self.sequence();
+        if !self.prefix_caching {
+            return table;
+        }
+        let mut alloc = self.lock();
+        let mut parent = 0;
+        for chunk in tokens[..tokens.len().saturating_sub(1)].chunks_exact(BLOCK_TOKENS) {
+            let key = PrefixKey { parent, tokens: chunk.try_into().expect("chunk of BLOCK_TOKENS") };
+            let Some(&Committed { node, block }) = alloc.prefix.map.get(&key) else { break };
+            alloc.acquire(block);
+            table.blocks.push(block);
+            table.nodes.push(node);
+            parent = node;
+        }
+        table.len = table.blocks.len() * BLOCK_TOKENS;
+        table
+    }
+
+    /// Commits `table`'s full blocks not yet committed to the prefix cache; `tokens` are the
+    /// table's tokens (at least its length; more are ignored). Call it once their keys and
+    /// values are written (after the forward pass). A block whose prefix is already cached in
+    /// another block (two sequences computed it at once) is swapped for that one, so the copy
+    /// goes back to the pool and the sequences share.
+    pub fn commit_full_blocks(&self, table: &mut BlockTable, tokens: &[u32]) {
+        assert!(Arc::ptr_eq(&self.alloc, &table.alloc), "block table from another pool");
+        assert!(tokens.len() >= table.len, "{} tokens for a table of {} positions", tokens.len(), table.len);
+        if !self.prefix_caching {
+            return;
+        }
+        let mut alloc = self.lock();
+        for i in table.nodes.len()..table.len / BLOCK_TOKENS {
+            let parent = table.nodes.last().copied().unwrap_or(0);
+            let chunk = &tokens[i * BLOCK_TOKENS..][..BLOCK_TOKENS];
+            let key = PrefixKey { parent, tokens: chunk.try_into().expect("chunk of BLOCK_TOKENS") };
+            let b = table.blocks[i];
+            let node = match alloc.prefix.map.get(&key) {
+                Some(&Committed { node, block }) => {
+                    if block != b {
+                        alloc.acquire(block);
+                        alloc.release(b);
+                        table.blocks[i] = block;
+                    }
+                    node
+                }
+                // Committed under another prefix: `tokens` are not what the table holds.
+                None if alloc.prefix.key[b as usize].is_some() => break,
+                None => {
+                    let node = alloc.prefix.next_node;
+                    alloc.prefix.next_node += 1;
+                    alloc.prefix.map.insert(key, Committed { node, block: b });
+                    alloc.prefix.key[b as usize] = Some(key);
+                    node
+                }
+            };
+            table.nodes.push(node);
+        }
     }
 
     /// Blocks `table` needs to hold `extra` more positions, counting a copy of a shared last
@@ -157,13 +331,18 @@ impl KvPool {
         assert!(Arc::ptr_eq(&self.alloc, &table.alloc), "block table from another pool");
         let need = self.blocks_needed(table, extra);
         let mut alloc = self.alloc.lock().unwrap_or_else(|p| p.into_inner());
-        if need > alloc.free.len() {
-            return Err(Error::KvExhausted { need, free: alloc.free.len() });
+        if need > alloc.available() {
+            return Err(Error::KvExhausted { need, free: alloc.available() });
         }
         // Copy-on-write: the partially filled last block is about to be written.
         if !table.len.is_multiple_of(BLOCK_TOKENS) && extra > 0 {
             let i = table.len / BLOCK_TOKENS;
             let old = table.blocks[i];
+            // Only after a truncation can a committed block be partly filled; its cached
+            // contents must not change, and no one else uses it, so it just leaves the cache.
+            if alloc.refcount[old as usize] == 1 {
+                alloc.uncommit(old);
+            }
             if alloc.refcount[old as usize] > 1 {
                 let new = alloc.take().expect("counted above");
                 let (o, n, len) = (old as usize * self.block_len, new as usize * self.block_len, self.block_len);
@@ -238,17 +417,20 @@ impl BlockTable {
     pub fn share(&self) -> BlockTable {
         let mut alloc = self.alloc.lock().unwrap_or_else(|p| p.into_inner());
         for &b in &self.blocks {
-            alloc.refcount[b as usize] += 1;
+            alloc.acquire(b);
         }
-        BlockTable { blocks: self.blocks.clone(), len: self.len, alloc: self.alloc.clone() }
+        BlockTable { blocks: self.blocks.clone(), len: self.len, nodes: self.nodes.clone(), alloc: self.alloc.clone() }
     }
 
     /// Forgets positions `len..`, returning blocks no longer needed.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+        self.nodes.truncate(self.len / BLOCK_TOKENS);
         let keep = self.len.div_ceil(BLOCK_TOKENS);
         let mut alloc = self.alloc.lock().unwrap_or_else(|p| p.into_inner());
-        for b in self.blocks.drain(keep..) {
+        // Last block first, so the cache evicts a sequence's tail before its head: a block whose
+        // prefix was evicted can no longer be found.
+        for b in self.blocks.drain(keep..).rev() {
             alloc.release(b);
         }
     }

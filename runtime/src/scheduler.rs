@@ -6,6 +6,11 @@
 //! served, as prefill chunks. When blocks run out the newest running sequence is preempted: its
 //! blocks are freed and it is put back at the head of the queue, to be recomputed (prompt plus
 //! what it generated) when blocks are free again. It is never dropped. No model code here.
+//!
+//! Admission starts a sequence from the longest cached prefix of its tokens
+//! ([`KvPool::lookup_prefix`]), so only the rest is computed; a preempted sequence usually finds
+//! its own blocks again. Whoever runs the plan commits the blocks it completes
+//! ([`Scheduler::commit_blocks`]).
 
 use crate::kv_cache::{BlockTable, KvPool, BLOCK_TOKENS};
 use std::collections::{HashMap, VecDeque};
@@ -53,6 +58,10 @@ pub struct Scheduler {
     /// Admitted sequences, oldest first.
     running: Vec<u64>,
     pub preemptions: u64,
+    /// Full blocks looked up in the prefix cache at admission (every one but the block holding
+    /// the last token), and of those, how many were found and reused.
+    pub prefix_queries: u64,
+    pub prefix_hits: u64,
 }
 
 impl Scheduler {
@@ -103,8 +112,9 @@ impl Scheduler {
         Some(id)
     }
 
-    /// Plans one step. Admitted sequences get their (empty) block tables here; the forward pass
-    /// grows them, and the plan guarantees the pool has the blocks.
+    /// Plans one step. Admitted sequences get their block tables here, holding whatever prefix
+    /// was cached (their `computed` starts there); the forward pass grows them, and the plan
+    /// guarantees the pool has the blocks.
     pub fn plan(&mut self, pool: &KvPool) -> Vec<Planned> {
         let mut budget = self.limits.max_batch_tokens;
         let mut free = pool.free_blocks();
@@ -139,19 +149,40 @@ impl Scheduler {
                 break;
             }
             let seq = self.seqs.get_mut(&id).expect("waiting sequence exists");
-            let n = (seq.tokens.len() - seq.computed).min(budget);
-            let need = n.div_ceil(BLOCK_TOKENS);
+            let before = pool.free_blocks();
+            let table = pool.lookup_prefix(&seq.tokens);
+            // Reused blocks nobody else was using were counted as free until now.
+            let revived = before - pool.free_blocks();
+            let reused = table.len();
+            let n = (seq.tokens.len() - reused).min(budget);
+            let need = pool.blocks_needed(&table, n) + revived;
             if need > free {
+                // Dropping the table puts the reused blocks back as they were.
                 break;
             }
-            seq.table = Some(pool.sequence());
+            if pool.prefix_caching() {
+                self.prefix_queries += (seq.tokens.len().saturating_sub(1) / BLOCK_TOKENS) as u64;
+                self.prefix_hits += (reused / BLOCK_TOKENS) as u64;
+            }
+            seq.computed = reused;
+            seq.table = Some(table);
             self.waiting.pop_front();
             self.running.push(id);
-            out.push(Planned { id, start: 0, len: n, logits: n == seq.tokens.len() });
+            out.push(Planned { id, start: reused, len: n, logits: reused + n == seq.tokens.len() });
             free -= need;
             budget -= n;
         }
         out
+    }
+
+    /// Commits to the prefix cache the full blocks that `plan` completed, for later sequences
+    /// to share. Call it once the plan ran (keys and values written, `computed` advanced).
+    pub fn commit_blocks(&mut self, pool: &KvPool, plan: &[Planned]) {
+        for p in plan {
+            if let Some(Seq { tokens, table: Some(table), .. }) = self.seqs.get_mut(&p.id) {
+                pool.commit_full_blocks(table, tokens);
+            }
+        }
     }
 
     /// Blocks a planned entry will take from the pool (re-derived after a preemption changed

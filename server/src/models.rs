@@ -69,8 +69,8 @@ impl Served {
             kv_blocks_used: s.kv_blocks_total - s.kv_blocks_free,
             kv_blocks_free: s.kv_blocks_free,
             preemptions: s.preemptions,
-            prefix_cache_hits: 0,
-            prefix_cache_queries: 0,
+            prefix_cache_hits: s.prefix_cache_hits,
+            prefix_cache_queries: s.prefix_cache_queries,
         }
     }
 }

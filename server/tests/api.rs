@@ -301,3 +301,17 @@ fn metrics_are_valid_prometheus_text_and_count_requests() {
         println!("notice: promtool not installed; checked /metrics with the built-in parser only");
     }
 }
+
+#[test]
+fn repeated_prompt_prefixes_hit_the_kv_cache() {
+    let s = server();
+    let prompt: Vec<u32> = (0..40).map(|i| 1000 + i * 7).collect();
+    let body = json!({"prompt": prompt, "max_tokens": 4, "temperature": 0});
+    let first = complete(s.addr, body.clone());
+    let before = metric(s.addr, "inferneo_prefix_cache_hits_total{model=\"tiny\"}").unwrap();
+    let second = complete(s.addr, body);
+    let after = metric(s.addr, "inferneo_prefix_cache_hits_total{model=\"tiny\"}").unwrap();
+    assert!(after >= before + 2.0, "hits {before} -> {after}");
+    assert_eq!(first["choices"], second["choices"], "a cache hit changed the output");
+    assert!(metric(s.addr, "inferneo_prefix_cache_queries_total{model=\"tiny\"}").unwrap() >= after);
+}

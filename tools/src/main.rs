@@ -77,6 +77,9 @@ struct ThroughputArgs {
     /// KV cache storage: f32 or f16.
     #[arg(long, default_value = "f32")]
     kv_dtype: String,
+    /// Compute every prompt in full instead of sharing cached prefix blocks.
+    #[arg(long)]
+    no_prefix_cache: bool,
 }
 
 #[derive(Args)]
@@ -257,6 +260,7 @@ fn run(cli: Cli) -> CliResult {
                     other => return Err(format!("--kv-dtype '{other}': expected f32 or f16")),
                 },
                 threads: None,
+                prefix_caching: !a.no_prefix_cache,
             };
             let (probe, _) = load_model(&a.model, kernels)?;
             drop(probe);

@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30.0)]
     drain_timeout: f64,
+    /// Do not share the KV blocks of identical prompt prefixes between requests.
+    #[arg(long)]
+    no_prefix_cache: bool,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 2 << 20)]
     max_body_bytes: usize,
@@ -130,6 +133,7 @@ pub fn config(a: &ServeArgs) -> Result<ServerConfig, String> {
                 kv_cache_bytes: a.kv_cache_mb << 20,
                 kv_dtype,
                 threads: threads.iter().find(|(n, _)| n == name).map(|&(_, t)| t),
+                prefix_caching: !a.no_prefix_cache,
             },
             max_queue: a.max_queue,
         })
