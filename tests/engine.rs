@@ -388,3 +388,62 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    /// Random mixes: prompt and output lengths, shared prefixes, arrival gaps, a small pool
+    /// (so preemption happens) and cancellations at random points. Every request that is not
+    /// cancelled produces bitwise what it produces alone; a cancelled one produced a prefix of it.
+    #[test]
+    fn random_mixes_with_arrivals_and_cancellations_are_batch_invariant(
+        specs in prop::collection::vec((1usize..40, 1usize..24, 0u64..3, 0u64..4, prop::option::weighted(0.3, 0usize..12)), 2..14),
+        blocks in 10usize..40,
+    ) {
+        let reqs: Vec<GenerateRequest> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, &(plen, max, group, _, _))| {
+                let shared = (0..plen / 2).map(|t| ((t as u64 * 389 + group * 7001) % 50257) as u32);
+                let own = (0..plen - plen / 2).map(|t| ((t as u64 * 97 + i as u64 * 1231 + 5) % 50257) as u32);
+                with_prompt(i as u64, shared.chain(own).collect(), max)
+            })
+            .collect();
+        let expected = alone(&reqs);
+        let config = EngineConfig {
+            limits: Limits { max_batch_tokens: 48, max_seqs: 8 },
+            kv_cache_bytes: blocks * TINY_BLOCK_BYTES,
+            ..EngineConfig::default()
+        };
+        let engine = Engine::start(model(), None, config).expect("engine starts");
+        let mut handles = Vec::new();
+        for (r, &(_, _, _, gap_ms, _)) in reqs.iter().zip(&specs) {
+            std::thread::sleep(std::time::Duration::from_millis(gap_ms));
+            handles.push(engine.submit(r.clone()).unwrap());
+        }
+        for (i, (h, &(_, _, _, _, cancel_after))) in handles.iter().zip(&specs).enumerate() {
+            let (mut toks, mut lps) = (Vec::new(), Vec::new());
+            let finish = loop {
+                match h.events.recv_timeout(std::time::Duration::from_secs(60)).expect("engine answers") {
+                    Event::Token { id, logprob, .. } => {
+                        toks.push(id);
+                        lps.push(logprob.to_bits());
+                        if cancel_after == Some(toks.len()) {
+                            engine.cancel(h.id);
+                        }
+                    }
+                    Event::Finished { reason, .. } => break reason,
+                }
+            };
+            let (want_t, want_l, want_f) = &expected[i];
+            if finish == Finish::Cancelled {
+                prop_assert!(cancel_after.is_some(), "request {i} cancelled without being asked");
+                prop_assert_eq!(&toks[..], &want_t[..toks.len()], "request {}", i);
+                prop_assert_eq!(&lps[..], &want_l[..lps.len()], "request {}", i);
+            } else {
+                prop_assert_eq!((&toks, &lps, &finish), (want_t, want_l, want_f), "request {}", i);
+            }
+        }
+        wait_idle(&engine);
+    }
+}
