@@ -8,6 +8,7 @@
 // Kernels index several arrays with one counter (rows, lanes, k); iterator zips would hide that.
 #![allow(clippy::needless_range_loop)]
 
+pub mod buffer;
 pub mod cpu;
 mod dispatch;
 mod isa;
@@ -16,6 +17,7 @@ mod pack;
 pub mod reference;
 mod simd;
 
+pub use buffer::HugeBuf;
 pub use cpu::{Isa, ISA_ENV};
 pub use dispatch::{kernels, Dims, Epilogue, Kernels};
 pub use pack::{Layout, PackedKn, Panels, WeightDtype};

@@ -5,6 +5,7 @@
 //! Layout: panel `p` holds columns `p*NR .. p*NR+NR` as `[K][NR]` (row `k` of the panel is
 //! `W[k, p*NR .. p*NR+NR]`), panels back to back; the last panel is zero-padded to `NR` columns.
 
+use crate::buffer::{HugeBuf, Zeroed};
 use half::{bf16, f16};
 use rayon::prelude::*;
 use std::fmt;
@@ -69,12 +70,12 @@ pub enum Layout {
 
 /// Packed panel values, per storage type.
 pub enum Panels {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
-    Bf16(Vec<bf16>),
+    F32(HugeBuf<f32>),
+    F16(HugeBuf<f16>),
+    Bf16(HugeBuf<bf16>),
     /// Quantized values and one scale per column (padded to whole panels).
     Int8 {
-        q: Vec<i8>,
+        q: HugeBuf<i8>,
         scale: Vec<f32>,
     },
 }
@@ -174,9 +175,9 @@ impl PackedKn {
 }
 
 /// Builds the panel array, one panel per rayon task.
-fn fill<T: Copy + Default + Send>(k: usize, n: usize, nr: usize, value: impl Fn(usize, usize) -> T + Sync) -> Vec<T> {
+fn fill<T: Zeroed>(k: usize, n: usize, nr: usize, value: impl Fn(usize, usize) -> T + Sync) -> HugeBuf<T> {
     let panels = n.div_ceil(nr);
-    let mut data = vec![T::default(); panels * k * nr];
+    let mut data = HugeBuf::zeroed(panels * k * nr);
     if k > 0 {
         data.par_chunks_mut(k * nr).enumerate().for_each(|(p, panel)| {
             let c0 = p * nr;

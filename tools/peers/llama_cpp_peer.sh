@@ -32,6 +32,7 @@ for v in MODEL INFERNEO PY WORK OUT; do
 done
 mkdir -p "$WORK" "$OUT"
 WORK="$(cd "$WORK" && pwd)" OUT="$(cd "$OUT" && pwd)"
+MODEL="$(cd "$MODEL" && pwd)" || { echo "no model directory $MODEL" >&2; exit 2; }
 THREADS="$(nproc)"
 PARALLEL=32
 CTX=$((PARALLEL * 160))   # 160 tokens a slot: 50 prompt + 100 generated, with room
@@ -108,31 +109,52 @@ say "installing the tree's gguf-py and the converter's requirements"
   || fail_all "the converter needs torch and transformers, which failed to install"
 GGUF="$WORK/gguf"
 mkdir -p "$GGUF"
-convert() {  # $1 = outtype
-  local f="$GGUF/model-$1.gguf"
+# The converter reads GPT-2's context length from config.json's `n_ctx`, which the original
+# GPT-2 configs carry but newer writers (inferneo init included) leave to `n_positions`: convert
+# from a shadow directory (links to every file) whose config.json has n_ctx added when missing.
+SHADOW="$GGUF/hf-src"
+rm -rf "$SHADOW"; mkdir -p "$SHADOW"
+for f in "$MODEL"/*; do ln -s "$f" "$SHADOW/"; done
+rm -f "$SHADOW/config.json"
+"$PY" - "$MODEL/config.json" "$SHADOW/config.json" <<'EOF2' || fail_all "could not read $MODEL/config.json"
+import json, sys
+c = json.load(open(sys.argv[1]))
+if "n_ctx" not in c and "n_positions" in c:
+    c["n_ctx"] = c["n_positions"]
+json.dump(c, open(sys.argv[2], "w"), indent=2)
+EOF2
+declare -A CONVERTED
+convert() {  # $1 = outtype; 0 when $GGUF/model-$1.gguf is there
+  local f="$GGUF/model-$1.gguf" clog="$WORK/logs/convert-$1.log"
+  [ -n "${CONVERTED[$1]:-}" ] && return "${CONVERTED[$1]}"
   if [ ! -s "$f" ] || [ "$MODEL/model.safetensors" -nt "$f" ]; then
-    say "converting to GGUF $1"
-    nice -n 10 "$PY" "$SRC/convert_hf_to_gguf.py" "$MODEL" --outtype "$1" --outfile "$f.tmp" \
-      >>"$LOG" 2>&1 && mv "$f.tmp" "$f"
+    say "converting to GGUF $1 (log: $clog)"
+    rm -f "$f"
+    nice -n 10 "$PY" "$SRC/convert_hf_to_gguf.py" "$SHADOW" --outtype "$1" --outfile "$f.tmp" \
+      >"$clog" 2>&1 && mv "$f.tmp" "$f"
   fi
-  [ -s "$f" ]
+  if [ -s "$f" ]; then CONVERTED[$1]=0; else CONVERTED[$1]=1; fi
+  return "${CONVERTED[$1]}"
+}
+why_convert() {  # the converter's last words
+  echo "convert_hf_to_gguf.py --outtype $1 failed: $(grep -v '^\s*$' "$WORK/logs/convert-$1.log" | tail -n 1 | cut -c1-200) (log: target/peers/logs/convert-$1.log)"
 }
 declare -A FILE_OF REASON_OF
 for q in $QUANTS; do
   case "$q" in
-    f32|f16)
-      convert "$q" && FILE_OF[$q]="$GGUF/model-$q.gguf" \
-        || REASON_OF[$q]="convert_hf_to_gguf.py --outtype $q failed (see $LOG)" ;;
+    f32|f16|bf16)
+      if convert "$q"; then FILE_OF[$q]="$GGUF/model-$q.gguf"; else REASON_OF[$q]="$(why_convert "$q")"; fi ;;
     *)
       if convert f32; then
         f="$GGUF/model-$q.gguf"
         if [ ! -s "$f" ] || [ "$GGUF/model-f32.gguf" -nt "$f" ]; then
           say "quantizing to $q"
-          nice -n 10 "$QUANTIZE" "$GGUF/model-f32.gguf" "$f" "${q^^}" "$THREADS" >>"$LOG" 2>&1 || rm -f "$f"
+          nice -n 10 "$QUANTIZE" "$GGUF/model-f32.gguf" "$f" "${q^^}" "$THREADS" >"$WORK/logs/quantize-$q.log" 2>&1 || rm -f "$f"
         fi
-        [ -s "$f" ] && FILE_OF[$q]="$f" || REASON_OF[$q]="llama-quantize to $q failed (see $LOG)"
+        if [ -s "$f" ]; then FILE_OF[$q]="$f"
+        else REASON_OF[$q]="llama-quantize to $q failed (log: target/peers/logs/quantize-$q.log)"; fi
       else
-        REASON_OF[$q]="convert_hf_to_gguf.py --outtype f32 failed (see $LOG)"
+        REASON_OF[$q]="$(why_convert f32)"
       fi ;;
   esac
 done
