@@ -148,6 +148,20 @@ proptest! {
     }
 
     #[test]
+    fn max_and_exp_shifted_match_reference(n in 0usize..300, seed: u64, scale in 0.1f32..12.0, inv_t in 0.2f32..5.0) {
+        let x: Vec<f32> = vals(n, seed).iter().map(|v| v * scale).collect();
+        let want_max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let (want, want_sum) = reference::exp_shifted(&x, want_max, inv_t);
+        for kern in kernels() {
+            prop_assert_eq!(kern.max(&x), want_max, "max/{}", kern.isa());
+            let mut out = vec![f32::NAN; n];
+            let sum = kern.exp_shifted(&x, want_max, inv_t, &mut out);
+            assert_close(&format!("exp_shifted/{}", kern.isa()), &out, &want, |i| 1e-7 + 4e-7 * want[i]);
+            prop_assert!((sum as f64 - want_sum).abs() <= 1e-6 * want_sum.max(1.0), "sum {} vs {}", sum, want_sum);
+        }
+    }
+
+    #[test]
     fn add_matches_reference_embedding(c in 1usize..100, t in 1usize..5, seed: u64) {
         let (wte, wpe) = (vals(10 * c, seed), vals(8 * c, seed ^ 9));
         let tokens: Vec<u32> = (0..t as u32).map(|i| (i * 7 + 3) % 10).collect();

@@ -109,6 +109,20 @@ impl Kernels {
         unsafe { (self.table.gelu_new)(x) }
     }
 
+    /// Largest value of a row (`-inf` when empty).
+    pub fn max(&self, x: &[f32]) -> f32 {
+        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+        unsafe { (self.table.max)(x) }
+    }
+
+    /// `out[i] = exp((x[i] - shift) * scale)` for every `x`; returns the sum. Max relative error
+    /// of each value: that of the kernels' `exp` (below 2e-7, see `simd`).
+    pub fn exp_shifted(&self, x: &[f32], shift: f32, scale: f32, out: &mut [f32]) -> f32 {
+        assert_eq!(x.len(), out.len(), "exp_shifted: length mismatch");
+        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+        unsafe { (self.table.exp_shifted)(x, shift, scale, out) }
+    }
+
     /// Softmax of one row, in place.
     pub fn softmax(&self, x: &mut [f32]) {
         // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.

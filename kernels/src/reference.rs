@@ -35,6 +35,13 @@ pub fn gelu_new(x: &mut [f32]) {
     }
 }
 
+/// `exp((x - shift) * scale)` of each value and their sum.
+pub fn exp_shifted(x: &[f32], shift: f32, scale: f32) -> (Vec<f32>, f64) {
+    let v: Vec<f32> = x.iter().map(|&v| ((v as f64 - shift as f64) * scale as f64).exp() as f32).collect();
+    let sum = v.iter().map(|&e| e as f64).sum();
+    (v, sum)
+}
+
 /// Softmax of one row, max-subtracted.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;

@@ -153,8 +153,12 @@ impl Sampler {
             return argmax(logits);
         }
         let inv_t = 1.0 / p.temperature;
-        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         let vocab = logits.len();
+        // The process's kernels (SIMD max and exp); scalar ones if INFERNEO_ISA is unusable.
+        let k = inferneo_kernels::kernels().unwrap_or_else(|_| {
+            inferneo_kernels::Kernels::for_isa(inferneo_kernels::Isa::Scalar).expect("scalar kernels always exist")
+        });
+        let max = k.max(logits);
         // Candidates: the top k by partial selection (O(vocab)), or every token.
         let mut cand: Vec<u32> = (0..vocab as u32).collect();
         if p.top_k > 0 && p.top_k < vocab {
@@ -162,10 +166,15 @@ impl Sampler {
             cand.truncate(p.top_k);
             cand.sort_unstable();
         }
-        // Weights relative to the best logit (the best has weight 1), computed once; f32 exp
-        // is plenty for sampling and several times cheaper than f64 over 50k tokens.
-        let weights: Vec<f32> = cand.iter().map(|&i| ((logits[i as usize] - max) * inv_t).exp()).collect();
-        let total: f64 = weights.iter().map(|&w| w as f64).sum();
+        // Weights relative to the best logit (the best has weight 1), computed once in one
+        // vectorised pass; f32 is plenty for sampling.
+        let mut weights = vec![0.0f32; cand.len()];
+        let total = if cand.len() == vocab {
+            k.exp_shifted(logits, max, inv_t, &mut weights)
+        } else {
+            let picked: Vec<f32> = cand.iter().map(|&i| logits[i as usize]).collect();
+            k.exp_shifted(&picked, max, inv_t, &mut weights)
+        } as f64;
         let (kept, mass) =
             if p.top_p < 1.0 { nucleus(&weights, p.top_p as f64 * total) } else { ((0..cand.len()).collect(), total) };
         // Draw from the kept set in its (deterministic) order.

@@ -28,6 +28,8 @@ pub struct Table {
     pub attend: unsafe fn(&Attention, &mut [f32], &mut [f32]),
     pub attend_f16: unsafe fn(&Attention<half::f16>, &mut [f32], &mut [f32]),
     pub sum: unsafe fn(&[f32]) -> f32,
+    pub max: unsafe fn(&[f32]) -> f32,
+    pub exp_shifted: unsafe fn(&[f32], f32, f32, &mut [f32]) -> f32,
     pub fma_probe: unsafe fn(usize, f32) -> f32,
 }
 
@@ -72,6 +74,14 @@ macro_rules! instantiate {
             ops::elementwise::sum($token, x)
         }
         $(#[$attr])*
+        fn max(x: &[f32]) -> f32 {
+            ops::elementwise::max($token, x)
+        }
+        $(#[$attr])*
+        fn exp_shifted(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) -> f32 {
+            ops::elementwise::exp_shifted($token, x, shift, scale, out)
+        }
+        $(#[$attr])*
         fn fma_probe(iters: usize, seed: f32) -> f32 {
             ops::elementwise::fma_probe($token, iters, seed)
         }
@@ -88,6 +98,8 @@ macro_rules! instantiate {
                 attend,
                 attend_f16,
                 sum,
+                max,
+                exp_shifted,
                 fma_probe,
             }
         }

@@ -20,6 +20,40 @@ pub fn gelu_vec<S: Simd>(s: S, v: S::V) -> S::V {
     s.mul(s.mul(s.splat(0.5), v), s.add(s.splat(1.0), s.tanh(inner)))
 }
 
+/// Largest value (NaN-free input; `-inf` for an empty row).
+#[inline(always)]
+pub fn max<S: Simd>(s: S, x: &[f32]) -> f32 {
+    let mut mv = s.splat(f32::NEG_INFINITY);
+    let mut chunks = x.chunks_exact(S::LANES);
+    for c in &mut chunks {
+        mv = s.max(mv, s.load(c));
+    }
+    chunks.remainder().iter().fold(s.hmax(mv), |m, &v| m.max(v))
+}
+
+/// `out[i] = exp((x[i] - shift) * scale)`; returns their sum. The sampling weights and the
+/// log-sum-exp of a row of logits: one vectorised pass instead of a libm call per token.
+#[inline(always)]
+pub fn exp_shifted<S: Simd>(s: S, x: &[f32], shift: f32, scale: f32, out: &mut [f32]) -> f32 {
+    let (sv, kv) = (s.splat(shift), s.splat(scale));
+    let l = S::LANES;
+    let n = x.len().min(out.len());
+    let nv = n / l * l;
+    let mut acc = s.zero();
+    for (xc, oc) in x[..nv].chunks_exact(l).zip(out[..nv].chunks_exact_mut(l)) {
+        let e = s.exp(s.mul(s.sub(s.load(xc), sv), kv));
+        s.store(oc, e);
+        acc = s.add(acc, e);
+    }
+    let mut total = s.hsum(acc);
+    for i in nv..n {
+        let e = s.hsum(s.exp(s.splat((x[i] - shift) * scale))) / l as f32;
+        out[i] = e;
+        total += e;
+    }
+    total
+}
+
 /// Numerically stable softmax of one row, in place.
 #[inline(always)]
 pub fn softmax<S: Simd>(s: S, x: &mut [f32]) {
