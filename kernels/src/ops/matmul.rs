@@ -67,23 +67,32 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize,
         match mc_end - mc0 {
             1 => {
                 while j + Q1 / C * nr <= width {
-                    kn_tile::<S, E, C, 1, Q1>(s, a, w, scale, out, At { r0: mc0, j, prefetch: true });
+                    kn_tile::<S, E, C, 1, Q1>(s, a, w, scale, out, At { r0: mc0, j, prefetch: true, spread: None });
                     j += Q1 / C * nr;
                 }
             }
             2 => {
                 while j + Q2 / C * nr <= width {
-                    kn_tile::<S, E, C, 2, Q2>(s, a, w, scale, out, At { r0: mc0, j, prefetch: true });
+                    kn_tile::<S, E, C, 2, Q2>(s, a, w, scale, out, At { r0: mc0, j, prefetch: true, spread: None });
                     j += Q2 / C * nr;
                 }
             }
             _ => {}
         }
+        let tiles = (mc_end - mc0).div_ceil(MR);
         for j in (j..width).step_by(nr) {
             let mut r0 = mc0;
             while r0 < mc_end {
                 let rows = (mc_end - r0).min(MR);
-                let at = At { r0, j, prefetch: r0 == mc0 };
+                // One tile alone over its panel streams it (prefetch ahead, as for decode);
+                // several share the fetch of the next panel, so memory is read evenly over the
+                // panel's whole compute instead of in a burst during its first tile.
+                let t = (r0 - mc0) / MR;
+                let at = if tiles == 1 {
+                    At { r0, j, prefetch: true, spread: None }
+                } else {
+                    At { r0, j, prefetch: false, spread: (j + nr < width).then_some((t, tiles)) }
+                };
                 match rows {
                     12 => kn_tile::<S, E, C, 12, C>(s, a, w, scale, out, at),
                     11 => kn_tile::<S, E, C, 11, C>(s, a, w, scale, out, at),
@@ -111,6 +120,9 @@ struct At {
     r0: usize,
     j: usize,
     prefetch: bool,
+    /// `(t, tiles)`: this is tile `t` of `tiles` over its panel, and fetches every `tiles`-th
+    /// k row of the next panel (so together the tiles fetch all of it, spread evenly).
+    spread: Option<(usize, usize)>,
 }
 
 /// `R` rows times `Q / C` consecutive packed panels (`Q` vectors per row). Each panel is read
@@ -126,7 +138,7 @@ fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
     out: &mut [&mut [f32]],
     at: At,
 ) {
-    let At { r0, j, prefetch } = at;
+    let At { r0, j, prefetch, spread } = at;
     // This tile's activations: values of row r at k are xb[k * xs + r].
     let (xb, xs) = match a.x_mr {
         0 => (&a.x[r0 * a.k..][..a.k * R], 1),
@@ -146,6 +158,7 @@ fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
     let rows = w[first * a.k * nr..][..a.k * nr].chunks_exact(nr).zip(xb.chunks_exact(xs));
     let ahead = PREFETCH_BYTES / (nr * std::mem::size_of::<E>()) * nr;
     let lines_per_row = (nr * std::mem::size_of::<E>()).div_ceil(64);
+    let mut next_fetch = spread.map_or(usize::MAX, |(t, _)| t);
     for (kk, (row0, xk)) in rows.enumerate() {
         if prefetch {
             // The first tile over a panel streams it from memory (decode tiles always do, with
@@ -155,6 +168,15 @@ fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
                 for line in 0..lines_per_row {
                     s.prefetch(w, ((first + p) * a.k + kk) * nr + ahead + line * 64 / std::mem::size_of::<E>());
                 }
+            }
+        }
+        if let Some((_, tiles)) = spread {
+            // A running counter, not `kk % tiles`: a division per k would cost more than the FMAs.
+            if kk == next_fetch {
+                for line in 0..lines_per_row {
+                    s.prefetch(w, ((first + 1) * a.k + kk) * nr + line * 64 / std::mem::size_of::<E>());
+                }
+                next_fetch += tiles;
             }
         }
         // Plain loops, not `array::from_fn`: a closure does not inherit the caller's
