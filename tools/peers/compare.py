@@ -49,7 +49,7 @@ def load(path):
         "config": d.get("config", ""), "ours": False, "mode": "batch",
         "itl": lat.get("itl_ms"), "ttft": lat.get("ttft_ms"),
         "tps": {int(b["batch"]): b["generated_tokens_per_s"] for b in d.get("batch", [])},
-        "rss": d.get("peak_rss_mb"),
+        "rss": d.get("peak_rss_mb"), "window": d.get("window"),
     }]
 
 
@@ -65,7 +65,7 @@ def bench_rows(d, stem):
     ttft = (lat.get("ttft") or {}).get("p50_ms")
     rss = d.get("server_peak_rss_mb")
     base = {"dtype": dtype, "version": version, "ours": ours, "itl": itl, "ttft": ttft, "rss": rss,
-            "config": d.get("config", "")}
+            "config": d.get("config", ""), "window": d.get("window")}
     rows = []
     if s.get("batch"):
         rows.append(dict(base, system=f"{system} (engine batch)" if ours else system, mode="batch",
@@ -79,6 +79,29 @@ def bench_rows(d, stem):
     if not rows:
         rows.append(dict(base, system=system, mode="–", tps={}))
     return rows
+
+
+def read_load(path):
+    """loadmon.py's samples: (unix_time, busy_cores, ours_cores)."""
+    samples = []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3:
+                    samples.append(tuple(float(x) for x in parts))
+    except OSError:
+        pass
+    return samples
+
+
+def other_load(window, samples):
+    """Mean cores busy with other processes while a result's figures were taken."""
+    if not window or not samples:
+        return None
+    t0, t1 = window
+    xs = [busy - ours for t, busy, ours in samples if t0 < t <= t1 + 2.0]
+    return sum(xs) / len(xs) if xs else None
 
 
 def reference(row, ours_rows):
@@ -95,11 +118,12 @@ def ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
 
 
-def table(rows):
+def table(rows, samples):
     ours_rows = [r for r in rows if "error" not in r and r["ours"]]
     head = (["system", "dtype", "batch-1 ms/token", "TTFT 50-token prompt (ms)", "mode"]
             + [f"tok/s @{n}" for n in LEVELS]
-            + ["peak RSS (MB)", "ours/peer tok/s @32", "ours/peer ms/token"])
+            + ["peak RSS (MB)", "ours/peer tok/s @32", "ours/peer ms/token"]
+            + (["other load (cores)"] if samples else []))
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:
@@ -120,7 +144,8 @@ def table(rows):
                 rl = "–" if ms is None else f"{ms:.2f}×{tag}"
         cells = ([r["system"], r["dtype"], num(r["itl"], 2), num(r["ttft"], 1), r["mode"]]
                  + [num(r["tps"].get(n)) for n in LEVELS]
-                 + [num(r["rss"], 0), rt, rl])
+                 + [num(r["rss"], 0), rt, rl]
+                 + ([num(other_load(r.get("window"), samples), 2)] if samples else []))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -135,18 +160,22 @@ def main():
     if not files:
         sys.exit(f"no result files in {a.results}")
     rows = [row for f in files for row in load(f)]
+    samples = read_load(os.path.join(os.path.dirname(files[0]), "load.tsv"))
     machine = None
     for f in files:
         try:
             machine = machine or json.load(open(f)).get("machine")
         except (OSError, ValueError):
             pass
-    lines = [table(rows), ""]
+    lines = [table(rows, samples), ""]
     lines.append("Workload: 50-token prompts (seeded ids), 100 generated tokens (end-of-text banned), "
                  "temperature 0.7, top-p 0.9; batch-1 ms/token and TTFT are medians (p50).")
     lines.append("Modes: `batch` = one offline generate over N prompts, in-process; `conc.` = N closed-loop "
                  "HTTP clients streaming from the server (`inferneo bench`). Ratios are ours/peer in the same mode: "
                  "tok/s ratio > 1 and ms/token ratio < 1 mean inferneo is faster.")
+    if samples:
+        lines.append("Other load: the mean number of cores that processes outside this run kept busy while the row "
+                     "was measured (from /proc, every 2 s); on a shared machine it slows every figure of that row.")
     if machine:
         lines.append(f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores.")
     lines.append("")

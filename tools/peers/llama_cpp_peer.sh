@@ -209,14 +209,16 @@ for q in $QUANTS; do
     status=1; continue
   fi
   say "bench: ${BENCH_ARGS[*]}"
+  t0=$(date +%s.%N)
   if "$INFERNEO" bench --url "http://127.0.0.1:$PORT" --model-name "gpt2-$q" \
       --scenarios latency,concurrency --server-pid "$SERVER_PID" --json "$res.tmp" "${BENCH_ARGS[@]}" \
       2>&1 | tee -a "$LOG" >&2 && [ -s "$res.tmp" ]; then
-    "$PY" - "$res.tmp" "$res" "$name" "$VERSION" "$SDIST_VER" "$q" "$PARALLEL" "$CTX" "$THREADS" <<'EOF'
+    "$PY" - "$res.tmp" "$res" "$name" "$VERSION" "$SDIST_VER" "$q" "$PARALLEL" "$CTX" "$THREADS" "$t0" "$(date +%s.%N)" <<'EOF'
 import json, sys
-src, dst, name, version, sdist, q, par, ctx, threads = sys.argv[1:]
+src, dst, name, version, sdist, q, par, ctx, threads, t0, t1 = sys.argv[1:]
 d = json.load(open(src))
 d.update(system=name, version=f"{version} (from llama-cpp-python {sdist} sdist)", dtype=q,
+         window=[float(t0), float(t1)],
          config=f"llama-server --parallel {par} -c {ctx} -t {threads} -tb {threads} (continuous batching)")
 json.dump(d, open(dst, "w"), indent=1)
 EOF

@@ -28,9 +28,15 @@ WORK="$ROOT/target/peers"
 RES="$WORK/results"
 LOGS="$WORK/logs"
 mkdir -p "$RES" "$LOGS"
-rm -f "$RES"/*.json "$RES"/table.md
+rm -f "$RES"/*.json "$RES"/table.md "$RES"/load.tsv
 T0=$(date +%s)
 PYSYS="$(command -v python3)"
+
+# How busy the machine is with other work while each system is measured (results/load.tsv).
+SID="$(ps -o sid= $$ | tr -d ' ')"
+"$PYSYS" "$HERE/loadmon.py" "$RES/load.tsv" "$SID" 2 &
+MON=$!
+trap 'kill $MON 2>/dev/null' EXIT
 
 log() { echo "== [$(( $(date +%s) - T0 ))s] $*" >&2; }
 wants() { [[ " $ONLY " == *" $1 "* ]]; }
@@ -38,14 +44,28 @@ write_err() {  # result file, system, reason
   "$PYSYS" -c "import sys; sys.path.insert(0, sys.argv[1]); from common import write_error; write_error(*sys.argv[2:])" \
     "$HERE" "$1" "$2" "$3"
 }
+stamp() {  # result file, t0, t1: the time window the figures were taken in (compare.py's load column)
+  "$PYSYS" - "$@" <<'EOF2'
+import json, sys
+path, t0, t1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+try:
+    d = json.load(open(path))
+except (OSError, ValueError):
+    sys.exit(0)
+if "error" not in d and "window" not in d:
+    d["window"] = [t0, t1]
+    json.dump(d, open(path, "w"), indent=1)
+EOF2
+}
 # step NAME RESULT SYSTEM TIMEOUT_S CMD...: runs CMD with its log; on failure makes sure an error
 # result exists (a runner may already have written a more precise one).
 step() {
   local name="$1" res="$2" system="$3" limit="$4"; shift 4
-  local t=$(date +%s) rc
+  local t=$(date +%s) t0=$(date +%s.%N) rc
   log "$name: $*"
   timeout --kill-after=30 "$limit" "$@" >"$LOGS/$name.log" 2>&1
   rc=$?
+  [ -n "$res" ] && [ -s "$res" ] && stamp "$res" "$t0" "$(date +%s.%N)"
   if [ $rc -ne 0 ]; then
     local why="exit status $rc"
     [ $rc -eq 124 ] && why="timed out after ${limit}s"
