@@ -101,7 +101,14 @@ def other_load(window, samples):
         return None
     t0, t1 = window
     xs = [busy - ours for t, busy, ours in samples if t0 < t <= t1 + 2.0]
-    return sum(xs) / len(xs) if xs else None
+    if not xs:
+        return None
+    return sum(xs) / len(xs), sum(x >= 0.5 for x in xs) / len(xs)
+
+
+def load_cell(window, samples):
+    v = other_load(window, samples)
+    return "–" if v is None else f"{v[0]:.2f} / {v[1]:.0%}"
 
 
 def reference(row, ours_rows):
@@ -123,7 +130,7 @@ def table(rows, samples):
     head = (["system", "dtype", "batch-1 ms/token", "TTFT 50-token prompt (ms)", "mode"]
             + [f"tok/s @{n}" for n in LEVELS]
             + ["peak RSS (MB)", "ours/peer tok/s @32", "ours/peer ms/token"]
-            + (["other load (cores)"] if samples else []))
+            + (["other load: mean cores / time ≥0.5"] if samples else []))
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:
@@ -145,7 +152,7 @@ def table(rows, samples):
         cells = ([r["system"], r["dtype"], num(r["itl"], 2), num(r["ttft"], 1), r["mode"]]
                  + [num(r["tps"].get(n)) for n in LEVELS]
                  + [num(r["rss"], 0), rt, rl]
-                 + ([num(other_load(r.get("window"), samples), 2)] if samples else []))
+                 + ([load_cell(r.get("window"), samples)] if samples else []))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -175,18 +182,20 @@ def main():
                  "tok/s ratio > 1 and ms/token ratio < 1 mean inferneo is faster.")
     if samples:
         lines.append("Other load: the mean number of cores that processes outside this run kept busy while the row "
-                     "was measured (from /proc, every 2 s); on a shared machine it slows every figure of that row.")
+                     "was measured, and the share of that time when they took at least half a core (from /proc, "
+                     "every 2 s); on a shared machine it slows the figures of that row.")
     if machine:
         lines.append(f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores.")
     lines.append("")
     lines.append("Versions and settings:")
     seen = set()
     for r in rows:
-        if "error" in r or r["system"] in seen:
+        name = r["system"].replace(" (engine batch)", "").replace(" (HTTP server)", "")
+        if "error" in r or name in seen:
             continue
-        seen.add(r["system"])
+        seen.add(name)
         cfg = f" — {r['config']}" if r.get("config") else ""
-        lines.append(f"- {r['system']}: {r['version']}{cfg}")
+        lines.append(f"- {name}: {r['version']}{cfg}")
     text = "\n".join(lines)
     print(text)
     if a.out:

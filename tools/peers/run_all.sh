@@ -9,8 +9,8 @@
 # llama-server on GGUF f32, f16 and q8_0. A step that fails leaves an error result and the
 # run goes on; compare.py prints every system, failed ones as "not available: <reason>".
 # Results: target/peers/results/*.json and table.md; logs: target/peers/logs/.
-# Environment: PEERS_ONLY="ours hf ct2 llama" runs a subset; PEERS_PYTHON picks the Python that
-# makes the venv (default python3).
+# Environment: PEERS_ONLY="ours hf ct2 llama" redoes a subset (its results replaced, the others
+# kept); PEERS_PYTHON picks the Python that makes the venv (default python3).
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -19,7 +19,7 @@ QUICK=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -28,7 +28,21 @@ WORK="$ROOT/target/peers"
 RES="$WORK/results"
 LOGS="$WORK/logs"
 mkdir -p "$RES" "$LOGS"
-rm -f "$RES"/*.json "$RES"/table.md "$RES"/load.tsv
+# A full run starts from a clean results directory; a subset (PEERS_ONLY) replaces only its own
+# results, so that it can redo the rows that a busy machine spoiled.
+if [ -z "${PEERS_ONLY:-}" ]; then
+  rm -f "$RES"/*.json "$RES"/table.md "$RES"/load.tsv
+else
+  for s in $ONLY; do
+    case "$s" in
+      ours) rm -f "$RES"/ours-*.json ;;
+      hf) rm -f "$RES"/hf.json ;;
+      ct2) rm -f "$RES"/ct2-*.json ;;
+      llama) rm -f "$RES"/llama-*.json ;;
+      *) echo "PEERS_ONLY: unknown system $s (ours, hf, ct2, llama)" >&2; exit 2 ;;
+    esac
+  done
+fi
 T0=$(date +%s)
 PYSYS="$(command -v python3)"
 
@@ -91,6 +105,10 @@ elif [ -x "$ROOT/target/release/inferneo" ]; then
 else
   rm -f "$INF"
 fi
+# Which source the binary is: the commit, and whether the tree had changes outside tools/peers.
+INF_REV="git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no -- . ':!tools/peers' 2>/dev/null)" ] \
+  && INF_REV="$INF_REV + uncommitted changes"
 NO_INF="inferneo could not be built (log: target/peers/logs/build-inferneo.log)"
 
 # 2. The model directory all systems load.
@@ -146,7 +164,15 @@ if wants ours; then
   for dt in f32 int8; do
     if [ -x "$INF" ]; then
       step "ours-$dt" "$RES/ours-$dt.json" "inferneo $dt" 3600 "$INF" bench --model "$MODEL" --dtype "$dt" \
-        --scenarios latency,concurrency,batch "${BENCH[@]}" --json "$RES/ours-$dt.json" || true
+        --scenarios latency,concurrency,batch "${BENCH[@]}" --json "$RES/ours-$dt.json" \
+        && "$PYSYS" - "$RES/ours-$dt.json" "$dt" "$INF_REV" <<'EOF2' || true
+import json, sys
+path, dt, rev = sys.argv[1:]
+d = json.load(open(path))
+d.update(system=f"inferneo {dt}", dtype=dt,
+         version=f"inferneo {d.get('machine', {}).get('inferneo_version', '?')} ({rev})")
+json.dump(d, open(path, "w"), indent=1)
+EOF2
     else
       write_err "$RES/ours-$dt.json" "inferneo $dt" "$NO_INF"
     fi
