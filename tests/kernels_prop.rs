@@ -235,6 +235,48 @@ proptest! {
         }
     }
 
+    /// All heads of a row at once (each K/V row read once) give bitwise what each head alone
+    /// gives, for f32 and f16 caches, on every ISA.
+    #[test]
+    fn attend_heads_equals_each_head_alone_bitwise(len in 1usize..60, hd in 1usize..40, heads in 1usize..6, first in 0usize..3, bt in 1usize..9, seed: u64) {
+        let total = first + heads + 1;
+        let stride = total * hd;
+        let (kr, vr, q) = (vals(len * stride, seed), vals(len * stride, seed ^ 3), vals(heads * hd, seed ^ 5));
+        let blocks_of = |rows: &[f32]| -> Vec<Vec<f32>> {
+            let mut b = vec![vec![f32::NAN; bt * stride]; len.div_ceil(bt)];
+            for p in 0..len {
+                b[p / bt][(p % bt) * stride..][..stride].copy_from_slice(&rows[p * stride..][..stride]);
+            }
+            b
+        };
+        let (kb, vb) = (blocks_of(&kr), blocks_of(&vr));
+        let (kref, vref): (Vec<&[f32]>, Vec<&[f32]>) = (kb.iter().map(|b| &b[..]).collect(), vb.iter().map(|b| &b[..]).collect());
+        let to16 = |b: &Vec<Vec<f32>>| -> Vec<Vec<half::f16>> { b.iter().map(|blk| blk.iter().map(|&v| half::f16::from_f32(v)).collect()).collect() };
+        let (kb16, vb16) = (to16(&kb), to16(&vb));
+        let (k16, v16): (Vec<&[half::f16]>, Vec<&[half::f16]>) = (kb16.iter().map(|b| &b[..]).collect(), vb16.iter().map(|b| &b[..]).collect());
+        let scale = 1.0 / (hd as f32).sqrt();
+        for kern in kernels() {
+            let view = |b| KvView { blocks: b, block_tokens: bt, token_stride: stride };
+            let all = Attention { q: &q, k: view(&kref), v: view(&vref), head_offset: first * hd, head_dim: hd, len, scale };
+            let mut out = vec![f32::NAN; heads * hd];
+            let mut scores = vec![f32::NAN; heads * len];
+            kern.attend_heads(&all, heads, &mut out, &mut scores);
+            let view16 = |b| KvView { blocks: b, block_tokens: bt, token_stride: stride };
+            let all16 = Attention { q: &q, k: view16(&k16), v: view16(&v16), head_offset: first * hd, head_dim: hd, len, scale };
+            let mut out16 = vec![f32::NAN; heads * hd];
+            kern.attend_heads_f16(&all16, heads, &mut out16, &mut scores);
+            for h in 0..heads {
+                let one = Attention { q: &q[h * hd..][..hd], head_offset: (first + h) * hd, ..all };
+                let mut want = vec![f32::NAN; hd];
+                kern.attend(&one, &mut want, &mut scores);
+                prop_assert_eq!(&out[h * hd..][..hd], &want[..], "{} head {}", kern.isa(), h);
+                let one16 = Attention { q: &q[h * hd..][..hd], head_offset: (first + h) * hd, ..all16 };
+                kern.attend_f16(&one16, &mut want, &mut scores);
+                prop_assert_eq!(&out16[h * hd..][..hd], &want[..], "f16 {} head {}", kern.isa(), h);
+            }
+        }
+    }
+
     /// Row i of a product is bitwise equal to the product of row i alone, whatever M and however
     /// the columns are split across threads (the big shapes here take the parallel path).
     #[test]

@@ -152,6 +152,34 @@ impl Kernels {
     }
 }
 
+impl Kernels {
+    /// `heads` consecutive heads from `a.head_offset` (`a.q` and `out` hold `heads * head_dim`
+    /// values), each bitwise as [`Kernels::attend`] computes it, reading every K/V row once.
+    /// `scores` is scratch of at least `heads * a.len` floats.
+    pub fn attend_heads(&self, a: &Attention, heads: usize, out: &mut [f32], scores: &mut [f32]) {
+        check_heads(a, heads, out, scores);
+        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+        unsafe { (self.table.attend_heads)(a, heads, out, scores) }
+    }
+
+    /// [`Kernels::attend_heads`] over an f16 KV cache.
+    pub fn attend_heads_f16(&self, a: &Attention<half::f16>, heads: usize, out: &mut [f32], scores: &mut [f32]) {
+        check_heads(a, heads, out, scores);
+        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+        unsafe { (self.table.attend_heads_f16)(a, heads, out, scores) }
+    }
+}
+
+fn check_heads<E>(a: &Attention<E>, heads: usize, out: &[f32], scores: &[f32]) {
+    let width = heads * a.head_dim;
+    assert!((1..=crate::ops::attention::MAX_HEADS).contains(&heads), "attend_heads: {heads} heads");
+    assert!(a.len > 0, "attend_heads: no keys");
+    assert!(a.q.len() >= width && out.len() >= width, "attend_heads: q/out shorter than heads x head_dim");
+    assert!(scores.len() >= heads * a.len, "attend_heads: scores scratch shorter than heads x len");
+    let end = a.head_offset + width;
+    assert!(a.k.covers(a.len, end) && a.v.covers(a.len, end), "attend_heads: K/V view shorter than len");
+}
+
 fn check_attention<E>(a: &Attention<E>, out: &[f32], scores: &[f32]) {
     assert!(a.len > 0, "attend: no keys");
     assert!(a.q.len() >= a.head_dim && out.len() >= a.head_dim, "attend: q/out shorter than head_dim");

@@ -282,23 +282,30 @@ impl Gpt2 {
         let blocks: Vec<(LayerBlocks, LayerBlocks)> =
             seqs.iter().map(|s| (pool.layer_blocks(s.cache, layer, 0), pool.layer_blocks(s.cache, layer, 1))).collect();
         let k = self.kernels;
-        att.par_chunks_mut(hd).enumerate().for_each_init(
-            || vec![0.0f32; c.n_positions],
+        // One task per row and group of heads: all heads of a group read each cached K/V row
+        // once, contiguously. Rows alone give enough tasks for batches; a lone sequence's
+        // row is split into head groups so every thread still has work.
+        let want = (2 * rayon::current_num_threads()).div_ceil(rows.len().max(1));
+        let groups = (1..=nh).find(|&g| nh % g == 0 && g >= want).unwrap_or(nh);
+        let per = nh / groups;
+        att.par_chunks_mut(per * hd).enumerate().for_each_init(
+            || vec![0.0f32; per * c.n_positions],
             |scores, (idx, out)| {
-                let (r, head) = (idx / nh, idx % nh);
+                let (r, group) = (idx / groups, idx % groups);
                 let (si, pos) = rows[r];
-                let q = &qkv[r * 3 * e + head * hd..][..hd];
-                let (head_offset, len) = (head * hd, pos + 1);
+                let head_offset = group * per * hd;
+                let q = &qkv[r * 3 * e + head_offset..][..per * hd];
+                let len = pos + 1;
                 match &blocks[si] {
                     (LayerBlocks::F32(kb), LayerBlocks::F32(vb)) => {
                         let (k_view, v_view) = (pool.view(kb), pool.view(vb));
                         let a = Attention { q, k: k_view, v: v_view, head_offset, head_dim: hd, len, scale };
-                        k.attend(&a, out, scores);
+                        k.attend_heads(&a, per, out, scores);
                     }
                     (LayerBlocks::F16(kb), LayerBlocks::F16(vb)) => {
                         let (k_view, v_view) = (pool.view(kb), pool.view(vb));
                         let a = Attention { q, k: k_view, v: v_view, head_offset, head_dim: hd, len, scale };
-                        k.attend_f16(&a, out, scores);
+                        k.attend_heads_f16(&a, per, out, scores);
                     }
                     _ => unreachable!("keys and values share the pool's dtype"),
                 }

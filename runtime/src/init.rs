@@ -186,6 +186,9 @@ pub fn write_model_dir(dir: &Path, config: &Config, seed: u64, dtype: StoreDtype
     }
     .into();
     json["inferneo_init_seed"] = seed.into();
+    // HuggingFace's own GPT-2 configs carry the legacy `n_ctx` too, and some tools (llama.cpp's
+    // GGUF converter) read only that.
+    json["n_ctx"] = config.n_positions.into();
     write(&dir.join("config.json"), serde_json::to_string_pretty(&json).expect("json").as_bytes())?;
     let shapes = parameter_shapes(config);
     let bytes: Vec<Vec<u8>> = shapes

@@ -27,6 +27,8 @@ pub struct Table {
     pub add: unsafe fn(&[f32], &[f32], &mut [f32]),
     pub attend: unsafe fn(&Attention, &mut [f32], &mut [f32]),
     pub attend_f16: unsafe fn(&Attention<half::f16>, &mut [f32], &mut [f32]),
+    pub attend_heads: unsafe fn(&Attention, usize, &mut [f32], &mut [f32]),
+    pub attend_heads_f16: unsafe fn(&Attention<half::f16>, usize, &mut [f32], &mut [f32]),
     pub sum: unsafe fn(&[f32]) -> f32,
     pub max: unsafe fn(&[f32]) -> f32,
     pub exp_shifted: unsafe fn(&[f32], f32, f32, &mut [f32]) -> f32,
@@ -68,6 +70,14 @@ macro_rules! instantiate {
         fn attend_f16(a: &Attention<half::f16>, out: &mut [f32], scores: &mut [f32]) {
             ops::attention::attend($token, a, out, scores)
         }
+        $(#[$attr])*
+        fn attend_heads(a: &Attention, heads: usize, out: &mut [f32], scores: &mut [f32]) {
+            ops::attention::attend_heads($token, a, heads, out, scores)
+        }
+        $(#[$attr])*
+        fn attend_heads_f16(a: &Attention<half::f16>, heads: usize, out: &mut [f32], scores: &mut [f32]) {
+            ops::attention::attend_heads($token, a, heads, out, scores)
+        }
 
         $(#[$attr])*
         fn sum(x: &[f32]) -> f32 {
@@ -97,6 +107,8 @@ macro_rules! instantiate {
                 add,
                 attend,
                 attend_f16,
+                attend_heads,
+                attend_heads_f16,
                 sum,
                 max,
                 exp_shifted,

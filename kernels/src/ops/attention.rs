@@ -40,3 +40,55 @@ pub fn attend<S: Simd, E: Elem>(s: S, a: &Attention<E>, out: &mut [f32], scores:
     let inv = s.splat(1.0 / sum);
     map_vectors!(s, out, |v| s.mul(v, inv));
 }
+
+/// `heads` consecutive query heads (starting at `a.head_offset`) over the same positions, each
+/// exactly as [`attend`] computes it (same operations in the same order, so the same bits), but
+/// reading each cached K and V row once for all the heads: one contiguous `heads * head_dim`
+/// run per token instead of `heads` short strided ones. `scores` holds `heads * len` floats.
+#[inline(always)]
+pub fn attend_heads<S: Simd, E: Elem>(s: S, a: &Attention<E>, heads: usize, out: &mut [f32], scores: &mut [f32]) {
+    let (hd, len) = (a.head_dim, a.len);
+    let width = heads * hd;
+    let scores = &mut scores[..heads * len];
+    for t in 0..len {
+        let k = a.k.row(t, a.head_offset, width);
+        for h in 0..heads {
+            scores[h * len + t] = dot(s, &a.q[h * hd..][..hd], &k[h * hd..][..hd]) * a.scale;
+        }
+    }
+    let mut sums = [0.0f32; MAX_HEADS];
+    for (h, sc) in scores.chunks_exact_mut(len).enumerate() {
+        let max = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let maxv = s.splat(max);
+        map_vectors!(s, sc, |v| s.exp(s.sub(v, maxv)));
+        sums[h] = sum_by!(s, sc, |v| v, |v| v);
+    }
+    let out = &mut out[..width];
+    out.fill(0.0);
+    let l = S::LANES;
+    let hv = hd / l * l;
+    for t in 0..len {
+        let v = a.v.row(t, a.head_offset, width);
+        for h in 0..heads {
+            let (o, v) = (&mut out[h * hd..][..hd], &v[h * hd..][..hd]);
+            let p = scores[h * len + t];
+            let pv = s.splat(p);
+            let mut i = 0;
+            while i < hv {
+                let acc = s.fma(pv, E::load(s, &v[i..]), s.load(&o[i..]));
+                s.store(&mut o[i..], acc);
+                i += l;
+            }
+            for j in hv..hd {
+                o[j] = s.fma1(p, v[j].to_f32(), o[j]);
+            }
+        }
+    }
+    for (h, o) in out.chunks_exact_mut(hd).enumerate() {
+        let inv = s.splat(1.0 / sums[h]);
+        map_vectors!(s, o, |v| s.mul(v, inv));
+    }
+}
+
+/// Most heads one [`attend_heads`] call handles (GPT-2 large has 20).
+pub const MAX_HEADS: usize = 64;
