@@ -118,8 +118,11 @@ pub fn run(mut a: BenchArgs, kernels: Kernels) -> Result<(), String> {
         (a.rates, a.concurrency, a.batch_sizes) = ("2,4".into(), "1,2".into(), "1,2".into());
         a.production_rate = 2.0;
     }
-    let scenarios: Vec<&str> =
+    let mut scenarios: Vec<&str> =
         if a.scenarios == "all" { SCENARIOS.to_vec() } else { a.scenarios.split(',').map(str::trim).collect() };
+    // The batch scenario loads its own copies of the model; run it last so the server's peak
+    // RSS is read before them.
+    scenarios.sort_by_key(|s| *s == "batch");
     if let Some(bad) = scenarios.iter().find(|s| !SCENARIOS.contains(s)) {
         return Err(format!("--scenarios: unknown scenario '{bad}' (expected {} or all)", SCENARIOS.join(", ")));
     }
@@ -161,6 +164,7 @@ pub fn run(mut a: BenchArgs, kernels: Kernels) -> Result<(), String> {
     let mut results = serde_json::Map::new();
     let mut levels_by: Vec<(&str, Vec<Level>)> = Vec::new();
     let mut batch_rows = Vec::new();
+    let mut server_rss = None;
     rt.block_on(async {
         // Our server in-process unless --url names one.
         let (url, stop) = match &a.url {
@@ -227,6 +231,7 @@ pub fn run(mut a: BenchArgs, kernels: Kernels) -> Result<(), String> {
                     levels.push(driver.level("production", Load::Open { rps: a.production_rate }, soak, &mixed).await);
                 }
                 "batch" => {
+                    server_rss = server_rss.or_else(|| report::peak_rss_mb(None));
                     if a.url.is_some() {
                         eprintln!("  batch: skipped (engine-level, needs the local model; not available with --url)");
                         continue;
@@ -268,8 +273,12 @@ pub fn run(mut a: BenchArgs, kernels: Kernels) -> Result<(), String> {
                 .collect(),
         );
     }
-    let rss = report::peak_rss_mb(if a.url.is_some() { a.server_pid } else { None });
-    let rss = if a.url.is_some() && a.server_pid.is_none() { None } else { rss };
+    let rss = match (&a.url, a.server_pid) {
+        (Some(_), None) => None,
+        (Some(_), pid) => report::peak_rss_mb(pid),
+        // In-process: this process's peak before the batch scenario's model copies.
+        (None, _) => server_rss.or_else(|| report::peak_rss_mb(None)),
+    };
 
     for (scenario, levels) in &levels_by {
         println!("\n### {scenario}\n\n{}", report::table(levels));
