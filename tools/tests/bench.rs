@@ -112,3 +112,26 @@ fn bad_bench_flags_are_one_line_errors() {
         assert!(lines[0].contains(needle), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_level_past_saturation_is_cut_off_after_the_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let t0 = std::time::Instant::now();
+    let args = ["--scenarios", "throughput", "--rates", "400", "--duration", "1", "--drain", "0.3", "--warmup", "0"];
+    let mut cmd = vec!["bench", "--model", &model, "--prompt-tokens", "8", "--max-tokens", "32"];
+    cmd.extend_from_slice(&args);
+    let json = dir.path().join("o.json");
+    cmd.extend_from_slice(&["--json", json.to_str().unwrap()]);
+    let out = inferneo(&cmd);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(t0.elapsed() < std::time::Duration::from_secs(30), "not bounded: {:?}", t0.elapsed());
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let levels = v["scenarios"]["throughput"].as_array().unwrap();
+    assert_eq!(levels.len(), 1, "saturated at the first rate, so no doubling");
+    let l = &levels[0];
+    assert!(l["errors"]["unfinished"].as_u64().unwrap() > 0, "{l}");
+    assert!(l["success_rate"].as_f64().unwrap() < 1.0);
+    assert!(l["achieved_rps"].as_f64().unwrap() < 400.0 * 0.8);
+    assert!(v["machine"]["rustc"].as_str().unwrap().starts_with("rustc"));
+}

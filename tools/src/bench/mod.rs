@@ -83,6 +83,10 @@ pub struct BenchArgs {
     /// Production scenario: request rate.
     #[arg(long, default_value_t = 1.0)]
     production_rate: f64,
+    /// Seconds a level waits for its requests after it stops sending; then they are abandoned
+    /// and counted as unfinished (bounds a run past saturation).
+    #[arg(long, default_value_t = 60.0)]
+    drain: f64,
     /// Seconds before one request counts as failed (timeout).
     #[arg(long, default_value_t = 300.0)]
     timeout: f64,
@@ -116,7 +120,7 @@ pub fn run(mut a: BenchArgs, kernels: Kernels) -> Result<(), String> {
     if a.quick {
         (a.requests, a.duration, a.warmup, a.soak) = (3, 1.0, 0.0, 2.0);
         (a.rates, a.concurrency, a.batch_sizes) = ("2,4".into(), "1,2".into(), "1,2".into());
-        a.production_rate = 2.0;
+        (a.production_rate, a.drain) = (2.0, 10.0);
     }
     let mut scenarios: Vec<&str> =
         if a.scenarios == "all" { SCENARIOS.to_vec() } else { a.scenarios.split(',').map(str::trim).collect() };
@@ -138,6 +142,7 @@ pub fn run(mut a: BenchArgs, kernels: Kernels) -> Result<(), String> {
     }
     let (duration, warmup, soak, timeout) =
         (secs("duration", a.duration)?, secs("warmup", a.warmup)?, secs("soak", a.soak)?, secs("timeout", a.timeout)?);
+    let drain = secs("drain", a.drain)?;
     let dtype: WeightDtype = a.dtype.parse()?;
     let local_name =
         a.model.as_ref().and_then(|d| d.file_name()).map_or("gpt2".into(), |n| n.to_string_lossy().into_owned());
@@ -194,7 +199,7 @@ pub fn run(mut a: BenchArgs, kernels: Kernels) -> Result<(), String> {
             "bench: {url}, model '{model_name}', {} prompt + {} generated tokens, seed {}",
             a.prompt_tokens, a.max_tokens, a.seed
         );
-        let driver = Driver { target, timeout, seed: a.seed };
+        let driver = Driver { target, timeout, drain, seed: a.seed };
         if !warmup.is_zero() {
             driver.level("warmup", Load::Closed { clients: 1 }, warmup, &shape).await;
         }
@@ -204,21 +209,20 @@ pub fn run(mut a: BenchArgs, kernels: Kernels) -> Result<(), String> {
                 "latency" => levels
                     .push(driver.level("latency", Load::Sequential { n: a.requests }, Duration::ZERO, &shape).await),
                 "throughput" => {
-                    // The listed rates, then doubling, until the server saturates (achieves
-                    // under 80% of the target or fails requests).
-                    let mut rate_list = rates.clone();
-                    let mut i = 0;
-                    while i < rate_list.len() && i < rates.len() + 4 {
-                        let l = driver.level("throughput", Load::Open { rps: rate_list[i] }, duration, &shape).await;
-                        let saturated = l.achieved_rps() < 0.8 * rate_list[i] || l.success_rate() < 0.95;
-                        levels.push(l);
-                        if saturated {
+                    // Every listed rate (past saturation too: that is where latency breaks), then
+                    // doubling until the server saturates (completes under 80% of the offered
+                    // rate or fails requests), at most four more levels.
+                    let saturated = |l: &Level| l.achieved_rps() < 0.8 * l.x || l.success_rate() < 0.95;
+                    for &rps in &rates {
+                        levels.push(driver.level("throughput", Load::Open { rps }, duration, &shape).await);
+                    }
+                    let mut rps = rates.last().copied().unwrap_or(1.0);
+                    for _ in 0..4 {
+                        if levels.last().is_none_or(saturated) {
                             break;
                         }
-                        if i + 1 == rate_list.len() {
-                            rate_list.push(rate_list[i] * 2.0);
-                        }
-                        i += 1;
+                        rps *= 2.0;
+                        levels.push(driver.level("throughput", Load::Open { rps }, duration, &shape).await);
                     }
                 }
                 "concurrency" => {

@@ -139,6 +139,7 @@ pub fn machine(isa: &str) -> Value {
         "os": std::fs::read_to_string("/proc/version").ok().map(|v| v.trim().to_string()),
         "kernels_isa": isa,
         "inferneo_version": env!("CARGO_PKG_VERSION"),
+        "rustc": env!("INFERNEO_RUSTC_VERSION"),
     })
 }
 

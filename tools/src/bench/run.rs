@@ -195,6 +195,9 @@ impl Level {
 pub struct Driver {
     pub target: Target,
     pub timeout: Duration,
+    /// After a level stops sending, requests still running get this long, then are abandoned
+    /// (counted as `unfinished`): a level past saturation must not run for the whole backlog.
+    pub drain: Duration,
     pub seed: u64,
 }
 
@@ -291,7 +294,28 @@ impl Driver {
                 }
             }
         }
-        while tasks.join_next().await.is_some() {}
+        let sending_ends = end.max(Instant::now());
+        let drained = tokio::time::timeout_at((sending_ends + self.drain).into(), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        if !drained {
+            // Each task left holds one request in flight; dropping it closes the connection,
+            // which cancels the request on the server.
+            let left = tasks.len();
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            let unfinished = Outcome {
+                latency: 0.0,
+                ttft: None,
+                itl: None,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                error: Some("unfinished".into()),
+            };
+            done.lock().unwrap().extend(std::iter::repeat_n(unfinished, left));
+        }
         // Rates are over the whole offered window, even if the last request finished early.
         let wall = origin.elapsed().max(duration).as_secs_f64();
         monitor.abort();
