@@ -233,7 +233,10 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             // Run the handler as its own task: a panic in it fails this request with a 500
             // and leaves the connection, the server and every other request alone.
             let task_app = app.clone();
-            match tokio::spawn(async move { dispatch(task_app, p, req, arrival).await }).await {
+            // If hyper drops this future (the client went away), the task goes too, and with
+            // it the request's engine sequences.
+            let task = AbortOnDrop(tokio::spawn(async move { dispatch(task_app, p, req, arrival).await }));
+            match task.join().await {
                 Ok(r) => r,
                 Err(_) => {
                     app.metrics.request("", 500);
@@ -395,7 +398,16 @@ async fn completions(app: &App, req: Request<Incoming>, arrival: Instant) -> Res
             }
         }
         while status == 200 {
-            match run.next().await {
+            // A client that goes away while its request still waits for the engine produces no
+            // token to fail on; watch the body channel too, so it is cancelled at once.
+            let next = tokio::select! {
+                n = run.next() => n,
+                _ = tx.closed() => {
+                    status = 499;
+                    break;
+                }
+            };
+            match next {
                 Ok(Some(u)) => {
                     if tx.send(event(&run.chunk(&u, include_usage))).await.is_err() {
                         // The client went away: dropping the run cancels its sequences.
@@ -464,6 +476,21 @@ fn error(e: &ApiError) -> Response<Body> {
         r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
     }
     r
+}
+
+/// Aborts the task when dropped before it finished.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A response body fed by a channel: the SSE stream. Dropped by hyper when the client goes

@@ -163,7 +163,12 @@ fn overload_is_refused_and_disconnects_cancel() {
         assert!(n > 0, "stream ended early");
         seen.extend_from_slice(&buf[..n]);
     }
-    assert!(metric(s.addr, "inferneo_kv_blocks_used{model=\"gpt2\"}").unwrap() > 0.0);
+    // Gauges are published after each engine step, so poll rather than read once.
+    let t0 = Instant::now();
+    while metric(s.addr, "inferneo_kv_blocks_used{model=\"gpt2\"}").unwrap() == 0.0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "KV blocks never in use");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let r = post(s.addr, "/v1/completions", &json!({"prompt": "y", "max_tokens": 1}));
     assert_eq!(r.error(429)["type"], "rate_limit_error");
     assert_eq!(r.header("retry-after"), Some("1"));
@@ -259,4 +264,35 @@ fn several_models_each_with_an_engine() {
     assert_eq!(b["model"], "b");
     assert_ne!(a["choices"][0]["text"], b["choices"][0]["text"], "different weights, same text");
     assert_eq!(metric(s.addr, "inferneo_requests_total{model=\"b\",status=\"200\"}"), Some(1.0));
+}
+
+/// A queued request (the engine runs one sequence at a time) whose client disconnects is
+/// cancelled while it waits, without ever running.
+#[test]
+fn a_queued_request_whose_client_leaves_is_cancelled_before_it_runs() {
+    let mut spec = spec("gpt2", ModelSource::Embedded);
+    spec.engine.limits.max_seqs = 1;
+    spec.engine.kv_cache_bytes = 64 << 20;
+    spec.engine.threads = None;
+    spec.max_queue = 4;
+    let s = TestServer::start(ServerConfig { models: vec![spec], ..config() }, true);
+    let stream = |max_tokens: usize| {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        let body = json!({"prompt": "x", "max_tokens": max_tokens, "stream": true}).to_string();
+        write!(c, "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        c
+    };
+    let mut running = stream(150);
+    let mut buf = [0u8; 4096];
+    assert!(running.read(&mut buf).unwrap() > 0);
+    let queued = stream(5);
+    wait_for(s.addr, "inferneo_queue_depth{model=\"gpt2\"}", 1.0);
+    drop(queued);
+    wait_for(s.addr, "inferneo_requests_in_flight{model=\"gpt2\"}", 1.0);
+    assert_eq!(metric(s.addr, "inferneo_requests_total{model=\"gpt2\",status=\"499\"}"), Some(1.0));
+    // The engine drops it from its queue at its next step (its gauges follow that step).
+    wait_for(s.addr, "inferneo_queue_depth{model=\"gpt2\"}", 0.0);
+    // The first request is still streaming.
+    assert_eq!(metric(s.addr, "inferneo_running_sequences{model=\"gpt2\"}"), Some(1.0));
+    drop(running);
 }
