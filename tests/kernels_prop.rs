@@ -35,6 +35,20 @@ fn kernels() -> Vec<Kernels> {
     available_kernels()
 }
 
+/// `len` rows of `stride` values laid out in blocks of `bt` rows (NaN padding), as the paged
+/// KV cache holds them.
+fn paged(rows: &[f32], len: usize, stride: usize, bt: usize) -> Vec<Vec<f32>> {
+    let mut b = vec![vec![f32::NAN; bt * stride]; len.div_ceil(bt)];
+    for p in 0..len {
+        b[p / bt][(p % bt) * stride..][..stride].copy_from_slice(&rows[p * stride..][..stride]);
+    }
+    b
+}
+
+fn to_f16(blocks: &[Vec<f32>]) -> Vec<Vec<half::f16>> {
+    blocks.iter().map(|b| b.iter().map(|&v| half::f16::from_f32(v)).collect()).collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -184,16 +198,10 @@ proptest! {
         let len = past + t;
         let stride = heads * hd;
         let (kr, vr, qr) = (vals(len * stride, seed), vals(len * stride, seed ^ 11), vals(t * stride, seed ^ 12));
-        let blocks_of = |rows: &[f32]| -> Vec<Vec<f32>> {
-            let mut b = vec![vec![f32::NAN; bt * stride]; len.div_ceil(bt)];
-            for p in 0..len {
-                b[p / bt][(p % bt) * stride..][..stride].copy_from_slice(&rows[p * stride..][..stride]);
-            }
-            b
-        };
+        let blocks_of = |rows: &[f32]| paged(rows, len, stride, bt);
         let (kb, vb) = (blocks_of(&kr), blocks_of(&vr));
         let (kref, vref): (Vec<&[f32]>, Vec<&[f32]>) = (kb.iter().map(|b| &b[..]).collect(), vb.iter().map(|b| &b[..]).collect());
-        let to16 = |b: &Vec<Vec<f32>>| -> Vec<Vec<half::f16>> { b.iter().map(|blk| blk.iter().map(|&v| half::f16::from_f32(v)).collect()).collect() };
+        let to16 = to_f16;
         let (kb16, vb16) = (to16(&kb), to16(&vb));
         let (k16, v16): (Vec<&[half::f16]>, Vec<&[half::f16]>) = (kb16.iter().map(|b| &b[..]).collect(), vb16.iter().map(|b| &b[..]).collect());
         for h in 0..heads {
@@ -242,16 +250,10 @@ proptest! {
         let total = first + heads + 1;
         let stride = total * hd;
         let (kr, vr, q) = (vals(len * stride, seed), vals(len * stride, seed ^ 3), vals(heads * hd, seed ^ 5));
-        let blocks_of = |rows: &[f32]| -> Vec<Vec<f32>> {
-            let mut b = vec![vec![f32::NAN; bt * stride]; len.div_ceil(bt)];
-            for p in 0..len {
-                b[p / bt][(p % bt) * stride..][..stride].copy_from_slice(&rows[p * stride..][..stride]);
-            }
-            b
-        };
+        let blocks_of = |rows: &[f32]| paged(rows, len, stride, bt);
         let (kb, vb) = (blocks_of(&kr), blocks_of(&vr));
         let (kref, vref): (Vec<&[f32]>, Vec<&[f32]>) = (kb.iter().map(|b| &b[..]).collect(), vb.iter().map(|b| &b[..]).collect());
-        let to16 = |b: &Vec<Vec<f32>>| -> Vec<Vec<half::f16>> { b.iter().map(|blk| blk.iter().map(|&v| half::f16::from_f32(v)).collect()).collect() };
+        let to16 = to_f16;
         let (kb16, vb16) = (to16(&kb), to16(&vb));
         let (k16, v16): (Vec<&[half::f16]>, Vec<&[half::f16]>) = (kb16.iter().map(|b| &b[..]).collect(), vb16.iter().map(|b| &b[..]).collect());
         let scale = 1.0 / (hd as f32).sqrt();

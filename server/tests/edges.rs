@@ -142,17 +142,22 @@ fn wait_for(addr: std::net::SocketAddr, series: &str, want: f64) {
     }
 }
 
+/// The embedded 124M model running one sequence at a time, `max_queue` more waiting.
+fn one_sequence_at_a_time(max_queue: usize) -> TestServer {
+    let mut spec = spec("gpt2", ModelSource::Embedded);
+    spec.engine.limits.max_seqs = 1;
+    spec.engine.kv_cache_bytes = 64 << 20;
+    spec.engine.threads = None;
+    spec.max_queue = max_queue;
+    TestServer::start(ServerConfig { models: vec![spec], ..config() }, true)
+}
+
 /// One sequence at a time on the 124M shape (slow enough that a request is surely still
 /// running while the test acts): overload gets 429, a client that disconnects mid-stream has
 /// its sequence cancelled and its KV blocks freed.
 #[test]
 fn overload_is_refused_and_disconnects_cancel() {
-    let mut spec = spec("gpt2", ModelSource::Embedded);
-    spec.engine.limits.max_seqs = 1;
-    spec.engine.kv_cache_bytes = 64 << 20;
-    spec.engine.threads = None;
-    spec.max_queue = 0;
-    let s = TestServer::start(ServerConfig { models: vec![spec], ..config() }, true);
+    let s = one_sequence_at_a_time(0);
     let mut c = TcpStream::connect(s.addr).unwrap();
     let body = json!({"prompt": "x", "max_tokens": 200, "stream": true}).to_string();
     write!(c, "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
@@ -270,12 +275,7 @@ fn several_models_each_with_an_engine() {
 /// cancelled while it waits, without ever running.
 #[test]
 fn a_queued_request_whose_client_leaves_is_cancelled_before_it_runs() {
-    let mut spec = spec("gpt2", ModelSource::Embedded);
-    spec.engine.limits.max_seqs = 1;
-    spec.engine.kv_cache_bytes = 64 << 20;
-    spec.engine.threads = None;
-    spec.max_queue = 4;
-    let s = TestServer::start(ServerConfig { models: vec![spec], ..config() }, true);
+    let s = one_sequence_at_a_time(4);
     let stream = |max_tokens: usize| {
         let mut c = TcpStream::connect(s.addr).unwrap();
         let body = json!({"prompt": "x", "max_tokens": max_tokens, "stream": true}).to_string();

@@ -109,3 +109,29 @@ def run_guarded(path, system, body):
         traceback.print_exc()
         write_error(path, system, f"{type(e).__name__}: {e}")
         sys.exit(1)
+
+
+def measure(name, generate, prompts, new_tokens, runs, sizes):
+    """The offline peers' figures from `generate(prompts, n) -> generated tokens`: batch-1 TTFT
+    (a 1-token generate) and ms/token ((n-token generate - TTFT) / (n - 1)), medians of `runs`;
+    then generated tokens/s of one generate over each batch size. Returns (latency, batch)."""
+    generate([prompts[0]], 4)  # warm-up
+    ttft, full = [], []
+    for r in range(runs):
+        p = [prompts[r]]
+        with Timer() as t:
+            generate(p, 1)
+        ttft.append(t.s * 1e3)
+        with Timer() as t:
+            generate(p, new_tokens)
+        full.append(t.s * 1e3)
+    ttft_ms = median(ttft)
+    itl_ms = (median(full) - ttft_ms) / max(new_tokens - 1, 1)
+    print(f"{name}: batch-1 TTFT {ttft_ms:.1f} ms, {itl_ms:.2f} ms/token", flush=True)
+    batch = []
+    for b in sizes:
+        with Timer() as t:
+            tokens = generate(prompts[:b], new_tokens)
+        batch.append({"batch": b, "generated_tokens_per_s": tokens / t.s, "wall_s": t.s})
+        print(f"{name}: batch {b}: {tokens / t.s:.1f} tok/s ({t.s:.2f} s)", flush=True)
+    return {"ttft_ms": ttft_ms, "itl_ms": itl_ms, "runs": runs}, batch

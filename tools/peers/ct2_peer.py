@@ -82,27 +82,8 @@ def run(a):
         assert all(g == new for g in got), f"generated {got} tokens, wanted {new}"
         return sum(got)
 
-    generate([prompts[0]], 4)  # warm-up
-    ttft, full = [], []
-    for r in range(a.runs):
-        p = [prompts[r]]
-        with common.Timer() as t:
-            generate(p, 1)
-        ttft.append(t.s * 1e3)
-        with common.Timer() as t:
-            generate(p, n)
-        full.append(t.s * 1e3)
-    ttft_ms = common.median(ttft)
-    itl_ms = (common.median(full) - ttft_ms) / max(n - 1, 1)
     name = f"CTranslate2 {a.dtype}"
-    print(f"{name}: batch-1 TTFT {ttft_ms:.1f} ms, {itl_ms:.2f} ms/token", flush=True)
-
-    batch = []
-    for b in sizes:
-        with common.Timer() as t:
-            tokens = generate(prompts[:b], n)
-        batch.append({"batch": b, "generated_tokens_per_s": tokens / t.s, "wall_s": t.s})
-        print(f"{name}: batch {b}: {tokens / t.s:.1f} tok/s ({t.s:.2f} s)", flush=True)
+    latency, batch = common.measure(name, generate, prompts, n, a.runs, sizes)
 
     common.write(a.out, {
         "system": name,
@@ -113,7 +94,7 @@ def run(a):
                   f"sampling_topk=0, min_length=max_length={n}, include_prompt_in_result=False)",
         "workload": {"prompt_tokens": common.PROMPT_TOKENS, "new_tokens": n,
                      "temperature": common.TEMPERATURE, "top_p": common.TOP_P},
-        "latency": {"ttft_ms": ttft_ms, "itl_ms": itl_ms, "runs": a.runs},
+        "latency": latency,
         "batch": batch,
         "peak_rss_mb": common.peak_rss_mb(),
         "machine": common.machine(),

@@ -67,26 +67,7 @@ def run(a):
         assert got == new, f"generated {got} tokens, wanted {new}"
         return got * ids.shape[0]
 
-    generate([prompts[0]], 4)  # warm-up
-    ttft, full = [], []
-    for r in range(a.runs):
-        p = [prompts[r]]
-        with common.Timer() as t:
-            generate(p, 1)
-        ttft.append(t.s * 1e3)
-        with common.Timer() as t:
-            generate(p, n)
-        full.append(t.s * 1e3)
-    ttft_ms = common.median(ttft)
-    itl_ms = (common.median(full) - ttft_ms) / max(n - 1, 1)
-    print(f"{SYSTEM}: batch-1 TTFT {ttft_ms:.1f} ms, {itl_ms:.2f} ms/token", flush=True)
-
-    batch = []
-    for b in sizes:
-        with common.Timer() as t:
-            tokens = generate(prompts[:b], n)
-        batch.append({"batch": b, "generated_tokens_per_s": tokens / t.s, "wall_s": t.s})
-        print(f"{SYSTEM}: batch {b}: {tokens / t.s:.1f} tok/s ({t.s:.2f} s)", flush=True)
+    latency, batch = common.measure(SYSTEM, generate, prompts, n, a.runs, sizes)
 
     common.write(a.out, {
         "system": SYSTEM,
@@ -96,7 +77,7 @@ def run(a):
                   f"generate(do_sample, top_k=0, min_new_tokens={n})",
         "workload": {"prompt_tokens": common.PROMPT_TOKENS, "new_tokens": n,
                      "temperature": common.TEMPERATURE, "top_p": common.TOP_P},
-        "latency": {"ttft_ms": ttft_ms, "itl_ms": itl_ms, "runs": a.runs},
+        "latency": latency,
         "batch": batch,
         "peak_rss_mb": common.peak_rss_mb(),
         "machine": common.machine(),

@@ -22,20 +22,8 @@ pub fn attend<S: Simd, E: Elem>(s: S, a: &Attention<E>, out: &mut [f32], scores:
     let sum = sum_by!(s, scores, |v| v, |v| v);
     let out = &mut out[..hd];
     out.fill(0.0);
-    let l = S::LANES;
-    let hv = hd / l * l;
     for (t, &p) in scores.iter().enumerate() {
-        let v = a.v.row(t, a.head_offset, hd);
-        let pv = s.splat(p);
-        let mut i = 0;
-        while i < hv {
-            let o = s.fma(pv, E::load(s, &v[i..]), s.load(&out[i..]));
-            s.store(&mut out[i..], o);
-            i += l;
-        }
-        for j in hv..hd {
-            out[j] = s.fma1(p, v[j].to_f32(), out[j]);
-        }
+        axpy(s, p, a.v.row(t, a.head_offset, hd), out);
     }
     let inv = s.splat(1.0 / sum);
     map_vectors!(s, out, |v| s.mul(v, inv));
@@ -65,28 +53,33 @@ pub fn attend_heads<S: Simd, E: Elem>(s: S, a: &Attention<E>, heads: usize, out:
     }
     let out = &mut out[..width];
     out.fill(0.0);
-    let l = S::LANES;
-    let hv = hd / l * l;
     for t in 0..len {
         let v = a.v.row(t, a.head_offset, width);
         for h in 0..heads {
-            let (o, v) = (&mut out[h * hd..][..hd], &v[h * hd..][..hd]);
-            let p = scores[h * len + t];
-            let pv = s.splat(p);
-            let mut i = 0;
-            while i < hv {
-                let acc = s.fma(pv, E::load(s, &v[i..]), s.load(&o[i..]));
-                s.store(&mut o[i..], acc);
-                i += l;
-            }
-            for j in hv..hd {
-                o[j] = s.fma1(p, v[j].to_f32(), o[j]);
-            }
+            axpy(s, scores[h * len + t], &v[h * hd..][..hd], &mut out[h * hd..][..hd]);
         }
     }
     for (h, o) in out.chunks_exact_mut(hd).enumerate() {
         let inv = s.splat(1.0 / sums[h]);
         map_vectors!(s, o, |v| s.mul(v, inv));
+    }
+}
+
+/// `out += p * v`, vectors then a scalar tail (the one order both attention kernels share).
+#[inline(always)]
+fn axpy<S: Simd, E: Elem>(s: S, p: f32, v: &[E], out: &mut [f32]) {
+    let l = S::LANES;
+    let n = out.len();
+    let nv = n / l * l;
+    let pv = s.splat(p);
+    let mut i = 0;
+    while i < nv {
+        let acc = s.fma(pv, E::load(s, &v[i..]), s.load(&out[i..]));
+        s.store(&mut out[i..], acc);
+        i += l;
+    }
+    for j in nv..n {
+        out[j] = s.fma1(p, v[j].to_f32(), out[j]);
     }
 }
 
