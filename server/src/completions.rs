@@ -135,7 +135,10 @@ pub struct Run {
     pub created: u64,
     pub model: String,
     pub prompt_tokens: usize,
+    /// The decoded prompts when `echo` was asked (empty otherwise).
     pub echo: Vec<String>,
+    /// Choices per prompt (`n`): choice `i` belongs to prompt `i / n`.
+    n: usize,
     served: Arc<Served>,
     _admission: Admission,
     rx: UnboundedReceiver<(usize, Event)>,
@@ -210,6 +213,7 @@ impl Run {
             model: p.served.name.clone(),
             prompt_tokens: p.prompts.iter().map(Vec::len).sum(),
             echo,
+            n: p.req.n,
             served: p.served.clone(),
             _admission: admission,
             rx,
@@ -325,8 +329,7 @@ impl Run {
     /// Runs to the end and builds the plain (non-streaming) response body.
     pub async fn collect(&mut self) -> Result<Value, ApiError> {
         let n = self.n_choices();
-        let mut texts: Vec<String> =
-            (0..n).map(|i| self.echo.get(i / self.per_prompt()).cloned().unwrap_or_default()).collect();
+        let mut texts: Vec<String> = (0..n).map(|i| self.echo.get(i / self.n).cloned().unwrap_or_default()).collect();
         let mut logprobs: Vec<Logprobs> = (0..n).map(|_| Logprobs::default()).collect();
         let mut finish: Vec<&str> = vec!["length"; n];
         loop {
@@ -364,10 +367,6 @@ impl Run {
         }))
     }
 
-    fn per_prompt(&self) -> usize {
-        (self.n_choices() / self.echo.len().max(1)).max(1)
-    }
-
     /// One streamed chunk for `u` (`usage: null` on every chunk when usage is requested).
     pub fn chunk(&self, u: &Update, include_usage: bool) -> Value {
         let mut v = json!({
@@ -393,9 +392,8 @@ impl Run {
         if self.echo.is_empty() {
             return Vec::new();
         }
-        let per = self.per_prompt();
         (0..self.n_choices())
-            .map(|i| Update { index: i, text: self.echo[i / per].clone(), logprobs: None, finish: None })
+            .map(|i| Update { index: i, text: self.echo[i / self.n].clone(), logprobs: None, finish: None })
             .collect()
     }
 

@@ -135,3 +135,19 @@ def measure(name, generate, prompts, new_tokens, runs, sizes):
         batch.append({"batch": b, "generated_tokens_per_s": tokens / t.s, "wall_s": t.s})
         print(f"{name}: batch {b}: {tokens / t.s:.1f} tok/s ({t.s:.2f} s)", flush=True)
     return {"ttft_ms": ttft_ms, "itl_ms": itl_ms, "runs": runs}, batch
+
+
+def offline_result(system, version, dtype, config, new_tokens, latency, batch):
+    """The JSON of an offline peer (HF, CTranslate2), in the shape compare.py reads."""
+    return {
+        "system": system,
+        "version": version,
+        "dtype": dtype,
+        "config": config,
+        "workload": {"prompt_tokens": PROMPT_TOKENS, "new_tokens": new_tokens,
+                     "temperature": TEMPERATURE, "top_p": TOP_P},
+        "latency": latency,
+        "batch": batch,
+        "peak_rss_mb": peak_rss_mb(),
+        "machine": machine(),
+    }

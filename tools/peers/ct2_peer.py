@@ -85,20 +85,13 @@ def run(a):
     name = f"CTranslate2 {a.dtype}"
     latency, batch = common.measure(name, generate, prompts, n, a.runs, sizes)
 
-    common.write(a.out, {
-        "system": name,
-        "version": f"ctranslate2 {ctranslate2.__version__}",
-        "dtype": a.dtype,
-        "config": f"ct2-transformers-converter --quantization {QUANT[a.dtype]}; Generator(cpu, "
-                  f"compute_type={gen.compute_type}, intra_threads={a.threads}); generate_batch("
-                  f"sampling_topk=0, min_length=max_length={n}, include_prompt_in_result=False)",
-        "workload": {"prompt_tokens": common.PROMPT_TOKENS, "new_tokens": n,
-                     "temperature": common.TEMPERATURE, "top_p": common.TOP_P},
-        "latency": latency,
-        "batch": batch,
-        "peak_rss_mb": common.peak_rss_mb(),
-        "machine": common.machine(),
-    })
+    common.write(a.out, common.offline_result(
+        name, f"ctranslate2 {ctranslate2.__version__}", a.dtype,
+        f"ct2-transformers-converter --quantization {QUANT[a.dtype]}; Generator(cpu, "
+        f"compute_type={gen.compute_type}, intra_threads={a.threads}); generate_batch("
+        f"sampling_topk=0, min_length=max_length={n}, include_prompt_in_result=False)",
+        n, latency, batch,
+    ))
 
 
 if __name__ == "__main__":

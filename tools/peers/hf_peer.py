@@ -69,19 +69,12 @@ def run(a):
 
     latency, batch = common.measure(SYSTEM, generate, prompts, n, a.runs, sizes)
 
-    common.write(a.out, {
-        "system": SYSTEM,
-        "version": f"transformers {transformers.__version__}, torch {torch.__version__}",
-        "dtype": "f32",
-        "config": f"AutoModelForCausalLM fp32, attn_implementation={attn}, torch threads {a.threads}, "
-                  f"generate(do_sample, top_k=0, min_new_tokens={n})",
-        "workload": {"prompt_tokens": common.PROMPT_TOKENS, "new_tokens": n,
-                     "temperature": common.TEMPERATURE, "top_p": common.TOP_P},
-        "latency": latency,
-        "batch": batch,
-        "peak_rss_mb": common.peak_rss_mb(),
-        "machine": common.machine(),
-    })
+    common.write(a.out, common.offline_result(
+        SYSTEM, f"transformers {transformers.__version__}, torch {torch.__version__}", "f32",
+        f"AutoModelForCausalLM fp32, attn_implementation={attn}, torch threads {a.threads}, "
+        f"generate(do_sample, top_k=0, min_new_tokens={n})",
+        n, latency, batch,
+    ))
 
 
 if __name__ == "__main__":

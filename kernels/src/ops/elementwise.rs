@@ -45,11 +45,18 @@ pub fn exp_shifted<S: Simd>(s: S, x: &[f32], shift: f32, scale: f32, out: &mut [
         s.store(oc, e);
         acc = s.add(acc, e);
     }
+    // The tail through one padded vector (the padding's exp is stored, then ignored), so every
+    // value comes from the same vector exp.
     let mut total = s.hsum(acc);
-    for i in nv..n {
-        let e = s.hsum(s.exp(s.splat((x[i] - shift) * scale))) / l as f32;
-        out[i] = e;
-        total += e;
+    if nv < n {
+        let mut tmp = [shift; 64];
+        tmp[..n - nv].copy_from_slice(&x[nv..n]);
+        let e = s.exp(s.mul(s.sub(s.load(&tmp), sv), kv));
+        s.store(&mut tmp, e);
+        for (o, &e) in out[nv..n].iter_mut().zip(&tmp) {
+            *o = e;
+            total += e;
+        }
     }
     total
 }
