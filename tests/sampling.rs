@@ -112,3 +112,87 @@ fn penalties_follow_openai_semantics() {
     assert_eq!([f.sample(&logits), f.sample(&logits), f.sample(&logits)], [0, 0, 1]);
     assert!(SamplingParams { presence_penalty: 2.5, ..SamplingParams::default() }.validate().is_err());
 }
+
+/// The top-p set by a full sort: heaviest first (lower position on ties), until the running
+/// mass reaches `top_p` of the total.
+fn nucleus_by_sorting(weights: &[f32], top_p: f64) -> Vec<usize> {
+    let total: f64 = weights.iter().map(|&w| w as f64).sum();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
+    let mut acc = 0.0;
+    let mut kept = Vec::new();
+    for j in order {
+        if acc >= top_p * total && !kept.is_empty() {
+            break;
+        }
+        acc += weights[j] as f64;
+        kept.push(j);
+    }
+    kept.sort_unstable();
+    kept
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(200))]
+
+    /// The bucketed nucleus is the sorted one: the same set, up to the one member at the
+    /// boundary where the two sums (in different orders) may round differently.
+    #[test]
+    fn nucleus_equals_the_full_sort(
+        raw in proptest::collection::vec(0u32..4000, 1..3000),
+        spread in 1.0f32..40.0,
+        top_p in 0.05f64..1.0,
+    ) {
+        // Weights in (0, 1] with the maximum at 1, as the sampler makes them; duplicates likely.
+        let top = *raw.iter().max().unwrap() as f32;
+        let weights: Vec<f32> = raw.iter().map(|&r| ((r as f32 - top) / 4000.0 * spread).exp()).collect();
+        let mut got = inferneo_runtime::sampling::nucleus_members(&weights, top_p);
+        got.sort_unstable();
+        let want = nucleus_by_sorting(&weights, top_p);
+        let (small, big) = if got.len() <= want.len() { (&got, &want) } else { (&want, &got) };
+        proptest::prop_assert!(big.len() - small.len() <= 1, "{} vs {} members", got.len(), want.len());
+        proptest::prop_assert!(small.iter().all(|j| big.binary_search(j).is_ok()), "different members");
+    }
+
+    /// Top-k sampling draws only among the k best (higher logit, then lower id), for small k
+    /// (the sorted-list path) and large k (the partial selection).
+    #[test]
+    fn top_k_draws_only_the_k_best(
+        raw in proptest::collection::vec(0u32..50, 300..2000),
+        k in proptest::sample::select(vec![1usize, 2, 5, 50, 256, 257, 290]),
+        seed in 0u64..1000,
+    ) {
+        let logits: Vec<f32> = raw.iter().map(|&r| r as f32 * 0.1).collect();
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        let best: std::collections::BTreeSet<usize> = order[..k.min(logits.len())].iter().copied().collect();
+        let mut s = Sampler::new(params(1.0, k, 1.0, seed));
+        for _ in 0..20 {
+            let t = s.sample(&logits) as usize;
+            proptest::prop_assert!(best.contains(&t), "top-{} drew {} (logit {})", k, t, logits[t]);
+        }
+    }
+}
+
+#[test]
+fn draws_follow_the_distribution_across_blocks() {
+    // Mass in positions far apart (the draw skips whole blocks of 512 by their sums).
+    let heavy = [(100usize, 0.4), (700, 0.3), (1500, 0.2), (2600, 0.1)];
+    let mut probs = vec![1e-9; 3000];
+    for (i, p) in heavy {
+        probs[i] = p;
+    }
+    let logits = logits_for(&probs);
+    let mut s = Sampler::new(params(1.0, 0, 0.999, 5));
+    let n = 20_000;
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        *counts.entry(s.sample(&logits) as usize).or_insert(0usize) += 1;
+    }
+    for (i, p) in heavy {
+        let freq = counts.get(&i).copied().unwrap_or(0) as f64 / n as f64;
+        let sd = (p * (1.0 - p) / n as f64).sqrt();
+        assert!((freq - p).abs() < 5.0 * sd, "position {i}: frequency {freq} vs probability {p} ({counts:?})");
+    }
+    assert_eq!(counts.len(), heavy.len(), "drew outside the nucleus: {counts:?}");
+}

@@ -6,6 +6,8 @@
 //! vocabulary).
 
 use crate::error::{Error, Result};
+use inferneo_kernels::{Isa, Kernels};
+use std::cell::RefCell;
 
 /// How to pick the next token. `temperature == 0` means greedy.
 #[derive(Clone, Debug, PartialEq)]
@@ -103,15 +105,21 @@ pub struct Sampler {
     counts: std::collections::HashMap<u32, u32>,
 }
 
-/// Index of the largest logit (the first one on ties).
+/// Index of the largest logit (the first one on ties; 0 if there is none, e.g. all NaN).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
+    let max = kernels().max(logits);
+    logits.iter().position(|&v| v == max).unwrap_or(0) as u32
+}
+
+/// The process's kernels (SIMD max and exp); scalar ones if `INFERNEO_ISA` is unusable.
+fn kernels() -> Kernels {
+    inferneo_kernels::kernels().unwrap_or_else(|_| Kernels::for_isa(Isa::Scalar).expect("scalar kernels always exist"))
+}
+
+thread_local! {
+    /// Per-thread weights buffer: a vocabulary-sized allocation per sampled token is a page
+    /// fault storm at 32 sequences per step.
+    static WEIGHTS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Sampler {
@@ -153,40 +161,68 @@ impl Sampler {
             return argmax(logits);
         }
         let inv_t = 1.0 / p.temperature;
-        let vocab = logits.len();
-        // The process's kernels (SIMD max and exp); scalar ones if INFERNEO_ISA is unusable.
-        let k = inferneo_kernels::kernels().unwrap_or_else(|_| {
-            inferneo_kernels::Kernels::for_isa(inferneo_kernels::Isa::Scalar).expect("scalar kernels always exist")
-        });
+        let k = kernels();
         let max = k.max(logits);
-        // Candidates: the top k by partial selection (O(vocab)), or every token.
-        let mut cand: Vec<u32> = (0..vocab as u32).collect();
-        if p.top_k > 0 && p.top_k < vocab {
-            cand.select_nth_unstable_by(p.top_k, |a, b| better(logits, a, b));
-            cand.truncate(p.top_k);
-            cand.sort_unstable();
-        }
-        // Weights relative to the best logit (the best has weight 1), computed once in one
-        // vectorised pass; f32 is plenty for sampling.
-        let mut weights = vec![0.0f32; cand.len()];
-        let total = if cand.len() == vocab {
-            k.exp_shifted(logits, max, inv_t, &mut weights)
-        } else {
-            let picked: Vec<f32> = cand.iter().map(|&i| logits[i as usize]).collect();
-            k.exp_shifted(&picked, max, inv_t, &mut weights)
-        } as f64;
-        let (kept, mass) =
-            if p.top_p < 1.0 { nucleus(&weights, p.top_p as f64 * total) } else { ((0..cand.len()).collect(), total) };
-        // Draw from the kept set in its (deterministic) order.
-        let mut u = self.rng.next_f64() * mass;
-        for &j in &kept {
-            u -= weights[j] as f64;
-            if u < 0.0 {
-                return cand[j];
-            }
-        }
-        cand[*kept.last().expect("the nucleus holds at least the best token")]
+        // Candidates: the top k (by a bounded selection, O(vocab)), or every token.
+        let cand = (p.top_k > 0 && p.top_k < logits.len()).then(|| top_k(logits, p.top_k));
+        let (top_p, u) = (p.top_p as f64, self.rng.next_f64());
+        WEIGHTS.with_borrow_mut(|weights| {
+            // Weights relative to the best logit (the best has weight 1), computed once in one
+            // vectorised pass; f32 is plenty for sampling.
+            let total = match &cand {
+                None => {
+                    weights.resize(logits.len(), 0.0);
+                    k.exp_shifted(logits, max, inv_t, weights)
+                }
+                Some(c) => {
+                    let picked: Vec<f32> = c.iter().map(|&i| logits[i as usize]).collect();
+                    weights.resize(c.len(), 0.0);
+                    k.exp_shifted(&picked, max, inv_t, weights)
+                }
+            } as f64;
+            let j = Nucleus::new(weights, top_p * total).draw(weights, u);
+            cand.as_ref().map_or(j as u32, |c| c[j])
+        })
     }
+}
+
+/// Largest top-k kept as a sorted list (an insertion costs O(k)); larger ones use a partial
+/// selection over the whole vocabulary.
+const TOP_K_LIST: usize = 256;
+
+/// The `n` best ids of `logits` (higher logit first, then lower id), in ascending id order.
+/// One pass keeps a sorted list of the best so far; a value that cannot enter is rejected with
+/// one comparison against the current threshold, so the pass costs about one compare per token.
+fn top_k(logits: &[f32], n: usize) -> Vec<u32> {
+    if n > TOP_K_LIST {
+        let mut cand: Vec<u32> = (0..logits.len() as u32).collect();
+        cand.select_nth_unstable_by(n, |a, b| better(logits, a, b));
+        cand.truncate(n);
+        cand.sort_unstable();
+        return cand;
+    }
+    // Best first; `best[n - 1]` is the threshold to beat.
+    let mut best: Vec<u32> = Vec::with_capacity(n + 1);
+    let mut threshold = f32::NEG_INFINITY;
+    for (c, chunk) in logits.chunks(64).enumerate() {
+        // Most blocks hold nothing that can enter: one vectorised test skips them (`!(v < t)`
+        // also lets NaN through to the exact comparison below).
+        if best.len() == n && chunk.iter().fold(true, |all, &v| all & (v < threshold)) {
+            continue;
+        }
+        for (o, &v) in chunk.iter().enumerate() {
+            let i = (c * 64 + o) as u32;
+            if best.len() == n && v.total_cmp(&logits[best[n - 1] as usize]).is_le() {
+                continue; // ties lose too: the earlier id stays ahead
+            }
+            let at = best.partition_point(|&b| better(logits, &b, &i).is_lt());
+            best.insert(at, i);
+            best.truncate(n);
+            threshold = logits[best[best.len() - 1] as usize];
+        }
+    }
+    best.sort_unstable();
+    best
 }
 
 /// Ordering for selection: higher logit first, then lower id.
@@ -195,52 +231,136 @@ fn better(logits: &[f32], a: &u32, b: &u32) -> std::cmp::Ordering {
 }
 
 /// Buckets per halving of the weight: fine enough that the boundary bucket holds few tokens.
+/// A weight's bucket is `2047 - (bits >> 19)` (its exponent and top 4 mantissa bits), so the
+/// buckets are ordered: heavier weights, lower buckets.
 const BUCKETS_PER_OCTAVE: usize = 16;
 /// 128 octaves cover every positive normal f32 weight.
 const BUCKETS: usize = 128 * BUCKETS_PER_OCTAVE;
+/// Weights per block of the draw's first, vectorised pass.
+const DRAW_BLOCK: usize = 512;
 
-/// The smallest set of most likely candidates whose weight reaches `target` (top-p), without
-/// sorting the vocabulary: weights go into log-spaced buckets, whole buckets are taken from
-/// the top until the boundary bucket, and only that bucket is sorted. Returns the kept
-/// positions (into `weights`) and their total weight. Ties break by lower position, as a full
-/// sort would.
-fn nucleus(weights: &[f32], target: f64) -> (Vec<usize>, f64) {
-    // -log2(w) from the exponent and mantissa bits (w is in (0, 1]): no log call per token.
-    let bucket = |w: f32| {
-        let bits = w.to_bits();
-        let octave = (127 - ((bits >> 23) & 0xff) as i64).max(0) as usize;
-        let frac = ((bits >> 19) & 0xf) as usize; // top 4 mantissa bits: 16 sub-buckets
-        (octave * BUCKETS_PER_OCTAVE + (15 - frac)).min(BUCKETS - 1)
-    };
-    let mut mass = vec![0.0f64; BUCKETS];
-    for &w in weights {
-        mass[bucket(w)] += w as f64;
-    }
-    let mut acc = 0.0;
-    let mut boundary = BUCKETS - 1;
-    for (b, &m) in mass.iter().enumerate() {
-        if acc + m >= target {
-            boundary = b;
-            break;
+fn bucket(w: f32) -> usize {
+    (BUCKETS - 1).saturating_sub((w.to_bits() >> 19) as usize)
+}
+
+/// The top-p set, found without sorting the vocabulary: weights go into log-spaced buckets,
+/// whole buckets are taken from the top until the one where the mass reaches the target, and
+/// only that bucket is sorted. Members: every weight `>= threshold` (the whole buckets) plus
+/// `edge`, the boundary bucket's heaviest (ties by lower position, as a full sort would).
+struct Nucleus {
+    threshold: f32,
+    edge: Vec<usize>,
+}
+
+impl Nucleus {
+    fn new(weights: &[f32], target: f64) -> Nucleus {
+        // Four interleaved histograms: consecutive weights of a flat row land in the same
+        // bucket, and one histogram would chain every add on the one before.
+        let mut mass = vec![[0.0f64; 4]; BUCKETS];
+        let mut quads = weights.chunks_exact(4);
+        for q in &mut quads {
+            for (lane, &w) in q.iter().enumerate() {
+                mass[bucket(w)][lane] += w as f64;
+            }
         }
-        acc += m;
+        for &w in quads.remainder() {
+            mass[bucket(w)][0] += w as f64;
+        }
+        let mut acc = 0.0;
+        let mut boundary = BUCKETS - 1;
+        for (b, m) in mass.iter().enumerate() {
+            let m = m.iter().sum::<f64>();
+            if acc + m >= target {
+                boundary = b;
+                break;
+            }
+            acc += m;
+        }
+        // bucket(w) < boundary  <=>  bits >> 19 > 2047 - boundary  <=>  w >= threshold.
+        let threshold = f32::from_bits(((BUCKETS - boundary) as u32) << 19);
+        let mut edge: Vec<(f32, usize)> =
+            weights.iter().enumerate().filter(|&(_, &w)| bucket(w) == boundary).map(|(j, &w)| (w, j)).collect();
+        edge.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut kept = Vec::new();
+        for (w, j) in edge {
+            // The mass before the boundary bucket is below the target, so at least one is taken.
+            if acc >= target {
+                break;
+            }
+            acc += w as f64;
+            kept.push(j);
+        }
+        Nucleus { threshold, edge: kept }
     }
-    let mut kept: Vec<usize> = Vec::new();
-    let mut edge: Vec<(f32, usize)> = Vec::new();
-    for (j, &w) in weights.iter().enumerate() {
-        match bucket(w).cmp(&boundary) {
-            std::cmp::Ordering::Less => kept.push(j),
-            std::cmp::Ordering::Equal => edge.push((w, j)),
-            std::cmp::Ordering::Greater => {}
+
+    fn member(&self, w: f32) -> f32 {
+        if w >= self.threshold {
+            w
+        } else {
+            0.0
         }
     }
-    edge.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    for (w, j) in edge {
-        if acc >= target && !kept.is_empty() {
-            break;
-        }
-        acc += w as f64;
-        kept.push(j);
+
+    /// Members in order (ascending position, then the edge), as a list.
+    fn members(&self, weights: &[f32]) -> Vec<usize> {
+        let whole = (0..weights.len()).filter(|&j| weights[j] >= self.threshold);
+        whole.chain(self.edge.iter().copied()).collect()
     }
-    (kept, acc)
+
+    /// Position drawn with probability proportional to its weight among the members, for a
+    /// uniform `u` in [0, 1): the member where the running sum passes `u x mass`, in the order
+    /// of [`Nucleus::members`]. Blocks of positions are summed (vectorised) and skipped whole;
+    /// only the block holding the draw is walked one weight at a time.
+    fn draw(&self, weights: &[f32], u: f64) -> usize {
+        let block_sums: Vec<f64> = weights
+            .chunks(DRAW_BLOCK)
+            .map(|b| {
+                let mut lanes = [0.0f32; 16];
+                let mut c = b.chunks_exact(16);
+                for c in &mut c {
+                    for (l, &w) in lanes.iter_mut().zip(c) {
+                        *l += self.member(w);
+                    }
+                }
+                for (l, &w) in lanes.iter_mut().zip(c.remainder()) {
+                    *l += self.member(w);
+                }
+                lanes.iter().map(|&l| l as f64).sum::<f64>()
+            })
+            .collect();
+        let mass = block_sums.iter().sum::<f64>() + self.edge.iter().map(|&j| weights[j] as f64).sum::<f64>();
+        let mut left = u * mass;
+        let first = block_sums.iter().position(|&s| {
+            let inside = left < s;
+            if !inside {
+                left -= s;
+            }
+            inside
+        });
+        // Rounding may leave a sliver past the block's own sum: walk on through the rest.
+        if let Some(b) = first {
+            for (j, &w) in weights.iter().enumerate().skip(b * DRAW_BLOCK) {
+                left -= self.member(w) as f64;
+                if left < 0.0 && w >= self.threshold {
+                    return j;
+                }
+            }
+        }
+        for &j in &self.edge {
+            left -= weights[j] as f64;
+            if left < 0.0 {
+                return j;
+            }
+        }
+        // Only rounding gets here: the last member.
+        self.edge.last().copied().or_else(|| weights.iter().rposition(|&w| w >= self.threshold)).unwrap_or(0)
+    }
+}
+
+/// The positions of the top-p set of `weights` (each in (0, 1]) for `top_p` of their total,
+/// in draw order. For tests: the set sampling draws from.
+#[doc(hidden)]
+pub fn nucleus_members(weights: &[f32], top_p: f64) -> Vec<usize> {
+    let total: f64 = weights.iter().map(|&w| w as f64).sum();
+    Nucleus::new(weights, top_p * total).members(weights)
 }
