@@ -4,7 +4,7 @@
 //! Every figure is the best of several timed repetitions (the machines are noisy; the best run
 //! is the one least disturbed). Threads: the rayon pool, i.e. all cores.
 
-use inferneo_kernels::{Epilogue, HugeBuf, Kernels, Layout, WeightDtype};
+use inferneo_kernels::{Epilogue, HugeBuf, Kernels, Layout, PackedKn, WeightDtype};
 use rayon::prelude::*;
 use serde_json::json;
 use std::hint::black_box;
@@ -92,6 +92,36 @@ const SHAPES: [(&str, usize, usize); 5] = [
     ("lm_head", 768, 50257),
 ];
 const MS: [usize; 5] = [1, 8, 32, 128, 512];
+/// Largest M also measured with its weights streamed from memory (decode sizes).
+const STREAMED_MAX_M: usize = 32;
+
+/// Packed bytes a streamed measurement cycles through: distinct copies of the matrix, well past
+/// the last-level cache (260 MiB on the Xeon this was written on), so every product reads its
+/// weights from memory, as each decode step of a real model does. The plain figures reuse one
+/// matrix, which a large L3 keeps: those are in-cache figures.
+const STREAM_BYTES: usize = 768 << 20;
+
+/// Seconds per product with the weights coming from memory: the best full pass over the
+/// copies, divided by their number.
+fn streamed_secs(
+    k: Kernels,
+    copies: &[PackedKn],
+    x: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+    m: usize,
+    passes: usize,
+) -> f64 {
+    let mut best = f64::INFINITY;
+    for _ in 0..passes.max(2) {
+        let t = Instant::now();
+        for p in copies {
+            k.matmul_kn(black_box(x), p, Some(bias), out, m, Epilogue::STORE);
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    best / copies.len() as f64
+}
 
 pub fn run(k: Kernels, as_json: bool, quick: bool) -> Result<(), String> {
     let bw_bytes = if quick { 256 << 20 } else { 1 << 30 };
@@ -104,27 +134,36 @@ pub fn run(k: Kernels, as_json: bool, quick: bool) -> Result<(), String> {
     for (label, kk, n) in SHAPES {
         let w: Vec<f32> = (0..kk * n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
         let bias = vec![0.01f32; n];
-        // Every dtype at decode sizes (bandwidth-bound); f32 across all M.
-        let cases =
-            WeightDtype::ALL.into_iter().map(|d| (d, 1)).chain(MS.into_iter().skip(1).map(|m| (WeightDtype::F32, m)));
-        for (dtype, m) in cases {
-            if quick && m > 32 {
-                continue;
-            }
+        // Every dtype at decode size (bandwidth-bound); f32 across all M.
+        for dtype in WeightDtype::ALL {
+            let ms: &[usize] = if dtype == WeightDtype::F32 { &MS } else { &MS[..1] };
             let packed = k.pack(&w, Layout::KN, kk, n, dtype);
-            let x = vec![0.5f32; m * kk];
-            let mut out = vec![0.0f32; m * n];
-            let secs =
-                best_of(budget, || k.matmul_kn(black_box(&x), &packed, Some(&bias), &mut out, m, Epilogue::STORE));
-            let flops = 2.0 * (m * kk * n) as f64;
-            let bytes = (packed.bytes() + 4 * (m * kk + m * n + n)) as f64;
-            let roof = peak.min(bw * flops / bytes);
-            rows.push(json!({
-                "op": label, "dtype": dtype.name(), "m": m, "k": kk, "n": n, "seconds": secs,
-                "gflops": flops / secs / 1e9, "gbps": bytes / secs / 1e9,
-                "roofline_gflops": roof / 1e9, "fraction_of_roofline": flops / secs / roof,
-                "bound": if bw * flops / bytes < peak { "memory" } else { "compute" },
-            }));
+            // A quick run only smoke-tests the streamed path: two copies may still sit in cache.
+            let count = if quick { 2 } else { (STREAM_BYTES / packed.bytes()).max(2) };
+            let copies: Vec<PackedKn> = (0..count).map(|_| k.pack(&w, Layout::KN, kk, n, dtype)).collect();
+            for &m in ms {
+                if quick && m > STREAMED_MAX_M {
+                    continue;
+                }
+                let x = vec![0.5f32; m * kk];
+                let mut out = vec![0.0f32; m * n];
+                let secs =
+                    best_of(budget, || k.matmul_kn(black_box(&x), &packed, Some(&bias), &mut out, m, Epilogue::STORE));
+                let streamed = (m <= STREAMED_MAX_M)
+                    .then(|| streamed_secs(k, &copies, &x, &bias, &mut out, m, if quick { 2 } else { 5 }));
+                let flops = 2.0 * (m * kk * n) as f64;
+                let bytes = (packed.bytes() + 4 * (m * kk + m * n + n)) as f64;
+                let roof = peak.min(bw * flops / bytes);
+                rows.push(json!({
+                    "op": label, "dtype": dtype.name(), "m": m, "k": kk, "n": n, "seconds": secs,
+                    "gflops": flops / secs / 1e9, "gbps": bytes / secs / 1e9,
+                    "roofline_gflops": roof / 1e9, "fraction_of_roofline": flops / secs / roof,
+                    "bound": if bw * flops / bytes < peak { "memory" } else { "compute" },
+                    "streamed_seconds": streamed,
+                    "streamed_gbps": streamed.map(|t| bytes / t / 1e9),
+                    "streamed_fraction_of_roofline": streamed.map(|t| flops / t / roof),
+                }));
+            }
         }
     }
     let report = json!({
@@ -154,11 +193,28 @@ pub fn run(k: Kernels, as_json: bool, quick: bool) -> Result<(), String> {
         join_after_gap * 1e6
     );
     println!();
-    println!("| op | dtype | M | K x N | time (us) | GFLOP/s | GB/s | roofline GFLOP/s | of roofline | bound |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "In cache: one matrix, reused (it stays in the L2/L3). Streamed: {} MiB of distinct copies in turn, so the",
+        STREAM_BYTES >> 20
+    );
+    println!("weights come from memory, as in a model's decode step (M <= {STREAMED_MAX_M} only).");
+    if quick {
+        println!("--quick: two copies only, so the streamed figures may be partly in cache.");
+    }
+    println!();
+    println!("| op | dtype | M | K x N | in cache (us) | GFLOP/s | GB/s | roofline GFLOP/s | of roofline | bound | streamed (us) | streamed GB/s | streamed of roofline |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in report["kernels"].as_array().expect("rows") {
+        let streamed = match (
+            r["streamed_seconds"].as_f64(),
+            r["streamed_gbps"].as_f64(),
+            r["streamed_fraction_of_roofline"].as_f64(),
+        ) {
+            (Some(t), Some(g), Some(f)) => format!("{:.1} | {:.1} | {:.0}%", t * 1e6, g, f * 100.0),
+            _ => "- | - | -".into(),
+        };
         println!(
-            "| {} | {} | {} | {}x{} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0}% | {} |",
+            "| {} | {} | {} | {}x{} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0}% | {} | {streamed} |",
             r["op"].as_str().unwrap_or(""),
             r["dtype"].as_str().unwrap_or(""),
             r["m"],

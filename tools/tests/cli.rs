@@ -171,6 +171,9 @@ fn roofline_json_has_every_figure() {
     assert!(rows.iter().any(|r| r["dtype"] == "int8" && r["m"] == 1));
     for r in rows {
         assert!(r["gflops"].as_f64().unwrap() > 0.0 && r["fraction_of_roofline"].as_f64().unwrap() > 0.0, "{r}");
+        let streamed = r["streamed_gbps"].as_f64();
+        assert_eq!(streamed.is_some(), r["m"].as_u64().unwrap() <= 32, "streamed figures at decode sizes only: {r}");
+        assert!(streamed.is_none_or(|g| g > 0.0), "{r}");
     }
 }
 
