@@ -118,7 +118,20 @@ fn a_level_past_saturation_is_cut_off_after_the_drain() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path());
     let t0 = std::time::Instant::now();
-    let args = ["--scenarios", "throughput", "--rates", "400", "--duration", "1", "--drain", "0.3", "--warmup", "0"];
+    let args = [
+        "--scenarios",
+        "throughput,concurrency",
+        "--rates",
+        "400",
+        "--concurrency",
+        "1",
+        "--duration",
+        "1",
+        "--drain",
+        "0.3",
+        "--warmup",
+        "0",
+    ];
     let mut cmd = vec!["bench", "--model", &model, "--prompt-tokens", "8", "--max-tokens", "32"];
     cmd.extend_from_slice(&args);
     let json = dir.path().join("o.json");
@@ -134,4 +147,9 @@ fn a_level_past_saturation_is_cut_off_after_the_drain() {
     assert!(l["success_rate"].as_f64().unwrap() < 1.0);
     assert!(l["achieved_rps"].as_f64().unwrap() < 400.0 * 0.8);
     assert!(v["machine"]["rustc"].as_str().unwrap().starts_with("rustc"));
+    // The next level starts once the server has cancelled the abandoned requests: its gauges
+    // show its own single client only.
+    let next = &v["scenarios"]["concurrency"][0];
+    assert_eq!(next["gauges"]["queue_depth_max"].as_f64(), Some(0.0), "{next}");
+    assert!(next["gauges"]["running_max"].as_f64().unwrap() <= 1.0, "{next}");
 }

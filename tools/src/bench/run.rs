@@ -201,6 +201,9 @@ pub struct Driver {
     pub seed: u64,
 }
 
+/// Longest wait for the server to go idle before a level (see [`Driver::settle`]).
+const SETTLE_MAX: Duration = Duration::from_secs(30);
+
 /// How requests are issued during a level.
 pub enum Load {
     /// `clients` closed loops, each sending its next request when the last one finished.
@@ -212,9 +215,32 @@ pub enum Load {
 }
 
 impl Driver {
+    /// Waits until the server reports no queued and no running sequence, so a level is not
+    /// measured (nor its gauges read) while the server still works off or cancels what the
+    /// previous level abandoned. Servers without our gauges are not waited for; a server that
+    /// does not go idle within [`SETTLE_MAX`] gets a notice and the level runs anyway.
+    async fn settle(&self) {
+        let start = Instant::now();
+        loop {
+            let Some(text) = scrape(&self.target).await else { return };
+            let mut now = Peaks::default();
+            now.fold(&text, &self.target.model);
+            match (now.queue_depth, now.running) {
+                (Some(q), Some(r)) if q > 0.0 || r > 0.0 => {}
+                _ => return,
+            }
+            if start.elapsed() > SETTLE_MAX {
+                eprintln!("  note: the server still had work from the previous level after {} s", SETTLE_MAX.as_secs());
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Runs one level: requests start during `duration` (or `n` sequential ones), then the
     /// level waits for them, bounded by the request timeout.
     pub async fn level(&self, scenario: &'static str, load: Load, duration: Duration, shape: &Shape) -> Level {
+        self.settle().await;
         let origin = Instant::now();
         let done: Arc<Mutex<Vec<Outcome>>> = Arc::default();
         let peaks: Arc<Mutex<Peaks>> = Arc::default();
