@@ -21,7 +21,7 @@ pub struct ServeArgs {
     /// directory). Repeatable: each model gets its own engine. Default: the embedded model, as "gpt2".
     #[arg(long = "model", value_name = "NAME=DIR")]
     models: Vec<String>,
-    /// Kernel threads of one model's engine, as NAME=N (repeatable). Default: all cores, shared.
+    /// Kernel threads of one model's engine, as NAME=N (repeatable). Default: a pool of all cores per engine.
     #[arg(long = "threads", value_name = "NAME=N")]
     threads: Vec<String>,
     /// Weight storage: f32, f16, bf16 or int8 (weight-only, per output channel).
