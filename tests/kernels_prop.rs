@@ -45,6 +45,11 @@ fn paged(rows: &[f32], len: usize, stride: usize, bt: usize) -> Vec<Vec<f32>> {
     b
 }
 
+/// Borrowed views of owned blocks, as `KvView` takes them.
+fn slices<T>(blocks: &[Vec<T>]) -> Vec<&[T]> {
+    blocks.iter().map(|b| &b[..]).collect()
+}
+
 fn to_f16(blocks: &[Vec<f32>]) -> Vec<Vec<half::f16>> {
     blocks.iter().map(|b| b.iter().map(|&v| half::f16::from_f32(v)).collect()).collect()
 }
@@ -200,10 +205,9 @@ proptest! {
         let (kr, vr, qr) = (vals(len * stride, seed), vals(len * stride, seed ^ 11), vals(t * stride, seed ^ 12));
         let blocks_of = |rows: &[f32]| paged(rows, len, stride, bt);
         let (kb, vb) = (blocks_of(&kr), blocks_of(&vr));
-        let (kref, vref): (Vec<&[f32]>, Vec<&[f32]>) = (kb.iter().map(|b| &b[..]).collect(), vb.iter().map(|b| &b[..]).collect());
-        let to16 = to_f16;
-        let (kb16, vb16) = (to16(&kb), to16(&vb));
-        let (k16, v16): (Vec<&[half::f16]>, Vec<&[half::f16]>) = (kb16.iter().map(|b| &b[..]).collect(), vb16.iter().map(|b| &b[..]).collect());
+        let (kref, vref) = (slices(&kb), slices(&vb));
+        let (kb16, vb16) = (to_f16(&kb), to_f16(&vb));
+        let (k16, v16) = (slices(&kb16), slices(&vb16));
         for h in 0..heads {
             let head = |rows: &[f32], n: usize| -> Vec<f32> { (0..n).flat_map(|p| rows[p * stride + h * hd..][..hd].to_vec()).collect() };
             let mut want = vec![0.0; t * hd];
@@ -253,10 +257,9 @@ proptest! {
         let (kr, vr, q) = (vals(len * stride, seed), vals(len * stride, seed ^ 3), vals(heads * hd, seed ^ 5));
         let blocks_of = |rows: &[f32]| paged(rows, len, stride, bt);
         let (kb, vb) = (blocks_of(&kr), blocks_of(&vr));
-        let (kref, vref): (Vec<&[f32]>, Vec<&[f32]>) = (kb.iter().map(|b| &b[..]).collect(), vb.iter().map(|b| &b[..]).collect());
-        let to16 = to_f16;
-        let (kb16, vb16) = (to16(&kb), to16(&vb));
-        let (k16, v16): (Vec<&[half::f16]>, Vec<&[half::f16]>) = (kb16.iter().map(|b| &b[..]).collect(), vb16.iter().map(|b| &b[..]).collect());
+        let (kref, vref) = (slices(&kb), slices(&vb));
+        let (kb16, vb16) = (to_f16(&kb), to_f16(&vb));
+        let (k16, v16) = (slices(&kb16), slices(&vb16));
         let scale = 1.0 / (hd as f32).sqrt();
         for kern in kernels() {
             let view = |b| KvView { blocks: b, block_tokens: bt, token_stride: stride };

@@ -180,7 +180,8 @@ impl Sampler {
                     k.exp_shifted(&picked, max, inv_t, weights)
                 }
             } as f64;
-            let j = Nucleus::new(weights, top_p * total).draw(weights, u);
+            let nucleus = if top_p < 1.0 { Nucleus::new(weights, top_p * total) } else { Nucleus::ALL };
+            let j = nucleus.draw(weights, u);
             cand.as_ref().map_or(j as u32, |c| c[j])
         })
     }
@@ -203,12 +204,14 @@ fn top_k(logits: &[f32], n: usize) -> Vec<u32> {
     }
     // Best first; `best[n - 1]` is the threshold to beat.
     let mut best: Vec<u32> = Vec::with_capacity(n + 1);
-    let mut threshold = f32::NEG_INFINITY;
     for (c, chunk) in logits.chunks(64).enumerate() {
         // Most blocks hold nothing that can enter: one vectorised test skips them (`!(v < t)`
         // also lets NaN through to the exact comparison below).
-        if best.len() == n && chunk.iter().fold(true, |all, &v| all & (v < threshold)) {
-            continue;
+        if best.len() == n {
+            let threshold = logits[best[n - 1] as usize];
+            if chunk.iter().fold(true, |all, &v| all & (v < threshold)) {
+                continue;
+            }
         }
         for (o, &v) in chunk.iter().enumerate() {
             let i = (c * 64 + o) as u32;
@@ -218,7 +221,6 @@ fn top_k(logits: &[f32], n: usize) -> Vec<u32> {
             let at = best.partition_point(|&b| better(logits, &b, &i).is_lt());
             best.insert(at, i);
             best.truncate(n);
-            threshold = logits[best[best.len() - 1] as usize];
         }
     }
     best.sort_unstable();
@@ -253,6 +255,9 @@ struct Nucleus {
 }
 
 impl Nucleus {
+    /// Every token (top-p 1): no histogram to build.
+    const ALL: Nucleus = Nucleus { threshold: 0.0, edge: Vec::new() };
+
     fn new(weights: &[f32], target: f64) -> Nucleus {
         // Four interleaved histograms: consecutive weights of a flat row land in the same
         // bucket, and one histogram would chain every add on the one before.

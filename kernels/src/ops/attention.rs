@@ -46,10 +46,12 @@ pub fn attend_heads<S: Simd, E: Elem>(s: S, a: &Attention<E>, heads: usize, out:
         (0, 8) => group_scores::<S, E, 8, 3>(s, a, heads, scores),
         _ => 0,
     };
-    for t in 0..len {
-        let k = a.k.row(t, a.head_offset, width);
-        for h in grouped..heads {
-            scores[h * len + t] = dot(s, &a.q[h * hd..][..hd], &k[h * hd..][..hd]) * a.scale;
+    if grouped < heads {
+        for t in 0..len {
+            let k = a.k.row(t, a.head_offset, width);
+            for h in grouped..heads {
+                scores[h * len + t] = dot(s, &a.q[h * hd..][..hd], &k[h * hd..][..hd]) * a.scale;
+            }
         }
     }
     let mut sums = [0.0f32; MAX_HEADS];
