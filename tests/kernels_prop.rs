@@ -5,7 +5,7 @@
 mod common;
 
 use common::available_kernels;
-use inferneo_kernels::{reference, Attention, Epilogue, Kernels, KvView, Layout, WeightDtype};
+use inferneo_kernels::{reference, Attention, Epilogue, Kernels, KvView, Layout, Norm, WeightDtype};
 use proptest::prelude::*;
 
 /// Relative tolerance for f32 reductions vs the f64 oracle, scaled by the sum of |terms|.
@@ -279,6 +279,29 @@ proptest! {
                 let one16 = Attention { q: &q[h * hd..][..hd], head_offset: (first + h) * hd, ..all16 };
                 kern.attend_f16(&one16, &mut want, &mut scores);
                 prop_assert_eq!(&out16[h * hd..][..hd], &want[..], "f16 {} head {}", kern.isa(), h);
+            }
+        }
+    }
+
+    /// The layer norm fused into the product's packing is bitwise the separate norm then the
+    /// product, for every dtype and M (M = 1 takes the unpacked row path).
+    #[test]
+    fn normed_product_equals_norm_then_product(m in 1usize..30, k in 1usize..100, n in 1usize..80, seed: u64, shift in -3.0f32..3.0) {
+        let x: Vec<f32> = vals(m * k, seed).iter().map(|v| v * 4.0 + shift).collect();
+        let (w, b, g, beta) = (vals(k * n, seed ^ 1), vals(n, seed ^ 2), vals(k, seed ^ 3), vals(k, seed ^ 4));
+        let eps = 1e-5;
+        for kern in kernels() {
+            let mut normed = vec![0.0; m * k];
+            for (xr, nr) in x.chunks_exact(k).zip(normed.chunks_exact_mut(k)) {
+                kern.layernorm(xr, &g, &beta, eps, nr);
+            }
+            for dtype in WeightDtype::ALL {
+                let wp = kern.pack(&w, Layout::KN, k, n, dtype);
+                let (mut want, mut got) = (vec![0.0; m * n], vec![f32::NAN; m * n]);
+                kern.matmul_kn(&normed, &wp, Some(&b), &mut want, m, Epilogue::GELU);
+                let norm = Norm { gamma: &g, beta: &beta, eps };
+                kern.matmul_kn_normed(&x, norm, &wp, Some(&b), &mut got, m, Epilogue::GELU);
+                prop_assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{} {}: fused differs", kern.isa(), dtype);
             }
         }
     }

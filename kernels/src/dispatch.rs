@@ -68,6 +68,40 @@ impl Kernels {
         m: usize,
         epilogue: Epilogue,
     ) {
+        self.product(x, None, w, bias, out, m, epilogue)
+    }
+
+    /// [`Kernels::matmul_kn`] of the layer-normed rows: `out (+)= epilogue(layernorm(x) · w +
+    /// bias)`. Each row is normalized as it is packed into the tiles' layout, so the normed
+    /// activations are never written out and read back as a matrix of their own. Bitwise equal
+    /// to [`Kernels::layernorm`] of each row followed by [`Kernels::matmul_kn`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_kn_normed(
+        &self,
+        x: &[f32],
+        norm: Norm,
+        w: &PackedKn,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        m: usize,
+        epilogue: Epilogue,
+    ) {
+        let k = w.k();
+        assert!(norm.gamma.len() == k && norm.beta.len() == k, "matmul_kn_normed: gamma/beta are not k = {k} long");
+        self.product(x, Some(norm), w, bias, out, m, epilogue)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn product(
+        &self,
+        x: &[f32],
+        norm: Option<Norm>,
+        w: &PackedKn,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        m: usize,
+        epilogue: Epilogue,
+    ) {
         let dims = Dims { m, k: w.k(), n: w.n() };
         let Dims { k, n, .. } = dims;
         assert!(x.len() >= m * k && out.len() >= m * n, "matmul_kn: slices shorter than {dims:?}");
@@ -77,11 +111,11 @@ impl Kernels {
         let w = w.panels();
         // Several rows: interleave them in blocks of MR (BLIS's packed A) once, shared by all
         // threads; the tile then reads one contiguous run of MR values per k.
-        let mr = self.table.kn_mr;
+        let mr = if m > 1 { self.table.kn_mr } else { 1 };
         let packed_x;
-        let (x, x_mr) = if m > 1 {
-            packed_x = pack_rows(&x[..m * k], k, mr);
-            (&packed_x[..], mr)
+        let (x, x_mr) = if m > 1 || norm.is_some() {
+            packed_x = self.pack_rows(&x[..m * k], k, mr, norm);
+            (&packed_x[..], if m > 1 { mr } else { 0 })
         } else {
             (x, 0)
         };
@@ -239,20 +273,36 @@ pub struct Dims {
     pub n: usize,
 }
 
-/// `[m, k]` rows interleaved in blocks of `mr`: block `b` is `[k][mr]` holding rows
-/// `b*mr .. b*mr+mr` (zeros past `m`).
-fn pack_rows(x: &[f32], k: usize, mr: usize) -> Vec<f32> {
-    let m = x.len() / k.max(1);
-    let mut out = vec![0.0f32; m.div_ceil(mr) * mr * k];
-    for (b, block) in out.chunks_exact_mut(mr * k).enumerate() {
-        for r in 0..mr.min(m - b * mr) {
-            let row = &x[(b * mr + r) * k..][..k];
-            for (kk, &v) in row.iter().enumerate() {
-                block[kk * mr + r] = v;
+/// The layer norm fused into a product's activation packing
+/// ([`Kernels::matmul_kn_normed`]): `(x - mean) / sqrt(var + eps) * gamma + beta` per row.
+#[derive(Clone, Copy)]
+pub struct Norm<'a> {
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    pub eps: f32,
+}
+
+impl Kernels {
+    /// `[m, k]` rows (layer-normed first if `norm` says so) interleaved in blocks of `mr`:
+    /// block `b` is `[k][mr]` holding rows `b*mr .. b*mr+mr` (zeros past `m`).
+    fn pack_rows(&self, x: &[f32], k: usize, mr: usize, norm: Option<Norm>) -> Vec<f32> {
+        let m = x.len() / k.max(1);
+        let mut out = vec![0.0f32; m.div_ceil(mr) * mr * k];
+        let mut normed = vec![0.0f32; if norm.is_some() { k } else { 0 }];
+        for (b, block) in out.chunks_exact_mut(mr * k).enumerate() {
+            for r in 0..mr.min(m - b * mr) {
+                let mut row = &x[(b * mr + r) * k..][..k];
+                if let Some(Norm { gamma, beta, eps }) = norm {
+                    self.layernorm(row, gamma, beta, eps, &mut normed);
+                    row = &normed;
+                }
+                for (kk, &v) in row.iter().enumerate() {
+                    block[kk * mr + r] = v;
+                }
             }
         }
+        out
     }
-    out
 }
 
 /// Splits `out` (`[m, n]` row-major) into column chunks, hands each chunk to `f` as its rows'

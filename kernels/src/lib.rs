@@ -19,7 +19,7 @@ mod simd;
 
 pub use buffer::HugeBuf;
 pub use cpu::{Isa, ISA_ENV};
-pub use dispatch::{kernels, Dims, Epilogue, Kernels};
+pub use dispatch::{kernels, Dims, Epilogue, Kernels, Norm};
 pub use pack::{Layout, PackedKn, Panels, WeightDtype};
 
 /// Arguments of one column chunk of `y = x · W (+ b) (+ y)`, `W` packed (see [`PackedKn`]).

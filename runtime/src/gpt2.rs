@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::init::{Preset, RandomWeights};
 use crate::kv_cache::{BlockTable, KvCache, KvPool, LayerBlocks};
 use crate::weights::{SafetensorsFile, Tensor, WeightSource};
-use inferneo_kernels::{Attention, Epilogue, Kernels, Layout, PackedKn, WeightDtype};
+use inferneo_kernels::{Attention, Epilogue, Kernels, Layout, Norm, PackedKn, WeightDtype};
 use rayon::prelude::*;
 use std::path::Path;
 
@@ -207,21 +207,18 @@ impl Gpt2 {
             k.add(&tok_emb, &wpe[pos * e..][..e], &mut x[r * e..][..e]);
         }
 
-        let mut h = vec![0.0f32; m * e]; // [m, n_embd] layer-norm output
         let mut qkv = vec![0.0f32; m * 3 * e]; // [m, 3 n_embd]
         let mut att = vec![0.0f32; m * e]; // [m, n_embd] attention output (heads side by side)
         let mut fc = vec![0.0f32; m * c.n_inner()]; // [m, n_inner]
         for (l, b) in self.blocks.iter().enumerate() {
-            self.layernorm_rows(&b.ln_1, &x, &mut h);
-            self.conv1d(&b.c_attn, &h, &mut qkv, Epilogue::STORE);
+            self.conv1d_normed(&b.ln_1, &b.c_attn, &x, &mut qkv, Epilogue::STORE);
             for (r, &(si, pos)) in rows.iter().enumerate() {
                 let row = &qkv[r * 3 * e..][..3 * e];
                 pool.write(seqs[si].cache, l, pos, &row[e..2 * e], &row[2 * e..]);
             }
             self.attention(l, pool, seqs, &rows, &qkv, &mut att);
             self.conv1d(&b.attn_proj, &att, &mut x, Epilogue::ACCUMULATE);
-            self.layernorm_rows(&b.ln_2, &x, &mut h);
-            self.conv1d(&b.c_fc, &h, &mut fc, Epilogue::GELU);
+            self.conv1d_normed(&b.ln_2, &b.c_fc, &x, &mut fc, Epilogue::GELU);
             self.conv1d(&b.mlp_proj, &fc, &mut x, Epilogue::ACCUMULATE);
         }
 
@@ -237,33 +234,33 @@ impl Gpt2 {
             }
             r += n;
         }
-        let mut hf = vec![0.0f32; wanted.len() * e];
-        for (j, &r) in wanted.iter().enumerate() {
-            let ln = &self.ln_f;
-            k.layernorm(
-                &x[r * e..][..e],
-                ln.weight.as_slice(),
-                ln.bias.as_slice(),
-                c.layer_norm_epsilon,
-                &mut hf[j * e..][..e],
-            );
-        }
+        let picked: Vec<f32> = wanted.iter().flat_map(|&r| &x[r * e..][..e]).copied().collect();
         let mut logits = vec![0.0f32; wanted.len() * vocab];
-        k.matmul_kn(&hf, &self.lm_head, None, &mut logits, wanted.len(), Epilogue::STORE);
+        k.matmul_kn_normed(
+            &picked,
+            self.norm(&self.ln_f),
+            &self.lm_head,
+            None,
+            &mut logits,
+            wanted.len(),
+            Epilogue::STORE,
+        );
         Ok(logits)
     }
 
-    fn layernorm_rows(&self, ln: &LayerNorm, x: &[f32], out: &mut [f32]) {
-        let e = self.config.n_embd;
-        let (w, b, eps) = (ln.weight.as_slice(), ln.bias.as_slice(), self.config.layer_norm_epsilon);
-        for (xr, or) in x.chunks_exact(e).zip(out.chunks_exact_mut(e)) {
-            self.kernels.layernorm(xr, w, b, eps, or);
-        }
+    fn norm<'a>(&self, ln: &'a LayerNorm) -> Norm<'a> {
+        Norm { gamma: ln.weight.as_slice(), beta: ln.bias.as_slice(), eps: self.config.layer_norm_epsilon }
     }
 
     fn conv1d(&self, conv: &Conv1D, x: &[f32], out: &mut [f32], epilogue: Epilogue) {
         let m = x.len() / conv.weight.k();
         self.kernels.matmul_kn(x, &conv.weight, Some(conv.bias.as_slice()), out, m, epilogue);
+    }
+
+    /// `conv(layernorm(x))`, the norm fused into the product's activation packing.
+    fn conv1d_normed(&self, ln: &LayerNorm, conv: &Conv1D, x: &[f32], out: &mut [f32], epilogue: Epilogue) {
+        let m = x.len() / conv.weight.k();
+        self.kernels.matmul_kn_normed(x, self.norm(ln), &conv.weight, Some(conv.bias.as_slice()), out, m, epilogue);
     }
 
     /// Causal multi-head attention of every row against its own sequence's cache.
