@@ -11,7 +11,11 @@ use inferneo_runtime::{
 use proptest::prelude::*;
 
 fn model() -> Gpt2 {
-    Gpt2::random(Preset::Tiny, 21, inferneo_kernels::kernels().unwrap(), WeightDtype::F32)
+    model_of(WeightDtype::F32)
+}
+
+fn model_of(dtype: WeightDtype) -> Gpt2 {
+    Gpt2::random(Preset::Tiny, 21, inferneo_kernels::kernels().unwrap(), dtype)
 }
 
 /// Block bytes of the tiny model (2 layers x k,v x 16 positions x 64 floats).
@@ -65,22 +69,35 @@ fn with_prompt(i: u64, prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
 
 /// Each request run by itself, every prompt computed in full (no prefix cache): the reference.
 fn alone(reqs: &[GenerateRequest]) -> Vec<(Vec<u32>, Vec<u32>, Finish)> {
-    let engine = Engine::start(model(), None, EngineConfig { prefix_caching: false, ..EngineConfig::default() })
-        .expect("engine starts");
+    alone_with(WeightDtype::F32, reqs)
+}
+
+fn alone_with(dtype: WeightDtype, reqs: &[GenerateRequest]) -> Vec<(Vec<u32>, Vec<u32>, Finish)> {
+    let engine =
+        Engine::start(model_of(dtype), None, EngineConfig { prefix_caching: false, ..EngineConfig::default() })
+            .expect("engine starts");
     reqs.iter().map(|r| collect(&engine.submit(r.clone()).unwrap().events)).collect()
 }
 
+/// For f32 weights and for `w8a8`, whose activations are quantized per row at run time (so
+/// each row's quantization must not see the rows batched with it).
 #[test]
 fn concurrent_requests_equal_each_alone_bitwise() {
+    for dtype in [WeightDtype::F32, WeightDtype::W8a8] {
+        concurrent_equal_alone(dtype);
+    }
+}
+
+fn concurrent_equal_alone(dtype: WeightDtype) {
     let reqs: Vec<GenerateRequest> = (0..12).map(|i| request(i, 3 + (i as usize * 7) % 40, 20)).collect();
-    let expected = alone(&reqs);
+    let expected = alone_with(dtype, &reqs);
     // Small token budget: prompts are split into chunks and mixed with decodes.
     let config = EngineConfig { limits: Limits { max_batch_tokens: 24, max_seqs: 8 }, ..EngineConfig::default() };
-    let engine = Engine::start(model(), None, config).expect("engine starts");
+    let engine = Engine::start(model_of(dtype), None, config).expect("engine starts");
     let handles: Vec<_> = reqs.iter().map(|r| engine.submit(r.clone()).unwrap()).collect();
     for (i, h) in handles.iter().enumerate() {
         let got = collect(&h.events);
-        assert_eq!(got, expected[i], "request {i} differs when batched");
+        assert_eq!(got, expected[i], "{dtype}: request {i} differs when batched");
         assert_eq!(got.2, Finish::Done(inferneo_runtime::FinishReason::Length));
     }
 }

@@ -31,6 +31,9 @@ fn assert_close(label: &str, got: &[f32], want: &[f32], bound: impl Fn(usize) ->
     }
 }
 
+/// Dtypes whose products take f32 activations (`w8a8` quantizes them: tested on its own).
+const WEIGHT_ONLY: [WeightDtype; 4] = [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Int8];
+
 fn kernels() -> Vec<Kernels> {
     available_kernels()
 }
@@ -63,7 +66,7 @@ proptest! {
     fn matmul_kn_matches_reference(m in 1usize..14, k in 1usize..70, n in 1usize..70, seed: u64, acc: bool, bias: bool, gelu: bool) {
         let (x, w, b, prior) = (vals(m * k, seed), vals(k * n, seed ^ 1), vals(n, seed ^ 2), vals(m * n, seed ^ 3));
         for kern in kernels() {
-            for dtype in WeightDtype::ALL {
+            for dtype in WEIGHT_ONLY {
                 let packed = kern.pack(&w, Layout::KN, k, n, dtype);
                 let mut seen = vec![0.0; k * n];
                 let mut col = vec![0.0; k];
@@ -96,13 +99,61 @@ proptest! {
         }
     }
 
+    /// `w8a8` on every ISA equals the oracle's exact-integer product bit for bit (GELU within
+    /// its approximation error), on ragged shapes including k not a multiple of the k group.
+    #[test]
+    fn w8a8_matches_reference(m in 1usize..30, k in 1usize..90, n in 1usize..300, seed: u64, acc: bool, bias: bool, gelu: bool, zero_row: bool) {
+        let (mut x, w, b, prior) = (vals(m * k, seed), vals(k * n, seed ^ 1), vals(n, seed ^ 2), vals(m * n, seed ^ 3));
+        if zero_row {
+            x[..k].iter_mut().for_each(|v| *v = 0.0);
+        }
+        let mut want = vec![0.0; m * n];
+        reference::matmul_w8a8(&x, &w, bias.then_some(&b[..]), &mut want, m, k, n);
+        if gelu {
+            reference::gelu_new(&mut want);
+        }
+        if acc {
+            want.iter_mut().zip(&prior).for_each(|(v, p)| *v += p);
+        }
+        for kern in kernels() {
+            let packed = kern.pack(&w, Layout::KN, k, n, WeightDtype::W8a8);
+            let mut out = vec![f32::NAN; m * n + 7];
+            if acc {
+                out[..m * n].copy_from_slice(&prior);
+            }
+            kern.matmul_kn(&x, &packed, bias.then_some(&b[..]), &mut out, m, Epilogue { gelu, accumulate: acc });
+            prop_assert!(out[m * n..].iter().all(|v| v.is_nan()), "wrote past the output");
+            let tol = |i: usize| if gelu { ELEM_ABS * (1.0 + want[i].abs()) } else { 0.0 };
+            assert_close(&format!("w8a8/{}", kern.isa()), &out[..m * n], &want, tol);
+        }
+    }
+
+    /// The oracle's `w8a8` against the f32 product: within the two quantization errors,
+    /// `sum_k |x| s_w / 2 + |w| s_x / 2 + s_x s_w / 4` (so the scheme itself is checked).
+    #[test]
+    fn w8a8_is_within_its_quantization_error(m in 1usize..6, k in 1usize..200, n in 1usize..40, seed: u64) {
+        let (x, w) = (vals(m * k, seed), vals(k * n, seed ^ 1));
+        let (mut q, mut f) = (vec![0.0; m * n], vec![0.0; m * n]);
+        reference::matmul_w8a8(&x, &w, None, &mut q, m, k, n);
+        reference::matmul_kn(&x, &w, None, &mut f, m, k, n);
+        for i in 0..m {
+            let sx = x[i * k..][..k].iter().fold(0.0f32, |a, v| a.max(v.abs())) / 127.0;
+            for j in 0..n {
+                let sw = (0..k).fold(0.0f32, |a, p| a.max(w[p * n + j].abs())) / 127.0;
+                let bound: f32 = (0..k).map(|p| x[i * k + p].abs() * sw / 2.0 + w[p * n + j].abs() * sx / 2.0 + sx * sw / 4.0).sum();
+                let err = (q[i * n + j] - f[i * n + j]).abs();
+                prop_assert!(err <= bound * 1.001 + 1e-6, "row {} col {}: error {} > bound {}", i, j, err, bound);
+            }
+        }
+    }
+
     /// Storage error of the narrow dtypes, per element, against f32: f16 and bf16 round to
     /// nearest (relative 2^-11, 2^-8), int8 to within half a quantization step of its column.
     #[test]
     fn narrow_dtypes_round_within_their_precision(k in 1usize..40, n in 1usize..40, seed: u64) {
         let w = vals(k * n, seed);
         let kern = Kernels::for_isa(inferneo_kernels::Isa::Scalar).unwrap();
-        for dtype in [WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Int8] {
+        for dtype in [WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Int8, WeightDtype::W8a8] {
             let packed = kern.pack(&w, Layout::KN, k, n, dtype);
             let mut col = vec![0.0; k];
             for c in 0..n {
@@ -338,6 +389,9 @@ fn identity_products_are_exact() {
             for dtype in WeightDtype::ALL {
                 let mut out = vec![f32::NAN; 5 * n];
                 kern.matmul_kn(&x, &kern.pack(&eye, Layout::KN, n, n, dtype), None, &mut out, 5, Epilogue::STORE);
+                if dtype == WeightDtype::W8a8 {
+                    continue; // its input is quantized too: covered by w8a8_matches_reference
+                }
                 if dtype == WeightDtype::Int8 {
                     // q = 127 with scale 1/127: exact up to the rounding of that scale.
                     assert_close(&format!("int8 identity n = {n}"), &out, &x, |i| x[i].abs() * 2e-7);

@@ -5,7 +5,7 @@
 
 use crate::cpu::Isa;
 use crate::isa::{self, Table};
-use crate::{Attention, Layout, MatmulKn, PackedKn, WeightDtype};
+use crate::{Attention, Layout, MatmulKn, MatmulQ, PackedKn, Panels, QFormat, WeightDtype};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -54,7 +54,10 @@ impl Kernels {
 
     /// Packs a `[k, n]` weight matrix (stored as `layout`) for this ISA's `matmul_kn`.
     pub fn pack(&self, w: &[f32], layout: Layout, k: usize, n: usize, dtype: WeightDtype) -> PackedKn {
-        PackedKn::pack(w, layout, k, n, self.table.kn_nr, dtype)
+        match dtype {
+            WeightDtype::W8a8 => PackedKn::pack_w8a8(w, layout, k, n, self.table.w8a8.format),
+            _ => PackedKn::pack(w, layout, k, n, self.table.kn_nr, dtype),
+        }
     }
 
     /// `out[M,N] (+)= epilogue(x[M,K] · w[K,N] + bias[N])`, `w` packed from a `[K, N]` matrix.
@@ -105,8 +108,23 @@ impl Kernels {
         let dims = Dims { m, k: w.k(), n: w.n() };
         let Dims { k, n, .. } = dims;
         assert!(x.len() >= m * k && out.len() >= m * n, "matmul_kn: slices shorter than {dims:?}");
-        assert_eq!(w.nr(), self.table.kn_nr, "matmul_kn: weights packed for another ISA");
         assert!(bias.is_none_or(|b| b.len() >= n), "matmul_kn: bias shorter than n = {n}");
+        if let Panels::W8a8 { q, scale, corr, format } = w.panels() {
+            let normed;
+            let x = match norm {
+                Some(Norm { gamma, beta, eps }) => {
+                    normed = (0..m).fold(vec![0.0f32; m * k], |mut v, r| {
+                        self.layernorm(&x[r * k..][..k], gamma, beta, eps, &mut v[r * k..][..k]);
+                        v
+                    });
+                    &normed[..]
+                }
+                None => &x[..m * k],
+            };
+            let panels = QPanels { q, scale, corr, format: *format };
+            return self.product_q(x, panels, bias, out, dims, epilogue);
+        }
+        assert_eq!(w.nr(), self.table.kn_nr, "matmul_kn: weights packed for another ISA");
         let f = self.table.matmul_kn;
         let w = w.panels();
         // Several rows: interleave them in blocks of MR (BLIS's packed A) once, shared by all
@@ -271,6 +289,48 @@ pub struct Dims {
     pub m: usize,
     pub k: usize,
     pub n: usize,
+}
+
+/// A `w8a8` matrix's packed parts.
+struct QPanels<'a> {
+    q: &'a [i8],
+    scale: &'a [f32],
+    corr: &'a [i32],
+    format: QFormat,
+}
+
+impl Kernels {
+    /// The `w8a8` product: quantizes the rows once (shared by all threads), then the integer
+    /// kernel over column chunks.
+    fn product_q(&self, x: &[f32], w: QPanels, bias: Option<&[f32]>, out: &mut [f32], dims: Dims, epilogue: Epilogue) {
+        let Dims { m, k, n } = dims;
+        let t = self.table.w8a8;
+        assert_eq!(w.format, t.format, "matmul_kn: w8a8 weights packed for another ISA");
+        let groups = k.div_ceil(w.format.kq);
+        let mr = if m > 1 { t.mr } else { 0 };
+        let mut words = vec![0i32; m.div_ceil(mr.max(1)) * mr.max(1) * groups];
+        let mut x_scale = vec![0.0f32; m];
+        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+        unsafe { (t.quantize)(x, k, mr, &mut words, &mut x_scale) };
+        for_column_chunks(&mut out[..m * n], dims, w.format.nr, |col0, rows| {
+            let a = MatmulQ {
+                x: &words,
+                x_mr: mr,
+                x_scale: &x_scale,
+                groups,
+                w: w.q,
+                w_scale: w.scale,
+                corr: w.corr,
+                n,
+                bias,
+                col0,
+                gelu: epilogue.gelu,
+                accumulate: epilogue.accumulate,
+            };
+            // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+            unsafe { (t.matmul)(&a, rows) }
+        });
+    }
 }
 
 /// The layer norm fused into a product's activation packing

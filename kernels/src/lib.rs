@@ -20,7 +20,7 @@ mod simd;
 pub use buffer::HugeBuf;
 pub use cpu::{Isa, ISA_ENV};
 pub use dispatch::{kernels, Dims, Epilogue, Kernels, Norm};
-pub use pack::{Layout, PackedKn, Panels, WeightDtype};
+pub use pack::{Layout, PackedKn, Panels, QFormat, WeightDtype};
 
 /// Arguments of one column chunk of `y = x · W (+ b) (+ y)`, `W` packed (see [`PackedKn`]).
 pub struct MatmulKn<'a> {
@@ -40,6 +40,29 @@ pub struct MatmulKn<'a> {
     /// Apply `gelu_new` after the bias (the fused MLP activation).
     pub gelu: bool,
     /// Add the result to the output instead of overwriting it.
+    pub accumulate: bool,
+}
+
+/// Arguments of one column chunk of a `w8a8` product ([`WeightDtype::W8a8`]): activations
+/// quantized per row, weights packed in `kq`-deep groups, reduced in exact integers.
+pub struct MatmulQ<'a> {
+    /// Activation words ([`simd`]'s `IntDot::act_word`), `groups` per row: row-major
+    /// `[m][groups]` when `x_mr == 0`, else blocks of `x_mr` rows, each `[groups][x_mr]`.
+    pub x: &'a [i32],
+    pub x_mr: usize,
+    /// Per-row activation scales: row `r`'s values are `x_q * x_scale[r]`.
+    pub x_scale: &'a [f32],
+    /// `ceil(k / kq)`.
+    pub groups: usize,
+    /// Panels of `nr` columns, each `[groups][nr][kq]` bytes.
+    pub w: &'a [i8],
+    /// Per-column weight scales and integer corrections, padded to whole panels.
+    pub w_scale: &'a [f32],
+    pub corr: &'a [i32],
+    pub n: usize,
+    pub bias: Option<&'a [f32]>,
+    pub col0: usize,
+    pub gelu: bool,
     pub accumulate: bool,
 }
 

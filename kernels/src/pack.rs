@@ -19,10 +19,15 @@ pub enum WeightDtype {
     Bf16,
     /// Symmetric int8 with one f32 scale per output column (weight-only quantization).
     Int8,
+    /// The same int8 weights with int8 activations: each product quantizes its input rows
+    /// (symmetric, one scale per row, at run time) and reduces in exact integer dot products
+    /// (AVX-512 VNNI `vpdpbusd`, AVX2 `vpmaddwd`).
+    W8a8,
 }
 
 impl WeightDtype {
-    pub const ALL: [WeightDtype; 4] = [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Int8];
+    pub const ALL: [WeightDtype; 5] =
+        [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Int8, WeightDtype::W8a8];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -30,6 +35,7 @@ impl WeightDtype {
             WeightDtype::F16 => "f16",
             WeightDtype::Bf16 => "bf16",
             WeightDtype::Int8 => "int8",
+            WeightDtype::W8a8 => "w8a8",
         }
     }
 
@@ -38,7 +44,7 @@ impl WeightDtype {
         match self {
             WeightDtype::F32 => 4,
             WeightDtype::F16 | WeightDtype::Bf16 => 2,
-            WeightDtype::Int8 => 1,
+            WeightDtype::Int8 | WeightDtype::W8a8 => 1,
         }
     }
 }
@@ -49,7 +55,7 @@ impl FromStr for WeightDtype {
         WeightDtype::ALL
             .into_iter()
             .find(|d| d.name() == s)
-            .ok_or_else(|| format!("unknown weight dtype '{s}' (expected f32, f16, bf16 or int8)"))
+            .ok_or_else(|| format!("unknown weight dtype '{s}' (expected f32, f16, bf16, int8 or w8a8)"))
     }
 }
 
@@ -78,6 +84,23 @@ pub enum Panels {
         q: HugeBuf<i8>,
         scale: Vec<f32>,
     },
+    /// `w8a8`: the int8 values in panels of `[groups][nr][kq]` (k padded with zeros to whole
+    /// groups), per-column scales, and `offset * column sum` per column (see [`QFormat`]).
+    W8a8 {
+        q: HugeBuf<i8>,
+        scale: Vec<f32>,
+        corr: Vec<i32>,
+        format: QFormat,
+    },
+}
+
+/// How an ISA's integer-dot kernel wants `w8a8` weights: panel width, k per group, and the
+/// activation offset its instruction needs (VNNI: 128).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QFormat {
+    pub nr: usize,
+    pub kq: usize,
+    pub offset: i32,
 }
 
 /// A `[k, n]` weight matrix in panel layout.
@@ -90,9 +113,11 @@ pub struct PackedKn {
 
 impl PackedKn {
     /// Packs `w` (laid out as `layout`) into panels `nr` columns wide, stored as `dtype` (use
-    /// [`Kernels::pack`](crate::Kernels::pack) for the width its ISA wants).
+    /// [`Kernels::pack`](crate::Kernels::pack) for the width its ISA wants). `w8a8` takes
+    /// its format from [`PackedKn::pack_w8a8`].
     pub fn pack(w: &[f32], layout: Layout, k: usize, n: usize, nr: usize, dtype: WeightDtype) -> PackedKn {
         assert_eq!(w.len(), k * n, "pack: weights are not {k} x {n}");
+        assert!(dtype != WeightDtype::W8a8, "pack: w8a8 needs its ISA's QFormat (pack_w8a8)");
         assert!(nr > 0 && nr <= crate::ops::matmul::MAX_NR, "pack: unsupported panel width {nr}");
         let at = |kk: usize, col: usize| match layout {
             Layout::KN => w[kk * n + col],
@@ -104,21 +129,48 @@ impl PackedKn {
             WeightDtype::F16 => Panels::F16(fill(k, n, nr, |kk, c| f16::from_f32(at(kk, c)))),
             WeightDtype::Bf16 => Panels::Bf16(fill(k, n, nr, |kk, c| bf16::from_f32(at(kk, c)))),
             WeightDtype::Int8 => {
-                let scale: Vec<f32> = (0..padded)
-                    .into_par_iter()
-                    .map(|c| if c < n { (0..k).fold(0.0f32, |m, kk| m.max(at(kk, c).abs())) / 127.0 } else { 0.0 })
-                    .collect();
-                let q = fill(k, n, nr, |kk, c| {
-                    if scale[c] == 0.0 {
-                        0
-                    } else {
-                        (at(kk, c) / scale[c]).round().clamp(-127.0, 127.0) as i8
-                    }
-                });
+                let scale = column_scales(k, n, padded, &at);
+                let q = fill(k, n, nr, |kk, c| quantize(at(kk, c), scale[c]));
                 Panels::Int8 { q, scale }
             }
+            WeightDtype::W8a8 => unreachable!("checked above"),
         };
         PackedKn { k, n, nr, panels }
+    }
+
+    /// Packs `w` as `w8a8`: int8 values exactly as [`WeightDtype::Int8`] quantizes them, laid
+    /// out for an integer-dot kernel of format `f`.
+    pub fn pack_w8a8(w: &[f32], layout: Layout, k: usize, n: usize, f: QFormat) -> PackedKn {
+        assert_eq!(w.len(), k * n, "pack: weights are not {k} x {n}");
+        let QFormat { nr, kq, offset } = f;
+        assert!(nr > 0 && kq > 0, "pack_w8a8: bad format {f:?}");
+        let at = |kk: usize, col: usize| match layout {
+            Layout::KN => w[kk * n + col],
+            Layout::NK => w[col * k + kk],
+        };
+        let padded = n.div_ceil(nr) * nr;
+        let scale = column_scales(k, n, padded, &at);
+        let groups = k.div_ceil(kq);
+        let mut q = HugeBuf::<i8>::zeroed(padded * groups * kq);
+        if k > 0 {
+            q.par_chunks_mut(groups * nr * kq).enumerate().for_each(|(p, panel)| {
+                for c in 0..(n - p * nr).min(nr) {
+                    for kk in 0..k {
+                        panel[(kk / kq * nr + c) * kq + kk % kq] = quantize(at(kk, p * nr + c), scale[p * nr + c]);
+                    }
+                }
+            });
+        }
+        let corr = (0..padded)
+            .into_par_iter()
+            .map(|c| {
+                let (p, i) = (c / nr, c % nr);
+                let sum: i32 =
+                    (0..groups * kq).map(|kk| q[p * groups * nr * kq + (kk / kq * nr + i) * kq + kk % kq] as i32).sum();
+                offset * sum
+            })
+            .collect();
+        PackedKn { k, n, nr, panels: Panels::W8a8 { q, scale, corr, format: f } }
     }
 
     pub fn k(&self) -> usize {
@@ -140,6 +192,7 @@ impl PackedKn {
             Panels::F16(_) => WeightDtype::F16,
             Panels::Bf16(_) => WeightDtype::Bf16,
             Panels::Int8 { .. } => WeightDtype::Int8,
+            Panels::W8a8 { .. } => WeightDtype::W8a8,
         }
     }
 
@@ -154,6 +207,7 @@ impl PackedKn {
             Panels::F16(v) => v.len() * 2,
             Panels::Bf16(v) => v.len() * 2,
             Panels::Int8 { q, scale } => q.len() + scale.len() * 4,
+            Panels::W8a8 { q, scale, corr, .. } => q.len() + scale.len() * 4 + corr.len() * 4,
         }
     }
 
@@ -170,7 +224,30 @@ impl PackedKn {
             Panels::Int8 { q, scale } => {
                 out.iter_mut().enumerate().for_each(|(kk, o)| *o = q[idx(kk)] as f32 * scale[col])
             }
+            Panels::W8a8 { q, scale, format, .. } => {
+                let (nr, kq) = (self.nr, format.kq);
+                let base = (col / nr) * self.k.div_ceil(kq) * kq * nr;
+                for (kk, o) in out.iter_mut().enumerate() {
+                    *o = q[base + (kk / kq * nr + off) * kq + kk % kq] as f32 * scale[col];
+                }
+            }
         }
+    }
+}
+
+/// Symmetric per-column int8 scales (`max |w| / 127`), zero for the padding columns.
+fn column_scales(k: usize, n: usize, padded: usize, at: &(impl Fn(usize, usize) -> f32 + Sync)) -> Vec<f32> {
+    (0..padded)
+        .into_par_iter()
+        .map(|c| if c < n { (0..k).fold(0.0f32, |m, kk| m.max(at(kk, c).abs())) / 127.0 } else { 0.0 })
+        .collect()
+}
+
+fn quantize(v: f32, scale: f32) -> i8 {
+    if scale == 0.0 {
+        0
+    } else {
+        (v / scale).round().clamp(-127.0, 127.0) as i8
     }
 }
 

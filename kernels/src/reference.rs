@@ -15,6 +15,31 @@ pub fn matmul_kn(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], m:
     }
 }
 
+/// The `w8a8` product: `w` quantized per column (`scale = max |w| / 127`, round half away from
+/// zero), each row of `x` per row (`scale = max |x| / 127`, ties to even), the integer dot
+/// product exact, then `((dot as f32) * w_scale) * x_scale + bias` in f32, in that order.
+pub fn matmul_w8a8(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], m: usize, k: usize, n: usize) {
+    let w_scale: Vec<f32> = (0..n).map(|j| (0..k).fold(0.0f32, |a, p| a.max(w[p * n + j].abs())) / 127.0).collect();
+    let wq = |p: usize, j: usize| {
+        if w_scale[j] == 0.0 {
+            0
+        } else {
+            (w[p * n + j] / w_scale[j]).round().clamp(-127.0, 127.0) as i64
+        }
+    };
+    for i in 0..m {
+        let row = &x[i * k..][..k];
+        let amax = row.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let (x_scale, inv) = if amax > 0.0 { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
+        let xq: Vec<i64> = row.iter().map(|&v| (v * inv).round_ties_even().clamp(-127.0, 127.0) as i64).collect();
+        for j in 0..n {
+            let dot: i64 = (0..k).map(|p| xq[p] * wq(p, j)).sum();
+            let v = dot as f32 * w_scale[j] * x_scale;
+            out[i * n + j] = bias.map_or(v, |b| v + b[j]);
+        }
+    }
+}
+
 /// Layer norm of one row `x[n]` with biased variance.
 pub fn layernorm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
     let n = x.len() as f64;

@@ -13,3 +13,20 @@ super::instantiate!(
     // One row: 4 panels (8 accumulators) in flight to hide FMA latency; two rows: 2 panels.
     decode_vecs: (8, 4)
 );
+
+// 4 x 16 integer tile: 8 accumulators + 2 weight vectors + the broadcast and each `vpmaddwd`
+// product of the 16 ymm registers.
+super::instantiate_q!(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    dot: crate::simd::avx2::Avx2,
+    token:
+        // SAFETY: as for the table above: reachable only after `Avx2::detect()` succeeded.
+        unsafe { crate::simd::avx2::Avx2::assume() },
+    vecs: 2,
+    mr: 4,
+    decode_vecs: 8
+);
+
+pub(super) fn w8a8_table() -> super::QTable {
+    q_table()
+}

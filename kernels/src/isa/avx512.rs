@@ -13,3 +13,25 @@ super::instantiate!(
     // One row: 4 panels (8 accumulators) in flight to hide FMA latency; two rows: 2 panels.
     decode_vecs: (8, 4)
 );
+
+// 12 x 32 integer tile: 24 accumulators + 2 weight vectors + 1 broadcast (as for f32).
+super::instantiate_q!(
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    dot: crate::simd::avx512::Vnni512,
+    token:
+        // SAFETY: `w8a8_table` below hands these out only after `Vnni512::detect()` succeeded.
+        unsafe { crate::simd::avx512::Vnni512::assume() },
+    vecs: 2,
+    mr: 12,
+    decode_vecs: 8
+);
+
+/// VNNI where the CPU has it; otherwise (AVX-512F without VNNI, e.g. Skylake-X) the AVX2
+/// `vpmaddwd` kernels, which every AVX-512 CPU can run.
+pub(super) fn w8a8_table() -> super::QTable {
+    if crate::simd::avx512::Vnni512::detect().is_some() {
+        q_table()
+    } else {
+        super::avx2::w8a8_table()
+    }
+}

@@ -6,13 +6,25 @@ pub mod avx2;
 pub mod avx512;
 pub mod scalar;
 
-use crate::{Attention, MatmulKn};
+use crate::{Attention, MatmulKn, MatmulQ, QFormat};
 
 /// Function pointers for one ISA. Entries may be `#[target_feature]` functions, hence `unsafe fn`:
 /// calling one is sound only on a CPU with that ISA, which `dispatch.rs` checks before it hands a
 /// table out.
 /// `layernorm(x, gamma, beta, eps, out)`.
 pub type LayerNormFn = unsafe fn(&[f32], &[f32], &[f32], f32, &mut [f32]);
+
+/// The `w8a8` (integer-dot) entries of one ISA.
+#[derive(Clone, Copy)]
+pub struct QTable {
+    /// How weights are packed for `matmul`.
+    pub format: QFormat,
+    /// Rows per register tile (and per block of packed activation words).
+    pub mr: usize,
+    /// `quantize(x, k, mr, words, scales)`: see `ops::matmul_q::quantize_rows`.
+    pub quantize: unsafe fn(&[f32], usize, usize, &mut [i32], &mut [f32]),
+    pub matmul: unsafe fn(&MatmulQ, &mut [&mut [f32]]),
+}
 
 #[derive(Clone, Copy)]
 pub struct Table {
@@ -21,6 +33,7 @@ pub struct Table {
     /// Rows per `kn` register tile.
     pub kn_mr: usize,
     pub matmul_kn: unsafe fn(&MatmulKn, &mut [&mut [f32]]),
+    pub w8a8: QTable,
     pub layernorm: LayerNormFn,
     pub gelu_new: unsafe fn(&mut [f32]),
     pub softmax: unsafe fn(&mut [f32]),
@@ -101,6 +114,7 @@ macro_rules! instantiate {
                 kn_nr: $c * <$simd as crate::simd::Simd>::LANES,
                 kn_mr: $mr,
                 matmul_kn,
+                w8a8: w8a8_table(),
                 layernorm,
                 gelu_new,
                 softmax,
@@ -118,3 +132,33 @@ macro_rules! instantiate {
     };
 }
 pub(crate) use instantiate;
+
+/// Writes the `w8a8` shims of one integer-dot token under the given attributes and a
+/// `q_table()` listing them.
+macro_rules! instantiate_q {
+    ($(#[$attr:meta])* dot: $dot:ty, token: $token:expr, vecs: $c:literal, mr: $mr:literal, decode_vecs: $q1:literal) => {
+        $(#[$attr])*
+        fn quantize_rows(x: &[f32], k: usize, mr: usize, words: &mut [i32], scales: &mut [f32]) {
+            crate::ops::matmul_q::quantize_rows::<$dot>(x, k, mr, words, scales)
+        }
+        $(#[$attr])*
+        fn matmul_q(a: &crate::MatmulQ, out: &mut [&mut [f32]]) {
+            crate::ops::matmul_q::matmul_q::<_, $c, $mr, $q1>($token, a, out)
+        }
+
+        pub fn q_table() -> super::QTable {
+            use crate::simd::{IntDot, Simd};
+            super::QTable {
+                format: crate::QFormat {
+                    nr: $c * <<$dot as IntDot>::S as Simd>::LANES,
+                    kq: <$dot as IntDot>::KQ,
+                    offset: <$dot as IntDot>::OFFSET,
+                },
+                mr: $mr,
+                quantize: quantize_rows,
+                matmul: matmul_q,
+            }
+        }
+    };
+}
+pub(crate) use instantiate_q;

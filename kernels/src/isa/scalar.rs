@@ -9,3 +9,15 @@ super::instantiate!(
     // One row: 16 scalar accumulators already; no extra panels.
     decode_vecs: (16, 16)
 );
+
+super::instantiate_q!(
+    dot: crate::simd::scalar::Scalar,
+    token: crate::simd::scalar::Scalar,
+    vecs: 16,
+    mr: 4,
+    decode_vecs: 16
+);
+
+pub(super) fn w8a8_table() -> super::QTable {
+    q_table()
+}

@@ -41,6 +41,7 @@ pub fn matmul_kn<S: Simd, const C: usize, const MR: usize, const Q1: usize, cons
         Panels::F16(w) => kn_blocks::<S, f16, C, MR, Q1, Q2>(s, a, w, None, out),
         Panels::Bf16(w) => kn_blocks::<S, bf16, C, MR, Q1, Q2>(s, a, w, None, out),
         Panels::Int8 { q, scale } => kn_blocks::<S, i8, C, MR, Q1, Q2>(s, a, q, Some(scale), out),
+        Panels::W8a8 { .. } => unreachable!("w8a8 weights go to the integer-dot kernels (matmul_q)"),
     }
 }
 

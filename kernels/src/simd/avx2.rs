@@ -1,6 +1,6 @@
 //! AVX2 + FMA [`Simd`] implementation (8 lanes of `f32` in a `__m256`).
 
-use super::Simd;
+use super::{IntDot, Simd};
 use std::arch::x86_64::*;
 
 /// Token proving the CPU supports AVX2, FMA and F16C (every AVX2 CPU has F16C).
@@ -144,5 +144,46 @@ impl Simd for Avx2 {
         // SAFETY: PREFETCHT0 is a hint that never faults, whatever the address; the pointer is
         // formed with `wrapping_add` and never dereferenced.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(s.as_ptr().wrapping_add(i).cast()) }
+    }
+}
+
+/// `vpmaddwd` on sign-extended pairs: exact (no `maddubs` saturation), 16 multiply-adds per
+/// instruction pair, on every AVX2 CPU.
+impl IntDot for Avx2 {
+    type S = Avx2;
+    type I = __m256i;
+    const KQ: usize = 2;
+    const OFFSET: i32 = 0;
+
+    #[inline(always)]
+    fn simd(self) -> Avx2 {
+        self
+    }
+    #[inline(always)]
+    fn izero(self) -> __m256i {
+        // SAFETY: the token proves AVX2 is available.
+        unsafe { _mm256_setzero_si256() }
+    }
+    #[inline(always)]
+    fn load_q(self, w: &[i8]) -> __m256i {
+        let w = &w[..16];
+        // SAFETY: `w` holds 16 bytes (checked by the slice above); AVX2 proven by the token.
+        unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(w.as_ptr().cast())) }
+    }
+    #[inline(always)]
+    fn dot_q(self, acc: __m256i, x: i32, w: __m256i) -> __m256i {
+        // SAFETY: the token proves AVX2 is available.
+        unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(w, _mm256_set1_epi32(x))) }
+    }
+    #[inline(always)]
+    fn to_f32(self, acc: __m256i, corr: &[i32]) -> __m256 {
+        let corr = &corr[..8];
+        // SAFETY: `corr` holds 8 i32 (checked by the slice above); AVX2 proven by the token.
+        unsafe { _mm256_cvtepi32_ps(_mm256_sub_epi32(acc, _mm256_loadu_si256(corr.as_ptr().cast()))) }
+    }
+    #[inline(always)]
+    fn act_word(x: &[i8]) -> i32 {
+        // Two i16 lanes, little-endian: what `vpmaddwd` pairs with a column's two k.
+        (x[0] as i16 as u16 as u32 | ((x[1] as i16 as u16 as u32) << 16)) as i32
     }
 }

@@ -1,6 +1,6 @@
 //! AVX-512F [`Simd`] implementation (16 lanes of `f32` in a `__m512`).
 
-use super::Simd;
+use super::{IntDot, Simd};
 use std::arch::x86_64::*;
 
 /// Token proving the CPU supports AVX-512F (and the AVX2/FMA/F16C it implies on every such CPU).
@@ -145,5 +145,67 @@ impl Simd for Avx512 {
         // SAFETY: PREFETCHT0 is a hint that never faults, whatever the address; the pointer is
         // formed with `wrapping_add` and never dereferenced.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(s.as_ptr().wrapping_add(i).cast()) }
+    }
+}
+
+/// Token proving the CPU supports AVX-512 VNNI on top of [`Avx512`].
+#[derive(Clone, Copy, Debug)]
+pub struct Vnni512 {
+    f: Avx512,
+}
+
+impl Vnni512 {
+    pub fn detect() -> Option<Self> {
+        let f = Avx512::detect()?;
+        (is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw")).then_some(Vnni512 { f })
+    }
+
+    /// # Safety
+    /// The caller must have established that AVX-512F, BW and VNNI are available, e.g. by
+    /// running inside a `#[target_feature]` function only called after [`Vnni512::detect`].
+    #[inline(always)]
+    pub unsafe fn assume() -> Self {
+        // SAFETY: forwarded to our caller (AVX-512F is part of what it established).
+        Vnni512 { f: unsafe { Avx512::assume() } }
+    }
+}
+
+/// `vpdpbusd`: 64 multiply-adds per instruction. Its first operand is unsigned, so activations
+/// are packed with +128 and `128 * column sum` is subtracted in the epilogue.
+impl IntDot for Vnni512 {
+    type S = Avx512;
+    type I = __m512i;
+    const KQ: usize = 4;
+    const OFFSET: i32 = 128;
+
+    #[inline(always)]
+    fn simd(self) -> Avx512 {
+        self.f
+    }
+    #[inline(always)]
+    fn izero(self) -> __m512i {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_setzero_si512() }
+    }
+    #[inline(always)]
+    fn load_q(self, w: &[i8]) -> __m512i {
+        let w = &w[..64];
+        // SAFETY: `w` holds 64 bytes (checked by the slice above); AVX-512F proven by the token.
+        unsafe { _mm512_loadu_si512(w.as_ptr().cast()) }
+    }
+    #[inline(always)]
+    fn dot_q(self, acc: __m512i, x: i32, w: __m512i) -> __m512i {
+        // SAFETY: the token proves AVX-512 VNNI is available.
+        unsafe { _mm512_dpbusd_epi32(acc, _mm512_set1_epi32(x), w) }
+    }
+    #[inline(always)]
+    fn to_f32(self, acc: __m512i, corr: &[i32]) -> __m512 {
+        let corr = &corr[..16];
+        // SAFETY: `corr` holds 16 i32 (checked by the slice above); AVX-512F proven by the token.
+        unsafe { _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_loadu_si512(corr.as_ptr().cast()))) }
+    }
+    #[inline(always)]
+    fn act_word(x: &[i8]) -> i32 {
+        i32::from_le_bytes([0, 1, 2, 3].map(|j| (x[j] as i32 + 128) as u8))
     }
 }

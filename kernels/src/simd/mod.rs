@@ -11,6 +11,33 @@ pub mod avx2;
 pub mod avx512;
 pub mod scalar;
 
+/// Integer dot products of int8 weights with int8 activations (the `w8a8` dtype): each i32
+/// lane accumulates `KQ` consecutive k of one column. Every implementation computes the exact
+/// integer sum, so results never depend on the ISA or the order of the k groups.
+pub trait IntDot: Copy {
+    /// The float side (epilogue) of the same ISA.
+    type S: Simd;
+    /// `Self::S::LANES` i32 accumulators.
+    type I: Copy;
+    /// Consecutive k per lane and per activation word.
+    const KQ: usize;
+    /// Added to every activation byte before it is packed (VNNI multiplies unsigned by signed
+    /// bytes); the kernel subtracts `OFFSET * column sum` again, exactly.
+    const OFFSET: i32;
+
+    fn simd(self) -> Self::S;
+    fn izero(self) -> Self::I;
+    /// The weights of `LANES` columns x `KQ` k, stored `[column][KQ]` (`LANES * KQ` bytes).
+    fn load_q(self, w: &[i8]) -> Self::I;
+    /// `acc + sum_j x_j * w_j` per lane, `x` one activation word ([`IntDot::act_word`]) for
+    /// all lanes.
+    fn dot_q(self, acc: Self::I, x: i32, w: Self::I) -> Self::I;
+    /// `(acc - corr)` per lane as f32 (`corr`: `LANES` values).
+    fn to_f32(self, acc: Self::I, corr: &[i32]) -> <Self::S as Simd>::V;
+    /// Packs `KQ` quantized activations (each in -127..=127) into the word `dot_q` takes.
+    fn act_word(x: &[i8]) -> i32;
+}
+
 /// One SIMD register's worth of `f32` lanes and the operations kernels need.
 pub trait Simd: Copy {
     /// Number of `f32` lanes in [`Simd::V`].

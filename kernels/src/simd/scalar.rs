@@ -1,6 +1,6 @@
 //! One-lane [`Simd`] implementation: the portable fallback every machine can run.
 
-use super::Simd;
+use super::{IntDot, Simd};
 
 /// Token for plain scalar code; always available.
 #[derive(Clone, Copy, Debug, Default)]
@@ -86,4 +86,37 @@ impl Simd for Scalar {
     }
     #[inline(always)]
     fn prefetch<T>(self, _s: &[T], _i: usize) {}
+}
+
+impl IntDot for Scalar {
+    type S = Scalar;
+    type I = i32;
+    const KQ: usize = 4;
+    const OFFSET: i32 = 0;
+
+    #[inline(always)]
+    fn simd(self) -> Scalar {
+        self
+    }
+    #[inline(always)]
+    fn izero(self) -> i32 {
+        0
+    }
+    #[inline(always)]
+    fn load_q(self, w: &[i8]) -> i32 {
+        i32::from_le_bytes([w[0] as u8, w[1] as u8, w[2] as u8, w[3] as u8])
+    }
+    #[inline(always)]
+    fn dot_q(self, acc: i32, x: i32, w: i32) -> i32 {
+        let (x, w) = (x.to_le_bytes(), w.to_le_bytes());
+        acc + (0..4).map(|j| x[j] as i8 as i32 * w[j] as i8 as i32).sum::<i32>()
+    }
+    #[inline(always)]
+    fn to_f32(self, acc: i32, corr: &[i32]) -> f32 {
+        (acc - corr[0]) as f32
+    }
+    #[inline(always)]
+    fn act_word(x: &[i8]) -> i32 {
+        i32::from_le_bytes([x[0] as u8, x[1] as u8, x[2] as u8, x[3] as u8])
+    }
 }

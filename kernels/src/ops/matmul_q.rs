@@ -1,0 +1,201 @@
+//! The `w8a8` product: `y = (x_q W_q) * w_scale * x_scale (+ b) (+ y)`, with `x` quantized per
+//! row (see `quantize_rows`) and `W` packed in `KQ`-deep groups (see [`crate::QFormat`]).
+//!
+//! The reduction over K is in exact integers, so every output element is independent of M, of
+//! the tile it falls in and of the ISA; the float epilogue (convert, weight scale, row scale,
+//! bias, GELU, residual) runs in that order for every element. Batch invariance and
+//! cross-ISA equality of the integer sums follow.
+
+use super::elementwise::gelu_vec;
+use crate::simd::{IntDot, Simd};
+use crate::MatmulQ;
+
+/// Bytes of packed activation words kept resident in L2 while the panels pass by.
+const MC_BYTES: usize = 256 << 10;
+
+/// How far ahead (bytes) a one-row tile prefetches each panel stream.
+const PREFETCH_BYTES: usize = 1024;
+
+/// Quantizes the `[m, k]` rows of `x` to int8 (symmetric: `scale = max |x| / 127`, values
+/// rounded to nearest, ties to even) and packs them as `IntDot` words: row-major when
+/// `mr == 0`, else in blocks of `mr` rows. Writes each row's scale.
+#[inline(always)]
+pub fn quantize_rows<D: IntDot>(x: &[f32], k: usize, mr: usize, words: &mut [i32], scales: &mut [f32]) {
+    let m = scales.len();
+    let groups = k.div_ceil(D::KQ);
+    let mut q = vec![0i8; groups * D::KQ];
+    for r in 0..m {
+        let row = &x[r * k..][..k];
+        // Sixteen partial maxima: a shape LLVM vectorises (one running max does not, for NaNs).
+        let mut part = [0.0f32; 16];
+        let mut chunks = row.chunks_exact(16);
+        for c in &mut chunks {
+            for i in 0..16 {
+                part[i] = part[i].max(c[i].abs());
+            }
+        }
+        let amax = chunks.remainder().iter().fold(part.iter().fold(0.0f32, |a, &b| a.max(b)), |a, &b| a.max(b.abs()));
+        let (scale, inv) = if amax > 0.0 { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
+        scales[r] = scale;
+        for (d, &v) in q.iter_mut().zip(row) {
+            *d = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        }
+        for g in 0..groups {
+            let w = D::act_word(&q[g * D::KQ..]);
+            let at = match r.checked_div(mr) {
+                None => r * groups + g,
+                Some(block) => (block * groups + g) * mr + r % mr,
+            };
+            words[at] = w;
+        }
+    }
+}
+
+/// `C`: vectors per panel row (`NR = C * LANES`); `MR`: rows per register tile; `Q1`: vectors
+/// per row of the one-row (decode) tile, a multiple of `C`: it walks `Q1 / C` panels at once so
+/// enough accumulators hide the instruction latency.
+#[inline(always)]
+pub fn matmul_q<D: IntDot, const C: usize, const MR: usize, const Q1: usize>(
+    d: D,
+    a: &MatmulQ,
+    out: &mut [&mut [f32]],
+) {
+    let m = out.len();
+    let nr = C * D::S::LANES;
+    let width = out.first().map_or(0, |r| r.len());
+    let mc = (MC_BYTES / (4 * a.groups.max(1))).max(MR) / MR * MR;
+    for mc0 in (0..m).step_by(mc) {
+        let mc_end = (mc0 + mc).min(m);
+        let mut j = 0;
+        if mc_end - mc0 == 1 {
+            while j + Q1 / C * nr <= width {
+                q_tile::<D, C, 1, Q1>(d, a, out, mc0, j);
+                j += Q1 / C * nr;
+            }
+        }
+        for j in (j..width).step_by(nr) {
+            let mut r0 = mc0;
+            while r0 < mc_end {
+                let rows = (mc_end - r0).min(MR);
+                match rows {
+                    12 => q_tile::<D, C, 12, C>(d, a, out, r0, j),
+                    11 => q_tile::<D, C, 11, C>(d, a, out, r0, j),
+                    10 => q_tile::<D, C, 10, C>(d, a, out, r0, j),
+                    9 => q_tile::<D, C, 9, C>(d, a, out, r0, j),
+                    8 => q_tile::<D, C, 8, C>(d, a, out, r0, j),
+                    7 => q_tile::<D, C, 7, C>(d, a, out, r0, j),
+                    6 => q_tile::<D, C, 6, C>(d, a, out, r0, j),
+                    5 => q_tile::<D, C, 5, C>(d, a, out, r0, j),
+                    4 => q_tile::<D, C, 4, C>(d, a, out, r0, j),
+                    3 => q_tile::<D, C, 3, C>(d, a, out, r0, j),
+                    2 => q_tile::<D, C, 2, C>(d, a, out, r0, j),
+                    _ => q_tile::<D, C, 1, C>(d, a, out, r0, j),
+                }
+                r0 += rows;
+            }
+        }
+    }
+}
+
+/// `R` rows times `Q / C` consecutive panels (`Q` accumulator vectors per row).
+#[inline(always)]
+fn q_tile<D: IntDot, const C: usize, const R: usize, const Q: usize>(
+    d: D,
+    a: &MatmulQ,
+    out: &mut [&mut [f32]],
+    r0: usize,
+    j: usize,
+) {
+    let l = D::S::LANES;
+    let (nr, kq, g) = (C * l, D::KQ, a.groups);
+    let panel_len = g * nr * kq;
+    let first = (a.col0 + j) / nr;
+    let p_count = Q / C;
+    let w = &a.w[first * panel_len..][..p_count * panel_len];
+    let (xb, xs) = match a.x_mr {
+        0 => (&a.x[r0 * g..][..g * R], 1),
+        mr => (&a.x[r0 / mr * mr * g..][..mr * g], mr),
+    };
+    debug_assert!(a.x_mr == 0 && R == 1 || a.x_mr > 0 && r0.is_multiple_of(a.x_mr));
+    assert!(xs >= R && xb.len() >= g * xs);
+    let step = nr * kq;
+    let ahead = PREFETCH_BYTES / step * step;
+    let mut acc = [[d.izero(); Q]; R];
+    // One k group per iteration: `P` panel streams, `C` vectors each.
+    for gi in 0..g {
+        let xk = &xb[gi * xs..][..R];
+        if R == 1 {
+            for p in 0..p_count {
+                for line in (0..step).step_by(64) {
+                    d.simd().prefetch(w, p * panel_len + (gi + 1) * step + ahead + line);
+                }
+            }
+        }
+        let mut wv = [d.izero(); Q];
+        for p in 0..p_count {
+            let row = &w[p * panel_len + gi * step..][..step];
+            for c in 0..C {
+                wv[p * C + c] = d.load_q(&row[c * l * kq..]);
+            }
+        }
+        for r in 0..R {
+            for q in 0..Q {
+                acc[r][q] = d.dot_q(acc[r][q], xk[r], wv[q]);
+            }
+        }
+    }
+    for r in 0..R {
+        let sx = a.x_scale[r0 + r];
+        for p in 0..p_count {
+            store_q(d, a, out[r0 + r], j + p * nr, &acc[r][p * C..(p + 1) * C], sx);
+        }
+    }
+}
+
+/// Epilogue of one row of one panel: `gelu?((acc - corr) * w_scale * x_scale + bias) (+ out)`.
+#[inline(always)]
+fn store_q<D: IntDot>(d: D, a: &MatmulQ, out: &mut [f32], j: usize, acc: &[D::I], sx: f32) {
+    let s = d.simd();
+    let l = D::S::LANES;
+    let nr = acc.len() * l;
+    let col = a.col0 + j;
+    let valid = (out.len() - j).min(nr);
+    let dst = &mut out[j..j + valid];
+    let mut tmp = [0.0f32; super::matmul::MAX_NR];
+    for c in 0..acc.len() {
+        let v = d.to_f32(acc[c], &a.corr[col + c * l..]);
+        let v = s.mul(s.mul(v, s.load(&a.w_scale[col + c * l..])), s.splat(sx));
+        if valid == nr {
+            let mut v = v;
+            if let Some(b) = a.bias {
+                v = s.add(v, s.load(&b[col + c * l..]));
+            }
+            if a.gelu {
+                v = gelu_vec(s, v);
+            }
+            if a.accumulate {
+                v = s.add(s.load(&dst[c * l..]), v);
+            }
+            s.store(&mut dst[c * l..], v);
+        } else {
+            s.store(&mut tmp[c * l..], v);
+        }
+    }
+    if valid < nr {
+        // Ragged last panel: the same operations, the bias one element at a time.
+        if let Some(b) = a.bias {
+            for (i, v) in tmp[..valid].iter_mut().enumerate() {
+                *v += b[col + i];
+            }
+        }
+        if a.gelu {
+            for c in 0..acc.len() {
+                let v = gelu_vec(s, s.load(&tmp[c * l..]));
+                s.store(&mut tmp[c * l..], v);
+            }
+        }
+        for (o, &v) in dst.iter_mut().zip(&tmp) {
+            *o = if a.accumulate { *o + v } else { v };
+        }
+    }
+}
