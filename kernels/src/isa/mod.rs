@@ -139,7 +139,7 @@ macro_rules! instantiate_q {
     ($(#[$attr:meta])* dot: $dot:ty, token: $token:expr, vecs: $c:literal, mr: $mr:literal, decode_vecs: $q1:literal) => {
         $(#[$attr])*
         fn quantize_rows(x: &[f32], k: usize, mr: usize, words: &mut [i32], scales: &mut [f32]) {
-            crate::ops::matmul_q::quantize_rows::<$dot>(x, k, mr, words, scales)
+            crate::ops::matmul_q::quantize_rows($token, x, k, mr, words, scales)
         }
         $(#[$attr])*
         fn matmul_q(a: &crate::MatmulQ, out: &mut [&mut [f32]]) {

@@ -17,36 +17,49 @@ const MC_BYTES: usize = 256 << 10;
 const PREFETCH_BYTES: usize = 1024;
 
 /// Quantizes the `[m, k]` rows of `x` to int8 (symmetric: `scale = max |x| / 127`, values
-/// rounded to nearest, ties to even) and packs them as `IntDot` words: row-major when
-/// `mr == 0`, else in blocks of `mr` rows. Writes each row's scale.
+/// `x * (127 / max |x|)` rounded to nearest, ties to even) and packs them as `IntDot` words:
+/// row-major when `mr == 0`, else in blocks of `mr` rows. Writes each row's scale.
 #[inline(always)]
-pub fn quantize_rows<D: IntDot>(x: &[f32], k: usize, mr: usize, words: &mut [i32], scales: &mut [f32]) {
+pub fn quantize_rows<D: IntDot>(d: D, x: &[f32], k: usize, mr: usize, words: &mut [i32], scales: &mut [f32]) {
+    let s = d.simd();
+    let l = D::S::LANES;
     let m = scales.len();
     let groups = k.div_ceil(D::KQ);
-    let mut q = vec![0i8; groups * D::KQ];
+    // Whole vectors of the row, then the tail through the same vector code via a padded copy,
+    // so every element sees the same arithmetic.
+    let padded = (groups * D::KQ).div_ceil(l) * l;
+    let mut qf = vec![0.0f32; padded];
+    let mut qb = vec![0i8; padded];
+    let mut row_words = vec![0i32; groups];
     for r in 0..m {
-        let row = &x[r * k..][..k];
-        // Sixteen partial maxima: a shape LLVM vectorises (one running max does not, for NaNs).
-        let mut part = [0.0f32; 16];
-        let mut chunks = row.chunks_exact(16);
-        for c in &mut chunks {
-            for i in 0..16 {
-                part[i] = part[i].max(c[i].abs());
-            }
+        qf[..k].copy_from_slice(&x[r * k..][..k]);
+        qf[k..].iter_mut().for_each(|v| *v = 0.0);
+        let mut amax = s.zero();
+        for c in qf.chunks_exact(l) {
+            let v = s.load(c);
+            amax = s.max(amax, s.max(v, s.sub(s.zero(), v)));
         }
-        let amax = chunks.remainder().iter().fold(part.iter().fold(0.0f32, |a, &b| a.max(b)), |a, &b| a.max(b.abs()));
+        let amax = s.hmax(amax);
         let (scale, inv) = if amax > 0.0 { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
         scales[r] = scale;
-        for (d, &v) in q.iter_mut().zip(row) {
-            *d = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        let (inv, lo, hi) = (s.splat(inv), s.splat(-127.0), s.splat(127.0));
+        for c in qf.chunks_exact_mut(l) {
+            let v = s.min(s.max(s.round(s.mul(s.load(c), inv)), lo), hi);
+            s.store(c, v);
         }
-        for g in 0..groups {
-            let w = D::act_word(&q[g * D::KQ..]);
-            let at = match r.checked_div(mr) {
-                None => r * groups + g,
-                Some(block) => (block * groups + g) * mr + r % mr,
-            };
-            words[at] = w;
+        // Exact: every value is an integer in -127..=127 (a loop LLVM vectorises).
+        for (b, &v) in qb.iter_mut().zip(&qf) {
+            *b = v as i8;
+        }
+        d.act_words(&qb[..groups * D::KQ], &mut row_words);
+        match mr {
+            0 => words[r * groups..][..groups].copy_from_slice(&row_words),
+            _ => {
+                let block = &mut words[r / mr * mr * groups..][..mr * groups];
+                for (g, &w) in row_words.iter().enumerate() {
+                    block[g * mr + r % mr] = w;
+                }
+            }
         }
     }
 }

@@ -36,6 +36,15 @@ pub trait IntDot: Copy {
     fn to_f32(self, acc: Self::I, corr: &[i32]) -> <Self::S as Simd>::V;
     /// Packs `KQ` quantized activations (each in -127..=127) into the word `dot_q` takes.
     fn act_word(x: &[i8]) -> i32;
+
+    /// [`IntDot::act_word`] of each group of `KQ` values of `x` (ISAs override it with a
+    /// vectorised loop).
+    #[inline(always)]
+    fn act_words(self, x: &[i8], out: &mut [i32]) {
+        for (w, g) in out.iter_mut().zip(x.chunks_exact(Self::KQ)) {
+            *w = Self::act_word(g);
+        }
+    }
 }
 
 /// One SIMD register's worth of `f32` lanes and the operations kernels need.
