@@ -255,6 +255,21 @@ impl Kernels {
         (iters as f64 * 12.0 * self.lanes() as f64 * 2.0, v)
     }
 
+    /// Runs `iters` rounds of 12 independent chains of the `w8a8` integer dot product on one
+    /// thread: the int8 peak probe. Returns the integer operations executed (2 per
+    /// multiply-add, as for FLOPs) and a value that depends on the work.
+    pub fn int_dot_probe(&self, iters: usize) -> (f64, f32) {
+        let t = self.table.w8a8;
+        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+        let v = unsafe { (t.probe)(iters, 0x0102_0304) };
+        (iters as f64 * 12.0 * (t.lanes * t.format.kq) as f64 * 2.0, v)
+    }
+
+    /// The instruction the `w8a8` kernels reduce with, for reports.
+    pub fn int_dot_name(&self) -> &'static str {
+        self.table.w8a8.name
+    }
+
     /// `f32` lanes per vector register of this ISA.
     pub fn lanes(&self) -> usize {
         match self.isa {

@@ -58,6 +58,17 @@ pub fn fma_peak(k: Kernels) -> f64 {
     k.fma_probe(0).0 + (iters as f64 * 12.0 * k.lanes() as f64 * 2.0 * threads as f64) / secs
 }
 
+/// All-core peak of the `w8a8` integer dot product, in operations/s (2 per multiply-add).
+pub fn int_dot_peak(k: Kernels) -> f64 {
+    let threads = rayon::current_num_threads();
+    let iters = 1_000_000;
+    let secs = best_of(Duration::from_secs(1), || {
+        let v: f32 = (0..threads).into_par_iter().map(|_| k.int_dot_probe(iters).1).sum();
+        black_box(v);
+    });
+    k.int_dot_probe(iters).0 * threads as f64 / secs
+}
+
 /// Cost of one fork-join over the rayon pool (every thread runs an empty task), in seconds:
 /// back to back (workers still spinning) and after 200 us of single-threaded work (workers may
 /// have gone to sleep), which is the pattern of a decode step between two products.
@@ -128,15 +139,18 @@ pub fn run(k: Kernels, as_json: bool, quick: bool) -> Result<(), String> {
     let bw = read_bandwidth(k, bw_bytes, true);
     let bw_4k = read_bandwidth(k, bw_bytes, false);
     let peak = fma_peak(k);
+    let int_peak = int_dot_peak(k);
     let (join_hot, join_after_gap) = fork_join_overhead();
     let budget = Duration::from_millis(if quick { 50 } else { 300 });
     let mut rows = Vec::new();
     for (label, kk, n) in SHAPES {
         let w: Vec<f32> = (0..kk * n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
         let bias = vec![0.01f32; n];
-        // Every dtype at decode size (bandwidth-bound); f32 across all M.
         for dtype in WeightDtype::ALL {
-            let ms: &[usize] = if dtype == WeightDtype::F32 { &MS } else { &MS[..1] };
+            // Every dtype at decode size (bandwidth-bound); f32 and w8a8 (the compute-bound
+            // kernels) across all M.
+            let ms: &[usize] = if matches!(dtype, WeightDtype::F32 | WeightDtype::W8a8) { &MS } else { &MS[..1] };
+            let peak = if dtype == WeightDtype::W8a8 { int_peak } else { peak };
             let packed = k.pack(&w, Layout::KN, kk, n, dtype);
             // A quick run only smoke-tests the streamed path: two copies may still sit in cache.
             let count = if quick { 2 } else { (STREAM_BYTES / packed.bytes()).max(2) };
@@ -173,6 +187,8 @@ pub fn run(k: Kernels, as_json: bool, quick: bool) -> Result<(), String> {
         "read_bandwidth_gbps": bw / 1e9,
         "read_bandwidth_4k_pages_gbps": bw_4k / 1e9,
         "fma_peak_gflops": peak / 1e9,
+        "int_dot_peak_gops": int_peak / 1e9,
+        "int_dot_instruction": k.int_dot_name(),
         "fork_join_us": { "back_to_back": join_hot * 1e6, "after_200us_gap_median": join_after_gap * 1e6 },
         "kernels": rows,
     });
@@ -186,6 +202,11 @@ pub fn run(k: Kernels, as_json: bool, quick: bool) -> Result<(), String> {
         bw / 1e9,
         bw_4k / 1e9,
         peak / 1e9
+    );
+    println!(
+        "w8a8 integer-dot peak ({}): {:.1} GOP/s (w8a8 rows use it as their compute roof; GFLOP/s there means GOP/s)",
+        k.int_dot_name(),
+        int_peak / 1e9
     );
     println!(
         "fork-join over the pool: {:.1} us back to back, {:.1} us (median) after a 200 us gap",

@@ -21,9 +21,14 @@ pub struct QTable {
     pub format: QFormat,
     /// Rows per register tile (and per block of packed activation words).
     pub mr: usize,
+    /// i32 lanes per vector.
+    pub lanes: usize,
+    pub name: &'static str,
     /// `quantize(x, k, mr, words, scales)`: see `ops::matmul_q::quantize_rows`.
     pub quantize: unsafe fn(&[f32], usize, usize, &mut [i32], &mut [f32]),
     pub matmul: unsafe fn(&MatmulQ, &mut [&mut [f32]]),
+    /// `probe(iters, seed)`: see `ops::matmul_q::dot_probe`.
+    pub probe: unsafe fn(usize, i32) -> f32,
 }
 
 #[derive(Clone, Copy)]
@@ -142,6 +147,10 @@ macro_rules! instantiate_q {
             crate::ops::matmul_q::quantize_rows($token, x, k, mr, words, scales)
         }
         $(#[$attr])*
+        fn dot_probe(iters: usize, seed: i32) -> f32 {
+            crate::ops::matmul_q::dot_probe($token, iters, seed)
+        }
+        $(#[$attr])*
         fn matmul_q(a: &crate::MatmulQ, out: &mut [&mut [f32]]) {
             crate::ops::matmul_q::matmul_q::<_, $c, $mr, $q1>($token, a, out)
         }
@@ -155,8 +164,11 @@ macro_rules! instantiate_q {
                     offset: <$dot as IntDot>::OFFSET,
                 },
                 mr: $mr,
+                lanes: <<$dot as IntDot>::S as Simd>::LANES,
+                name: <$dot as IntDot>::NAME,
                 quantize: quantize_rows,
                 matmul: matmul_q,
+                probe: dot_probe,
             }
         }
     };

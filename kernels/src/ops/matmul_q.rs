@@ -134,26 +134,31 @@ fn q_tile<D: IntDot, const C: usize, const R: usize, const Q: usize>(
     let step = nr * kq;
     let ahead = PREFETCH_BYTES / step * step;
     let mut acc = [[d.izero(); Q]; R];
-    // One k group per iteration: `P` panel streams, `C` vectors each.
-    for gi in 0..g {
-        let xk = &xb[gi * xs..][..R];
+    // Zipped chunk iterators make the first panel's and the activations' indices provably in
+    // bounds: a bounds check (and its panic path) in this loop makes LLVM spill the
+    // accumulators on every group.
+    let groups = w[..panel_len].chunks_exact(step).zip(xb.chunks_exact(xs));
+    for (gi, (row0, xk)) in groups.enumerate() {
         if R == 1 {
             for p in 0..p_count {
                 for line in (0..step).step_by(64) {
-                    d.simd().prefetch(w, p * panel_len + (gi + 1) * step + ahead + line);
+                    d.simd().prefetch(w, p * panel_len + gi * step + ahead + line);
                 }
             }
         }
         let mut wv = [d.izero(); Q];
-        for p in 0..p_count {
-            let row = &w[p * panel_len + gi * step..][..step];
-            for c in 0..C {
-                wv[p * C + c] = d.load_q(&row[c * l * kq..]);
-            }
+        for q in 0..Q {
+            let (p, c) = (q / C, q % C);
+            wv[q] = if p == 0 {
+                d.load_q(&row0[c * l * kq..])
+            } else {
+                d.load_q(&w[p * panel_len + gi * step + c * l * kq..])
+            };
         }
         for r in 0..R {
+            let x = xk[r];
             for q in 0..Q {
-                acc[r][q] = d.dot_q(acc[r][q], xk[r], wv[q]);
+                acc[r][q] = d.dot_q(acc[r][q], x, wv[q]);
             }
         }
     }
@@ -211,4 +216,25 @@ fn store_q<D: IntDot>(d: D, a: &MatmulQ, out: &mut [f32], j: usize, acc: &[D::I]
             *o = if a.accumulate { *o + v } else { v };
         }
     }
+}
+
+/// Runs `iters` rounds of 12 independent integer-dot chains on one thread: the peak probe of
+/// `inferneo roofline` for `w8a8` (multiply-adds per round: `12 * LANES * KQ`).
+#[inline(always)]
+pub fn dot_probe<D: IntDot>(d: D, iters: usize, seed: i32) -> f32 {
+    let bytes: [i8; 64] = std::array::from_fn(|i| (i as i8).wrapping_mul(7) & 0x3f);
+    let w = d.load_q(&bytes);
+    let mut acc = [d.izero(); 12];
+    for _ in 0..iters {
+        for i in 0..12 {
+            acc[i] = d.dot_q(acc[i], seed, w);
+        }
+    }
+    let s = d.simd();
+    let zeros = [0i32; 16];
+    let mut total = s.zero();
+    for i in 0..12 {
+        total = s.add(total, d.to_f32(acc[i], &zeros));
+    }
+    s.hsum(total)
 }

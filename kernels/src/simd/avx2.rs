@@ -154,6 +154,7 @@ impl IntDot for Avx2 {
     type I = __m256i;
     const KQ: usize = 2;
     const OFFSET: i32 = 0;
+    const NAME: &'static str = "avx2 vpmaddwd";
 
     #[inline(always)]
     fn simd(self) -> Avx2 {

@@ -177,6 +177,7 @@ impl IntDot for Vnni512 {
     type I = __m512i;
     const KQ: usize = 4;
     const OFFSET: i32 = 128;
+    const NAME: &'static str = "avx512-vnni vpdpbusd";
 
     #[inline(always)]
     fn simd(self) -> Avx512 {

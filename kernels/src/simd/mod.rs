@@ -24,6 +24,8 @@ pub trait IntDot: Copy {
     /// Added to every activation byte before it is packed (VNNI multiplies unsigned by signed
     /// bytes); the kernel subtracts `OFFSET * column sum` again, exactly.
     const OFFSET: i32;
+    /// The instruction it reduces with, for reports.
+    const NAME: &'static str;
 
     fn simd(self) -> Self::S;
     fn izero(self) -> Self::I;

@@ -93,6 +93,7 @@ impl IntDot for Scalar {
     type I = i32;
     const KQ: usize = 4;
     const OFFSET: i32 = 0;
+    const NAME: &'static str = "scalar";
 
     #[inline(always)]
     fn simd(self) -> Scalar {
