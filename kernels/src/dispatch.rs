@@ -129,7 +129,7 @@ impl Kernels {
         let w = w.panels();
         // Several rows: interleave them in blocks of MR (BLIS's packed A) once, shared by all
         // threads; the tile then reads one contiguous run of MR values per k.
-        let mr = if m > 1 { self.table.kn_mr } else { 1 };
+        let mr = if m > 1 { balanced_tile(m, self.table.kn_mr) } else { 1 };
         let packed_x;
         let (x, x_mr) = if m > 1 || norm.is_some() {
             packed_x = self.pack_rows(&x[..m * k], k, mr, norm);
@@ -306,6 +306,13 @@ pub struct Dims {
     pub n: usize,
 }
 
+/// Tile height for `m` rows: as many tiles as `max_mr` needs, rows spread evenly over them (50
+/// rows as 5 x 10 rather than 4 x 12 + 2: a 2-row tile has too few accumulators to keep the
+/// FMA units busy). Which rows share a tile never changes a result (batch invariance).
+fn balanced_tile(m: usize, max_mr: usize) -> usize {
+    m.div_ceil(m.div_ceil(max_mr))
+}
+
 /// A `w8a8` matrix's packed parts.
 struct QPanels<'a> {
     q: &'a [i8],
@@ -322,7 +329,7 @@ impl Kernels {
         let t = self.table.w8a8;
         assert_eq!(w.format, t.format, "matmul_kn: w8a8 weights packed for another ISA");
         let groups = k.div_ceil(w.format.kq);
-        let mr = if m > 1 { t.mr } else { 0 };
+        let mr = if m > 1 { balanced_tile(m, t.mr) } else { 0 };
         let mut words = vec![0i32; m.div_ceil(mr.max(1)) * mr.max(1) * groups];
         let mut x_scale = vec![0.0f32; m];
         // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.

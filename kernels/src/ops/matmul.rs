@@ -59,7 +59,9 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize,
     let m = out.len();
     let nr = C * S::LANES;
     let width = out.first().map_or(0, |r| r.len());
-    let mc = (MC_BYTES / (4 * a.k.max(1))).max(MR) / MR * MR;
+    // Tile height: the activations' block height (the caller balances it over M), at most MR.
+    let mr = if a.x_mr > 0 { a.x_mr.min(MR) } else { MR };
+    let mc = (MC_BYTES / (4 * a.k.max(1))).max(mr) / mr * mr;
     for mc0 in (0..m).step_by(mc) {
         let mc_end = (mc0 + mc).min(m);
         let mut j = 0;
@@ -80,15 +82,15 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize,
             }
             _ => {}
         }
-        let tiles = (mc_end - mc0).div_ceil(MR);
+        let tiles = (mc_end - mc0).div_ceil(mr);
         for j in (j..width).step_by(nr) {
             let mut r0 = mc0;
             while r0 < mc_end {
-                let rows = (mc_end - r0).min(MR);
+                let rows = (mc_end - r0).min(mr);
                 // One tile alone over its panel streams it (prefetch ahead, as for decode);
                 // several share the fetch of the next panel, so memory is read evenly over the
                 // panel's whole compute instead of in a burst during its first tile.
-                let t = (r0 - mc0) / MR;
+                let t = (r0 - mc0) / mr;
                 let at = if tiles == 1 {
                     At { r0, j, prefetch: true, spread: None }
                 } else {

@@ -47,9 +47,11 @@ pub fn quantize_rows<D: IntDot>(d: D, x: &[f32], k: usize, mr: usize, words: &mu
             let v = s.min(s.max(s.round(s.mul(s.load(c), inv)), lo), hi);
             s.store(c, v);
         }
-        // Exact: every value is an integer in -127..=127 (a loop LLVM vectorises).
+        // Every value is an integer in -127..=127: adding 1.5 * 2^23 puts it, two's complement,
+        // in the low mantissa bits (exact). A loop LLVM vectorises, where `as i8`'s saturating
+        // conversion compiles to scalar code.
         for (b, &v) in qb.iter_mut().zip(&qf) {
-            *b = v as i8;
+            *b = ((v + 12_582_912.0).to_bits() as i32 - 0x4B40_0000) as i8;
         }
         d.act_words(&qb[..groups * D::KQ], &mut row_words);
         match mr {
@@ -76,7 +78,9 @@ pub fn matmul_q<D: IntDot, const C: usize, const MR: usize, const Q1: usize>(
     let m = out.len();
     let nr = C * D::S::LANES;
     let width = out.first().map_or(0, |r| r.len());
-    let mc = (MC_BYTES / (4 * a.groups.max(1))).max(MR) / MR * MR;
+    // Tile height: the activations' block height (the caller balances it over M), at most MR.
+    let mr = if a.x_mr > 0 { a.x_mr.min(MR) } else { MR };
+    let mc = (MC_BYTES / (4 * a.groups.max(1))).max(mr) / mr * mr;
     for mc0 in (0..m).step_by(mc) {
         let mc_end = (mc0 + mc).min(m);
         let mut j = 0;
@@ -89,7 +93,7 @@ pub fn matmul_q<D: IntDot, const C: usize, const MR: usize, const Q1: usize>(
         for j in (j..width).step_by(nr) {
             let mut r0 = mc0;
             while r0 < mc_end {
-                let rows = (mc_end - r0).min(MR);
+                let rows = (mc_end - r0).min(mr);
                 match rows {
                     12 => q_tile::<D, C, 12, C>(d, a, out, r0, j),
                     11 => q_tile::<D, C, 11, C>(d, a, out, r0, j),
