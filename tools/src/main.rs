@@ -26,7 +26,7 @@ weights (seed 0) and the real GPT-2 tokenizer. It runs offline, but its text is 
 #[derive(Parser)]
 #[command(name = "inferneo", version, about = "Inferneo: a CPU runtime for GPT-2-family models.", after_help = EMBEDDED_NOTE)]
 struct Cli {
-    /// Kernel ISA: auto (best available), avx2 or scalar. Also settable with INFERNEO_ISA.
+    /// Kernel ISA: auto (best available), avx512, avx2 or scalar. Also settable with INFERNEO_ISA.
     #[arg(long, global = true, value_name = "ISA")]
     isa: Option<String>,
     #[command(subcommand)]
@@ -98,7 +98,8 @@ struct ModelArg {
     /// HuggingFace GPT-2 directory (config.json, model.safetensors, tokenizer files).
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
-    /// Weight storage at run time: f32, f16, bf16 or int8 (weight-only, per-channel scales).
+    /// Weight storage at run time: f32, f16, bf16, int8 (weight-only, per-channel scales) or w8a8
+    /// (the same int8 weights with int8 activations and integer dot products: fastest, least exact).
     #[arg(long, default_value = "f32")]
     dtype: String,
 }

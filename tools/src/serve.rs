@@ -24,7 +24,8 @@ pub struct ServeArgs {
     /// Kernel threads of one model's engine, as NAME=N (repeatable). Default: a pool of all cores per engine.
     #[arg(long = "threads", value_name = "NAME=N")]
     threads: Vec<String>,
-    /// Weight storage: f32, f16, bf16 or int8 (weight-only, per output channel).
+    /// Weight storage: f32, f16, bf16, int8 (weight-only, per output channel) or w8a8 (int8
+    /// weights and activations, integer dot products).
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// KV cache budget per model, in MB.

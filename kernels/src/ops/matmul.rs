@@ -1,6 +1,6 @@
 //! The matrix-product body: `y = x W (+ b) (+ y)` with `W` (`[K, N]`) packed into panels of `NR`
-//! columns (see [`crate::PackedKn`]) stored as f32, f16, bf16 or int8; vectorised over N,
-//! accumulated in f32.
+//! columns (see [`crate::PackedKn`]) stored as f32, f16, bf16 or int8 (weight-only; `w8a8`
+//! products are in `matmul_q.rs`); vectorised over N, accumulated in f32.
 //!
 //! Batch invariance contract: every output element is reduced over K in one fixed order (one
 //! FMA per k, in order, from zero; then scale, bias, residual), never dependent on M, on which
