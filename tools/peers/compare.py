@@ -8,7 +8,8 @@ results ({"system", "error"}), which become "not available" rows.
 
 Throughput columns say their mode: "batch" = one offline generate over N prompts (in-process,
 no HTTP); "conc." = N closed-loop HTTP clients streaming from a server. Ratios are ours/peer,
-against inferneo in the same mode and the closest precision (int8 and q8_0 against our int8,
+against inferneo in the same mode and the closest precision (int8 and q8_0, which quantize
+activations too, against our w8a8, or our int8 where no w8a8 row exists;
 everything else against our f32).
 """
 
@@ -19,7 +20,7 @@ import os
 import sys
 
 LEVELS = [1, 4, 8, 16, 32]
-ORDER = ["ours-f32", "ours-int8", "hf", "ct2-f32", "ct2-int8", "llama-f32", "llama-f16", "llama-q8_0"]
+ORDER = ["ours-f32", "ours-int8", "ours-w8a8", "hf", "ct2-f32", "ct2-int8", "llama-f32", "llama-f16", "llama-q8_0"]
 
 
 def rank(path):
@@ -112,9 +113,10 @@ def load_cell(window, samples):
 
 
 def reference(row, ours_rows):
-    """The inferneo row a peer is compared with: same mode, closest precision."""
-    want = "int8" if row["dtype"] in ("int8", "q8_0") else "f32"
-    for dtype in (want, "f32"):
+    """The inferneo row a peer is compared with: same mode, closest precision. CTranslate2's
+    int8 and llama.cpp's q8_0 quantize activations too, as our w8a8 does."""
+    want = ("w8a8", "int8") if row["dtype"] in ("int8", "q8_0") else ()
+    for dtype in (*want, "f32"):
         for o in ours_rows:
             if o["mode"] == row["mode"] and o["dtype"] == dtype:
                 return o

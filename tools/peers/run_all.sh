@@ -120,7 +120,7 @@ if [ ! -s "$MODEL/model.safetensors" ] || [ ! -s "$MODEL/config.json" ]; then
   fi
 fi
 if [ ! -s "$MODEL/model.safetensors" ]; then
-  for s in ours-f32:"inferneo f32" ours-int8:"inferneo int8" hf:"HF transformers (torch eager)" \
+  for s in ours-f32:"inferneo f32" ours-int8:"inferneo int8" ours-w8a8:"inferneo w8a8" hf:"HF transformers (torch eager)" \
            ct2-f32:"CTranslate2 f32" ct2-int8:"CTranslate2 int8" llama-f32:"llama.cpp llama-server f32" \
            llama-f16:"llama.cpp llama-server f16" llama-q8_0:"llama.cpp llama-server q8_0"; do
     write_err "$RES/${s%%:*}.json" "${s#*:}" "no model directory: $NO_INF"
@@ -161,7 +161,7 @@ fi
 
 # 4. Ours: the HTTP server in-process (latency, concurrency) and the engine alone (batch).
 if wants ours; then
-  for dt in f32 int8; do
+  for dt in f32 int8 w8a8; do
     if [ -x "$INF" ]; then
       step "ours-$dt" "$RES/ours-$dt.json" "inferneo $dt" 3600 "$INF" bench --model "$MODEL" --dtype "$dt" \
         --scenarios latency,concurrency,batch "${BENCH[@]}" --json "$RES/ours-$dt.json" \
