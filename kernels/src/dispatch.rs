@@ -137,7 +137,9 @@ impl Kernels {
         } else {
             (x, 0)
         };
-        for_column_chunks(&mut out[..m * n], dims, self.table.kn_nr, |col0, rows| {
+        // One row: chunks of whole decode tiles, so every chunk streams several panels at once.
+        let align = if m == 1 { self.table.kn_decode_cols } else { self.table.kn_nr };
+        for_column_chunks(&mut out[..m * n], dims, align, |col0, rows| {
             let a = MatmulKn { x, x_mr, k, w, n, bias, col0, gelu: epilogue.gelu, accumulate: epilogue.accumulate };
             // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
             unsafe { f(&a, rows) }
@@ -334,7 +336,8 @@ impl Kernels {
         let mut x_scale = vec![0.0f32; m];
         // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
         unsafe { (t.quantize)(x, k, mr, &mut words, &mut x_scale) };
-        for_column_chunks(&mut out[..m * n], dims, w.format.nr, |col0, rows| {
+        let align = if m == 1 { t.decode_cols } else { w.format.nr };
+        for_column_chunks(&mut out[..m * n], dims, align, |col0, rows| {
             let a = MatmulQ {
                 x: &words,
                 x_mr: mr,

@@ -21,6 +21,8 @@ pub struct QTable {
     pub format: QFormat,
     /// Rows per register tile (and per block of packed activation words).
     pub mr: usize,
+    /// Columns of the one-row (decode) tile.
+    pub decode_cols: usize,
     /// i32 lanes per vector.
     pub lanes: usize,
     pub name: &'static str,
@@ -37,6 +39,8 @@ pub struct Table {
     pub kn_nr: usize,
     /// Rows per `kn` register tile.
     pub kn_mr: usize,
+    /// Columns of the one-row (decode) tile, which walks several panels at once.
+    pub kn_decode_cols: usize,
     pub matmul_kn: unsafe fn(&MatmulKn, &mut [&mut [f32]]),
     pub w8a8: QTable,
     pub layernorm: LayerNormFn,
@@ -118,6 +122,7 @@ macro_rules! instantiate {
             super::Table {
                 kn_nr: $c * <$simd as crate::simd::Simd>::LANES,
                 kn_mr: $mr,
+                kn_decode_cols: $q1 * <$simd as crate::simd::Simd>::LANES,
                 matmul_kn,
                 w8a8: w8a8_table(),
                 layernorm,
@@ -164,6 +169,7 @@ macro_rules! instantiate_q {
                     offset: <$dot as IntDot>::OFFSET,
                 },
                 mr: $mr,
+                decode_cols: $q1 * <<$dot as IntDot>::S as Simd>::LANES,
                 lanes: <<$dot as IntDot>::S as Simd>::LANES,
                 name: <$dot as IntDot>::NAME,
                 quantize: quantize_rows,
