@@ -212,49 +212,70 @@ fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
 #[inline(always)]
 fn store_panel<S: Simd>(s: S, a: &MatmulKn, scale: Scales, out: &mut [f32], j: usize, acc: &[S::V]) {
     let l = S::LANES;
-    let nr = acc.len() * l;
     let col = a.col0 + j;
+    let mut vals = [s.zero(); MAX_VECS];
+    for c in 0..acc.len() {
+        // The scales are padded to whole panels, so the ragged panel is scaled as vectors too.
+        vals[c] = match scale {
+            Some(sc) => s.mul(acc[c], s.load(&sc[col + c * l..])),
+            None => acc[c],
+        };
+    }
+    finish_panel(s, Finish { bias: a.bias, gelu: a.gelu, accumulate: a.accumulate }, out, j, col, &vals[..acc.len()]);
+}
+
+/// Most vectors in one panel row (the scalar ISA's 16 lanes of 1).
+const MAX_VECS: usize = 16;
+
+/// What every product does after its scaling: `gelu?(v + bias) (+ out)`.
+#[derive(Clone, Copy)]
+pub(super) struct Finish<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub gelu: bool,
+    pub accumulate: bool,
+}
+
+/// Applies `f` to one row of one panel (`vals`: its scaled vectors, for columns `col..`) and
+/// stores it at `out[j..]`, in the same order for every element; the ragged last panel takes
+/// the bias one element at a time and is stored only where `out` has columns.
+#[inline(always)]
+pub(super) fn finish_panel<S: Simd>(s: S, f: Finish, out: &mut [f32], j: usize, col: usize, vals: &[S::V]) {
+    let l = S::LANES;
+    let nr = vals.len() * l;
     let valid = (out.len() - j).min(nr);
     let dst = &mut out[j..j + valid];
     if valid == nr {
-        for c in 0..acc.len() {
-            let mut v = acc[c];
-            if let Some(sc) = scale {
-                v = s.mul(v, s.load(&sc[col + c * l..]));
-            }
-            if let Some(b) = a.bias {
+        for c in 0..vals.len() {
+            let mut v = vals[c];
+            if let Some(b) = f.bias {
                 v = s.add(v, s.load(&b[col + c * l..]));
             }
-            if a.gelu {
+            if f.gelu {
                 v = gelu_vec(s, v);
             }
-            if a.accumulate {
+            if f.accumulate {
                 v = s.add(s.load(&dst[c * l..]), v);
             }
             s.store(&mut dst[c * l..], v);
         }
     } else {
-        // Ragged last panel: the same operations, one element at a time.
         let mut tmp = [0.0f32; MAX_NR];
-        for c in 0..acc.len() {
-            s.store(&mut tmp[c * l..], acc[c]);
+        for c in 0..vals.len() {
+            s.store(&mut tmp[c * l..], vals[c]);
         }
-        for (i, v) in tmp[..valid].iter_mut().enumerate() {
-            if let Some(sc) = scale {
-                *v *= sc[col + i];
-            }
-            if let Some(b) = a.bias {
+        if let Some(b) = f.bias {
+            for (i, v) in tmp[..valid].iter_mut().enumerate() {
                 *v += b[col + i];
             }
         }
-        if a.gelu {
-            for c in 0..acc.len() {
+        if f.gelu {
+            for c in 0..vals.len() {
                 let v = gelu_vec(s, s.load(&tmp[c * l..]));
                 s.store(&mut tmp[c * l..], v);
             }
         }
         for (d, &v) in dst.iter_mut().zip(&tmp) {
-            *d = if a.accumulate { *d + v } else { v };
+            *d = if f.accumulate { *d + v } else { v };
         }
     }
 }

@@ -6,7 +6,7 @@
 //! bias, GELU, residual) runs in that order for every element. Batch invariance and
 //! cross-ISA equality of the integer sums follow.
 
-use super::elementwise::gelu_vec;
+use super::matmul::{finish_panel, Finish};
 use crate::simd::{IntDot, Simd};
 use crate::MatmulQ;
 
@@ -179,47 +179,14 @@ fn q_tile<D: IntDot, const C: usize, const R: usize, const Q: usize>(
 fn store_q<D: IntDot>(d: D, a: &MatmulQ, out: &mut [f32], j: usize, acc: &[D::I], sx: f32) {
     let s = d.simd();
     let l = D::S::LANES;
-    let nr = acc.len() * l;
     let col = a.col0 + j;
-    let valid = (out.len() - j).min(nr);
-    let dst = &mut out[j..j + valid];
-    let mut tmp = [0.0f32; super::matmul::MAX_NR];
+    let mut vals = [s.zero(); 16];
     for c in 0..acc.len() {
         let v = d.to_f32(acc[c], &a.corr[col + c * l..]);
-        let v = s.mul(s.mul(v, s.load(&a.w_scale[col + c * l..])), s.splat(sx));
-        if valid == nr {
-            let mut v = v;
-            if let Some(b) = a.bias {
-                v = s.add(v, s.load(&b[col + c * l..]));
-            }
-            if a.gelu {
-                v = gelu_vec(s, v);
-            }
-            if a.accumulate {
-                v = s.add(s.load(&dst[c * l..]), v);
-            }
-            s.store(&mut dst[c * l..], v);
-        } else {
-            s.store(&mut tmp[c * l..], v);
-        }
+        vals[c] = s.mul(s.mul(v, s.load(&a.w_scale[col + c * l..])), s.splat(sx));
     }
-    if valid < nr {
-        // Ragged last panel: the same operations, the bias one element at a time.
-        if let Some(b) = a.bias {
-            for (i, v) in tmp[..valid].iter_mut().enumerate() {
-                *v += b[col + i];
-            }
-        }
-        if a.gelu {
-            for c in 0..acc.len() {
-                let v = gelu_vec(s, s.load(&tmp[c * l..]));
-                s.store(&mut tmp[c * l..], v);
-            }
-        }
-        for (o, &v) in dst.iter_mut().zip(&tmp) {
-            *o = if a.accumulate { *o + v } else { v };
-        }
-    }
+    let f = Finish { bias: a.bias, gelu: a.gelu, accumulate: a.accumulate };
+    finish_panel(s, f, out, j, col, &vals[..acc.len()]);
 }
 
 /// Runs `iters` rounds of 12 independent integer-dot chains on one thread: the peak probe of
