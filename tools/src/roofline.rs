@@ -49,24 +49,24 @@ pub fn read_bandwidth(k: Kernels, bytes: usize, huge_pages: bool) -> f64 {
 
 /// All-core f32 FMA peak in FLOP/s.
 pub fn fma_peak(k: Kernels) -> f64 {
-    let threads = rayon::current_num_threads();
-    let iters = 2_000_000;
-    let secs = best_of(Duration::from_secs(1), || {
-        let v: f32 = (0..threads).into_par_iter().map(|_| k.fma_probe(iters).1).sum();
-        black_box(v);
-    });
-    k.fma_probe(0).0 + (iters as f64 * 12.0 * k.lanes() as f64 * 2.0 * threads as f64) / secs
+    all_core_rate(2_000_000, |iters| k.fma_probe(iters))
 }
 
 /// All-core peak of the `w8a8` integer dot product, in operations/s (2 per multiply-add).
 pub fn int_dot_peak(k: Kernels) -> f64 {
+    all_core_rate(1_000_000, |iters| k.int_dot_probe(iters))
+}
+
+/// Operations/s of a one-thread `probe(iters) -> (operations, value)` run on every thread at
+/// once (the value keeps the work from being optimised away).
+fn all_core_rate(iters: usize, probe: impl Fn(usize) -> (f64, f32) + Sync) -> f64 {
     let threads = rayon::current_num_threads();
-    let iters = 1_000_000;
     let secs = best_of(Duration::from_secs(1), || {
-        let v: f32 = (0..threads).into_par_iter().map(|_| k.int_dot_probe(iters).1).sum();
+        let v: f32 = (0..threads).into_par_iter().map(|_| probe(iters).1).sum();
         black_box(v);
     });
-    k.int_dot_probe(iters).0 * threads as f64 / secs
+    // The count is proportional to `iters`: a one-iteration run gives it per iteration.
+    probe(1).0 * iters as f64 * threads as f64 / secs
 }
 
 /// Cost of one fork-join over the rayon pool (every thread runs an empty task), in seconds:

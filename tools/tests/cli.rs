@@ -163,12 +163,24 @@ fn forced_scalar_isa_gives_the_same_greedy_tokens() {
 fn roofline_json_has_every_figure() {
     let out = ok(&["roofline", "--quick", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("roofline --json prints JSON");
-    for key in ["isa", "threads", "cpu", "read_bandwidth_gbps", "fma_peak_gflops", "fork_join_us", "kernels"] {
+    for key in [
+        "isa",
+        "threads",
+        "cpu",
+        "read_bandwidth_gbps",
+        "fma_peak_gflops",
+        "int_dot_peak_gops",
+        "fork_join_us",
+        "kernels",
+    ] {
         assert!(v.get(key).is_some(), "missing {key}");
     }
     assert!(v["read_bandwidth_gbps"].as_f64().unwrap() > 0.1 && v["fma_peak_gflops"].as_f64().unwrap() > 0.1);
+    assert!(v["int_dot_peak_gops"].as_f64().unwrap() > 0.1 && v["int_dot_instruction"].is_string());
     let rows = v["kernels"].as_array().unwrap();
     assert!(rows.iter().any(|r| r["dtype"] == "int8" && r["m"] == 1));
+    // w8a8 is measured at every M, like f32, against the integer-dot peak.
+    assert!(rows.iter().any(|r| r["dtype"] == "w8a8" && r["m"] == 32));
     for r in rows {
         assert!(r["gflops"].as_f64().unwrap() > 0.0 && r["fraction_of_roofline"].as_f64().unwrap() > 0.0, "{r}");
         let streamed = r["streamed_gbps"].as_f64();
