@@ -378,6 +378,40 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    /// Deeper products than the shapes above (K up to 1700; GPT-2's MLP projection is 3072
+    /// deep): against the oracle, and bitwise equal to the same rows alone, ragged N included.
+    #[test]
+    fn deep_products_match_reference_and_rows_alone(m in 3usize..30, k in 769usize..1700, n in 1usize..100, seed: u64, gelu: bool) {
+        let (x, w, b) = (vals(m * k, seed), vals(k * n, seed ^ 1), vals(n, seed ^ 2));
+        let ep = Epilogue { gelu, accumulate: false };
+        for kern in kernels() {
+            for dtype in [WeightDtype::F32, WeightDtype::Int8] {
+                let wp = kern.pack(&w, Layout::KN, k, n, dtype);
+                let mut all = vec![f32::NAN; m * n];
+                kern.matmul_kn(&x, &wp, Some(&b), &mut all, m, ep);
+                for i in [0, m / 2, m - 1] {
+                    let mut one = vec![0.0; n];
+                    kern.matmul_kn(&x[i * k..][..k], &wp, Some(&b), &mut one, 1, ep);
+                    prop_assert!(one.iter().zip(&all[i * n..][..n]).all(|(a, b)| a.to_bits() == b.to_bits()), "row {} differs ({} {})", i, kern.isa(), dtype);
+                }
+                if dtype == WeightDtype::F32 && !gelu {
+                    let mut want = vec![0.0; m * n];
+                    reference::matmul_kn(&x, &w, Some(&b), &mut want, m, k, n);
+                    let tol = |i: usize| {
+                        let (r, c) = (i / n, i % n);
+                        let s: f32 = (0..k).map(|p| (x[r * k + p] * w[p * n + c]).abs()).sum();
+                        REL * (s + 1.0) * 4.0
+                    };
+                    assert_close(&format!("deep/{}", kern.isa()), &all, &want, tol);
+                }
+            }
+        }
+    }
+}
+
 /// Exact construction: multiplying by an identity gives the input bit for bit on every ISA.
 #[test]
 fn identity_products_are_exact() {
