@@ -412,6 +412,29 @@ proptest! {
     }
 }
 
+/// A NaN or infinity in a w8a8 product's input makes that row's outputs NaN (as in an f32
+/// product) and leaves the other rows as they are.
+#[test]
+fn w8a8_non_finite_input_poisons_only_its_row() {
+    let (m, k, n) = (3, 40, 50);
+    let w = vals(k * n, 5);
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut x = vals(m * k, 6);
+        x[k + 17] = bad;
+        for kern in kernels() {
+            let wp = kern.pack(&w, Layout::KN, k, n, WeightDtype::W8a8);
+            let mut out = vec![0.0; m * n];
+            kern.matmul_kn(&x, &wp, None, &mut out, m, Epilogue::STORE);
+            assert!(out[n..2 * n].iter().all(|v| v.is_nan()), "{}: row with {bad} not poisoned", kern.isa());
+            let mut want = vec![0.0; m * n];
+            reference::matmul_w8a8(&x[..k], &w, None, &mut want[..n], 1, k, n);
+            reference::matmul_w8a8(&x[2 * k..], &w, None, &mut want[2 * n..], 1, k, n);
+            assert_eq!(&out[..n], &want[..n], "{}: row 0 changed", kern.isa());
+            assert_eq!(&out[2 * n..], &want[2 * n..], "{}: row 2 changed", kern.isa());
+        }
+    }
+}
+
 /// Exact construction: multiplying by an identity gives the input bit for bit on every ISA.
 #[test]
 fn identity_products_are_exact() {

@@ -34,13 +34,22 @@ pub fn quantize_rows<D: IntDot>(d: D, x: &[f32], k: usize, mr: usize, words: &mu
     for r in 0..m {
         qf[..k].copy_from_slice(&x[r * k..][..k]);
         qf[k..].iter_mut().for_each(|v| *v = 0.0);
-        let mut amax = s.zero();
+        let (mut amax, mut poison) = (s.zero(), s.zero());
         for c in qf.chunks_exact(l) {
             let v = s.load(c);
             amax = s.max(amax, s.max(v, s.sub(s.zero(), v)));
+            // `max` drops NaNs; `v * 0` keeps NaN and turns infinities into NaN.
+            poison = s.add(poison, s.mul(v, s.zero()));
         }
         let amax = s.hmax(amax);
-        let (scale, inv) = if amax > 0.0 { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
+        let (scale, inv) = if s.hsum(poison).is_nan() {
+            // A non-finite input poisons its row's outputs, as it would in an f32 product.
+            (f32::NAN, 0.0)
+        } else if amax > 0.0 {
+            (amax / 127.0, 127.0 / amax)
+        } else {
+            (0.0, 0.0)
+        };
         scales[r] = scale;
         let (inv, lo, hi) = (s.splat(inv), s.splat(-127.0), s.splat(127.0));
         for c in qf.chunks_exact_mut(l) {
