@@ -283,8 +283,18 @@ impl Nucleus {
         }
         // bucket(w) < boundary  <=>  bits >> 19 > 2047 - boundary  <=>  w >= threshold.
         let threshold = f32::from_bits(((BUCKETS - boundary) as u32) << 19);
-        let mut edge: Vec<(f32, usize)> =
-            weights.iter().enumerate().filter(|&(_, &w)| bucket(w) == boundary).map(|(j, &w)| (w, j)).collect();
+        // The boundary bucket is the range [floor, threshold): chunks with no weight in it (a
+        // vectorised test) are skipped whole.
+        let floor = f32::from_bits(((BUCKETS - 1 - boundary) as u32) << 19);
+        // Bucket 0 also holds everything above its range (`bucket` saturates).
+        let ceil = if boundary == 0 { f32::INFINITY } else { threshold };
+        let mut edge: Vec<(f32, usize)> = Vec::new();
+        for (c, chunk) in weights.chunks(16).enumerate() {
+            if chunk.iter().fold(false, |any, &w| any | (w >= floor && w < ceil)) {
+                let hits = chunk.iter().enumerate().filter(|&(_, &w)| bucket(w) == boundary);
+                edge.extend(hits.map(|(i, &w)| (w, c * 16 + i)));
+            }
+        }
         edge.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut kept = Vec::new();
         for (w, j) in edge {
