@@ -110,13 +110,11 @@ impl Kernels {
         assert!(x.len() >= m * k && out.len() >= m * n, "matmul_kn: slices shorter than {dims:?}");
         assert!(bias.is_none_or(|b| b.len() >= n), "matmul_kn: bias shorter than n = {n}");
         if let Panels::W8a8 { q, scale, corr, format } = w.panels() {
+            // Blocks of one row are the row-major matrix itself: the normed rows, for quantizing.
             let normed;
             let x = match norm {
-                Some(Norm { gamma, beta, eps }) => {
-                    normed = (0..m).fold(vec![0.0f32; m * k], |mut v, r| {
-                        self.layernorm(&x[r * k..][..k], gamma, beta, eps, &mut v[r * k..][..k]);
-                        v
-                    });
+                Some(_) => {
+                    normed = self.pack_rows(&x[..m * k], k, 1, norm);
                     &normed[..]
                 }
                 None => &x[..m * k],

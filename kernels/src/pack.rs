@@ -116,13 +116,9 @@ impl PackedKn {
     /// [`Kernels::pack`](crate::Kernels::pack) for the width its ISA wants). `w8a8` takes
     /// its format from [`PackedKn::pack_w8a8`].
     pub fn pack(w: &[f32], layout: Layout, k: usize, n: usize, nr: usize, dtype: WeightDtype) -> PackedKn {
-        assert_eq!(w.len(), k * n, "pack: weights are not {k} x {n}");
         assert!(dtype != WeightDtype::W8a8, "pack: w8a8 needs its ISA's QFormat (pack_w8a8)");
         assert!(nr > 0 && nr <= crate::ops::matmul::MAX_NR, "pack: unsupported panel width {nr}");
-        let at = |kk: usize, col: usize| match layout {
-            Layout::KN => w[kk * n + col],
-            Layout::NK => w[col * k + kk],
-        };
+        let at = reader(w, layout, k, n);
         let padded = n.div_ceil(nr) * nr;
         let panels = match dtype {
             WeightDtype::F32 => Panels::F32(fill(k, n, nr, at)),
@@ -141,13 +137,9 @@ impl PackedKn {
     /// Packs `w` as `w8a8`: int8 values exactly as [`WeightDtype::Int8`] quantizes them, laid
     /// out for an integer-dot kernel of format `f`.
     pub fn pack_w8a8(w: &[f32], layout: Layout, k: usize, n: usize, f: QFormat) -> PackedKn {
-        assert_eq!(w.len(), k * n, "pack: weights are not {k} x {n}");
         let QFormat { nr, kq, offset } = f;
         assert!(nr > 0 && kq > 0, "pack_w8a8: bad format {f:?}");
-        let at = |kk: usize, col: usize| match layout {
-            Layout::KN => w[kk * n + col],
-            Layout::NK => w[col * k + kk],
-        };
+        let at = reader(w, layout, k, n);
         let padded = n.div_ceil(nr) * nr;
         let scale = column_scales(k, n, padded, &at);
         let groups = k.div_ceil(kq);
@@ -156,7 +148,7 @@ impl PackedKn {
             q.par_chunks_mut(groups * nr * kq).enumerate().for_each(|(p, panel)| {
                 for c in 0..(n - p * nr).min(nr) {
                     for kk in 0..k {
-                        panel[(kk / kq * nr + c) * kq + kk % kq] = quantize(at(kk, p * nr + c), scale[p * nr + c]);
+                        panel[q_offset(kk, c, f)] = quantize(at(kk, p * nr + c), scale[p * nr + c]);
                     }
                 }
             });
@@ -164,10 +156,8 @@ impl PackedKn {
         let corr = (0..padded)
             .into_par_iter()
             .map(|c| {
-                let (p, i) = (c / nr, c % nr);
-                let sum: i32 =
-                    (0..groups * kq).map(|kk| q[p * groups * nr * kq + (kk / kq * nr + i) * kq + kk % kq] as i32).sum();
-                offset * sum
+                let panel = &q[c / nr * groups * nr * kq..];
+                offset * (0..k).map(|kk| panel[q_offset(kk, c % nr, f)] as i32).sum::<i32>()
             })
             .collect();
         PackedKn { k, n, nr, panels: Panels::W8a8 { q, scale, corr, format: f } }
@@ -225,14 +215,27 @@ impl PackedKn {
                 out.iter_mut().enumerate().for_each(|(kk, o)| *o = q[idx(kk)] as f32 * scale[col])
             }
             Panels::W8a8 { q, scale, format, .. } => {
-                let (nr, kq) = (self.nr, format.kq);
-                let base = (col / nr) * self.k.div_ceil(kq) * kq * nr;
+                let panel = &q[(col / self.nr) * self.k.div_ceil(format.kq) * format.kq * self.nr..];
                 for (kk, o) in out.iter_mut().enumerate() {
-                    *o = q[base + (kk / kq * nr + off) * kq + kk % kq] as f32 * scale[col];
+                    *o = panel[q_offset(kk, off, *format)] as f32 * scale[col];
                 }
             }
         }
     }
+}
+
+/// `W[kk, col]` of `w` stored as `layout`.
+fn reader(w: &[f32], layout: Layout, k: usize, n: usize) -> impl Fn(usize, usize) -> f32 + Sync + '_ {
+    assert_eq!(w.len(), k * n, "pack: weights are not {k} x {n}");
+    move |kk, col| match layout {
+        Layout::KN => w[kk * n + col],
+        Layout::NK => w[col * k + kk],
+    }
+}
+
+/// Where weight `(kk, c)` of a `w8a8` panel lies within it: `[groups][nr][kq]`.
+fn q_offset(kk: usize, c: usize, f: QFormat) -> usize {
+    (kk / f.kq * f.nr + c) * f.kq + kk % f.kq
 }
 
 /// Symmetric per-column int8 scales (`max |w| / 127`), zero for the padding columns.

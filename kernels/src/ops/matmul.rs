@@ -59,9 +59,7 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize,
     let m = out.len();
     let nr = C * S::LANES;
     let width = out.first().map_or(0, |r| r.len());
-    // Tile height: the activations' block height (the caller balances it over M), at most MR.
-    let mr = if a.x_mr > 0 { a.x_mr.min(MR) } else { MR };
-    let mc = (MC_BYTES / (4 * a.k.max(1))).max(mr) / mr * mr;
+    let (mr, mc) = row_blocking::<MR>(a.x_mr, MC_BYTES / (4 * a.k.max(1)));
     for mc0 in (0..m).step_by(mc) {
         let mc_end = (mc0 + mc).min(m);
         let mut j = 0;
@@ -114,6 +112,15 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize,
             }
         }
     }
+}
+
+/// `(tile height, rows per MC block)`: the activations' block height `x_mr` (the caller
+/// balances it over M; `MR` for unpacked rows), at most `MR`, and as many whole tiles as
+/// `budget_rows` allows (at least one).
+#[inline(always)]
+pub(super) fn row_blocking<const MR: usize>(x_mr: usize, budget_rows: usize) -> (usize, usize) {
+    let mr = if x_mr > 0 { x_mr.min(MR) } else { MR };
+    (mr, budget_rows.max(mr) / mr * mr)
 }
 
 /// Where a register tile sits: first row, first column of the chunk, and whether it is the
@@ -225,7 +232,7 @@ fn store_panel<S: Simd>(s: S, a: &MatmulKn, scale: Scales, out: &mut [f32], j: u
 }
 
 /// Most vectors in one panel row (the scalar ISA's 16 lanes of 1).
-const MAX_VECS: usize = 16;
+pub(super) const MAX_VECS: usize = 16;
 
 /// What every product does after its scaling: `gelu?(v + bias) (+ out)`.
 #[derive(Clone, Copy)]

@@ -6,7 +6,7 @@
 //! bias, GELU, residual) runs in that order for every element. Batch invariance and
 //! cross-ISA equality of the integer sums follow.
 
-use super::matmul::{finish_panel, Finish};
+use super::matmul::{finish_panel, row_blocking, Finish, MAX_VECS};
 use crate::simd::{IntDot, Simd};
 use crate::MatmulQ;
 
@@ -87,9 +87,7 @@ pub fn matmul_q<D: IntDot, const C: usize, const MR: usize, const Q1: usize>(
     let m = out.len();
     let nr = C * D::S::LANES;
     let width = out.first().map_or(0, |r| r.len());
-    // Tile height: the activations' block height (the caller balances it over M), at most MR.
-    let mr = if a.x_mr > 0 { a.x_mr.min(MR) } else { MR };
-    let mc = (MC_BYTES / (4 * a.groups.max(1))).max(mr) / mr * mr;
+    let (mr, mc) = row_blocking::<MR>(a.x_mr, MC_BYTES / (4 * a.groups.max(1)));
     for mc0 in (0..m).step_by(mc) {
         let mc_end = (mc0 + mc).min(m);
         let mut j = 0;
@@ -189,7 +187,7 @@ fn store_q<D: IntDot>(d: D, a: &MatmulQ, out: &mut [f32], j: usize, acc: &[D::I]
     let s = d.simd();
     let l = D::S::LANES;
     let col = a.col0 + j;
-    let mut vals = [s.zero(); 16];
+    let mut vals = [s.zero(); MAX_VECS];
     for c in 0..acc.len() {
         let v = d.to_f32(acc[c], &a.corr[col + c * l..]);
         vals[c] = s.mul(s.mul(v, s.load(&a.w_scale[col + c * l..])), s.splat(sx));
