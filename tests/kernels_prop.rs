@@ -5,7 +5,7 @@
 mod common;
 
 use common::available_kernels;
-use inferneo_kernels::{reference, Attention, Epilogue, Kernels, KvView, Layout, Norm, WeightDtype};
+use inferneo_kernels::{reference, Attention, Epilogue, Kernels, KvView, Layout, Norm, PackedKn, WeightDtype};
 use proptest::prelude::*;
 
 /// Relative tolerance for f32 reductions vs the f64 oracle, scaled by the sum of |terms|.
@@ -36,6 +36,39 @@ const WEIGHT_ONLY: [WeightDtype; 4] = [WeightDtype::F32, WeightDtype::F16, Weigh
 
 fn kernels() -> Vec<Kernels> {
     available_kernels()
+}
+
+/// The oracle's side of an [`Epilogue`]: GELU, then the residual add of `prior`.
+fn reference_epilogue(want: &mut [f32], ep: Epilogue, prior: &[f32]) {
+    if ep.gelu {
+        reference::gelu_new(want);
+    }
+    if ep.accumulate {
+        want.iter_mut().zip(prior).for_each(|(v, p)| *v += p);
+    }
+}
+
+/// `x · w` with `ep` into an output poisoned with NaN where nothing may be read (overwrite
+/// mode) and past the end (holding `prior` when accumulating); checks nothing was written past
+/// the `m` rows and returns them.
+fn poisoned_product(
+    kern: Kernels,
+    x: &[f32],
+    w: &PackedKn,
+    bias: Option<&[f32]>,
+    m: usize,
+    ep: Epilogue,
+    prior: &[f32],
+) -> Vec<f32> {
+    let len = m * w.n();
+    let mut out = vec![f32::NAN; len + 7];
+    if ep.accumulate {
+        out[..len].copy_from_slice(&prior[..len]);
+    }
+    kern.matmul_kn(x, w, bias, &mut out, m, ep);
+    assert!(out[len..].iter().all(|v| v.is_nan()), "wrote past the output");
+    out.truncate(len);
+    out
 }
 
 /// `len` rows of `stride` values laid out in blocks of `bt` rows (NaN padding), as the paged
@@ -74,27 +107,17 @@ proptest! {
                     packed.column_into(c, &mut col);
                     (0..k).for_each(|kk| seen[kk * n + c] = col[kk]);
                 }
+                let ep = Epilogue { gelu, accumulate: acc };
                 let mut want = vec![0.0; m * n];
                 reference::matmul_kn(&x, &seen, bias.then_some(&b[..]), &mut want, m, k, n);
-                if gelu {
-                    reference::gelu_new(&mut want);
-                }
-                if acc {
-                    want.iter_mut().zip(&prior).for_each(|(v, p)| *v += p);
-                }
-                // Poisoned: NaN where nothing may be read (overwrite mode) and past the end.
-                let mut out = vec![f32::NAN; m * n + 7];
-                if acc {
-                    out[..m * n].copy_from_slice(&prior);
-                }
-                kern.matmul_kn(&x, &packed, bias.then_some(&b[..]), &mut out, m, Epilogue { gelu, accumulate: acc });
-                assert!(out[m * n..].iter().all(|v| v.is_nan()), "wrote past the output");
+                reference_epilogue(&mut want, ep, &prior);
+                let out = poisoned_product(kern, &x, &packed, bias.then_some(&b[..]), m, ep, &prior);
                 let scale = |i: usize| {
                     let (r, c) = (i / n, i % n);
                     let s: f32 = (0..k).map(|p| (x[r * k + p] * seen[p * n + c]).abs()).sum();
                     REL * (s + 1.0) * 4.0 + ELEM_ABS * (1.0 + want[i].abs())
                 };
-                assert_close(&format!("matmul_kn/{}/{dtype}", kern.isa()), &out[..m * n], &want, scale);
+                assert_close(&format!("matmul_kn/{}/{dtype}", kern.isa()), &out, &want, scale);
             }
         }
     }
@@ -107,24 +130,15 @@ proptest! {
         if zero_row {
             x[..k].iter_mut().for_each(|v| *v = 0.0);
         }
+        let ep = Epilogue { gelu, accumulate: acc };
         let mut want = vec![0.0; m * n];
         reference::matmul_w8a8(&x, &w, bias.then_some(&b[..]), &mut want, m, k, n);
-        if gelu {
-            reference::gelu_new(&mut want);
-        }
-        if acc {
-            want.iter_mut().zip(&prior).for_each(|(v, p)| *v += p);
-        }
+        reference_epilogue(&mut want, ep, &prior);
         for kern in kernels() {
             let packed = kern.pack(&w, Layout::KN, k, n, WeightDtype::W8a8);
-            let mut out = vec![f32::NAN; m * n + 7];
-            if acc {
-                out[..m * n].copy_from_slice(&prior);
-            }
-            kern.matmul_kn(&x, &packed, bias.then_some(&b[..]), &mut out, m, Epilogue { gelu, accumulate: acc });
-            prop_assert!(out[m * n..].iter().all(|v| v.is_nan()), "wrote past the output");
+            let out = poisoned_product(kern, &x, &packed, bias.then_some(&b[..]), m, ep, &prior);
             let tol = |i: usize| if gelu { ELEM_ABS * (1.0 + want[i].abs()) } else { 0.0 };
-            assert_close(&format!("w8a8/{}", kern.isa()), &out[..m * n], &want, tol);
+            assert_close(&format!("w8a8/{}", kern.isa()), &out, &want, tol);
         }
     }
 
