@@ -247,7 +247,9 @@ fn run(cli: Cli) -> CliResult {
             println!("{}", tok.decode(&ids).map_err(|e| e.to_string())?);
             Ok(())
         }
-        Command::Roofline(a) => roofline::run(kernels, a.json, a.quick),
+        // On a pool worker, as the engine calls its kernels: a small product called from outside
+        // the pool would also time the wake-up of a sleeping caller.
+        Command::Roofline(a) => in_pool(|| roofline::run(kernels, a.json, a.quick))?,
         Command::Throughput(a) => {
             let levels = a
                 .concurrency

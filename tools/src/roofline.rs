@@ -2,7 +2,8 @@
 //! shapes as a fraction of the roofline `min(peak, bandwidth x arithmetic intensity)`.
 //!
 //! Every figure is the best of several timed repetitions (the machines are noisy; the best run
-//! is the one least disturbed). Threads: the rayon pool, i.e. all cores.
+//! is the one least disturbed). Threads: all cores, measured from a worker of the pool as the
+//! engine calls its kernels.
 
 use inferneo_kernels::{Epilogue, HugeBuf, Kernels, Layout, PackedKn, WeightDtype};
 use rayon::prelude::*;
