@@ -426,6 +426,29 @@ proptest! {
     }
 }
 
+/// Enough rows that the product packs them in parallel (M x K >= 2^16), the layer norm fused:
+/// every row is bitwise the same row normed and multiplied alone (which packs nothing).
+#[test]
+fn parallel_row_packing_equals_each_row_alone() {
+    let (m, k, n) = (97, 771, 37);
+    let x: Vec<f32> = vals(m * k, 5).iter().map(|v| v * 3.0 + 0.5).collect();
+    let (w, b, g, beta) = (vals(k * n, 6), vals(n, 7), vals(k, 8), vals(k, 9));
+    let norm = Norm { gamma: &g, beta: &beta, eps: 1e-5 };
+    for kern in kernels() {
+        for dtype in WeightDtype::ALL {
+            let wp = kern.pack(&w, Layout::KN, k, n, dtype);
+            let mut all = vec![f32::NAN; m * n];
+            kern.matmul_kn_normed(&x, norm, &wp, Some(&b), &mut all, m, Epilogue::GELU);
+            for i in [0, 11, 12, 48, m - 1] {
+                let mut one = vec![0.0; n];
+                kern.matmul_kn_normed(&x[i * k..][..k], norm, &wp, Some(&b), &mut one, 1, Epilogue::GELU);
+                let same = one.iter().zip(&all[i * n..][..n]).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "row {i} differs ({} {})", kern.isa(), dtype);
+            }
+        }
+    }
+}
+
 /// A NaN or infinity in a w8a8 product's input makes that row's outputs NaN (as in an f32
 /// product) and leaves the other rows as they are.
 #[test]
