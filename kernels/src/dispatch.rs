@@ -331,7 +331,18 @@ impl Kernels {
         let mut words = vec![0i32; m.div_ceil(mr.max(1)) * mr.max(1) * groups];
         let mut x_scale = vec![0.0f32; m];
         // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
-        unsafe { (t.quantize)(x, k, mr, &mut words, &mut x_scale) };
+        let quantize =
+            |x: &[f32], words: &mut [i32], scales: &mut [f32]| unsafe { (t.quantize)(x, k, mr, words, scales) };
+        if mr > 0 && m * k >= PAR_PACK_MIN && rayon::current_num_threads() > 1 {
+            // Each block of `mr` rows is quantized and interleaved on its own (as the rows are
+            // packed for the float kernels).
+            let blocks = words.par_chunks_mut(mr * groups).zip(x_scale.par_chunks_mut(mr));
+            blocks
+                .enumerate()
+                .for_each(|(b, (words, scales))| quantize(&x[b * mr * k..][..scales.len() * k], words, scales));
+        } else {
+            quantize(x, &mut words, &mut x_scale);
+        }
         let align = if m == 1 { t.decode_cols } else { w.format.nr };
         for_column_chunks(&mut out[..m * n], dims, align, |col0, rows| {
             let a = MatmulQ {
@@ -381,6 +392,7 @@ impl Kernels {
             let rows = mr.min(m - b * mr);
             let src = &x[b * mr * k..][..rows * k];
             match norm {
+                Some(Norm { gamma, beta, eps }) if mr == 1 => self.layernorm(src, gamma, beta, eps, block),
                 Some(Norm { gamma, beta, eps }) => {
                     let mut normed = vec![0.0f32; rows * k];
                     for (row, dst) in src.chunks_exact(k).zip(normed.chunks_exact_mut(k)) {
