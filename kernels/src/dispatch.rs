@@ -113,11 +113,7 @@ impl Kernels {
             // Blocks of one row are the row-major matrix itself: the normed rows, for quantizing.
             let normed = norm.map(|_| self.pack_rows(&x[..m * k], k, 1, norm));
             let panels = QPanels { q, scale, corr, format: *format };
-            self.product_q(normed.as_deref().unwrap_or(&x[..m * k]), panels, bias, out, dims, epilogue);
-            if let Some(buf) = normed {
-                recycle(buf);
-            }
-            return;
+            return self.product_q(normed.as_deref().unwrap_or(&x[..m * k]), panels, bias, out, dims, epilogue);
         }
         assert_eq!(w.nr(), self.table.kn_nr, "matmul_kn: weights packed for another ISA");
         let f = self.table.matmul_kn;
@@ -137,9 +133,6 @@ impl Kernels {
             // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
             unsafe { f(&a, rows) }
         });
-        if let Some(buf) = packed_x {
-            recycle(buf);
-        }
     }
 
     /// Layer norm of one row: `out = (x - mean) / sqrt(var + eps) * gamma + beta`.
@@ -378,37 +371,39 @@ impl Kernels {
     /// `[m, k]` rows (layer-normed first if `norm` says so) interleaved in blocks of `mr`:
     /// block `b` is `[k][mr]` holding rows `b*mr .. b*mr+mr` (zeros past `m`). Blocks are
     /// packed in parallel when there are enough of them: a serial pack of 512 x 3072 took 2.2 ms,
-    /// a quarter of the two-thread product. The buffer is this thread's spare one (give it back
-    /// with [`recycle`]): a fresh multi-MiB allocation per product costs page faults or a memset.
-    fn pack_rows(&self, x: &[f32], k: usize, mr: usize, norm: Option<Norm>) -> Vec<f32> {
+    /// a quarter of the two-thread product.
+    fn pack_rows(&self, x: &[f32], k: usize, mr: usize, norm: Option<Norm>) -> PackedRows {
         let m = x.len() / k.max(1);
         let len = m.div_ceil(mr) * mr * k;
-        let mut out = SPARE_ROWS.with(|c| c.take());
-        if out.len() < len {
-            out = vec![0.0f32; len];
+        let mut buf = SPARE_ROWS.with(|c| c.take());
+        if buf.len() < len {
+            // Grows to the largest product's size once; every packed value is written below, so
+            // a smaller product reuses the buffer with no memset.
+            buf.resize(len, 0.0);
         }
-        out.truncate(len);
-        let pack_block = |(b, block): (usize, &mut [f32])| {
+        let pack_block = |normed: &mut Vec<f32>, (b, block): (usize, &mut [f32])| {
             let rows = mr.min(m - b * mr);
             let src = &x[b * mr * k..][..rows * k];
             match norm {
                 Some(Norm { gamma, beta, eps }) if mr == 1 => self.layernorm(src, gamma, beta, eps, block),
                 Some(Norm { gamma, beta, eps }) => {
-                    let mut normed = vec![0.0f32; rows * k];
+                    normed.resize(rows * k, 0.0);
                     for (row, dst) in src.chunks_exact(k).zip(normed.chunks_exact_mut(k)) {
                         self.layernorm(row, gamma, beta, eps, dst);
                     }
-                    interleave(&normed, k, mr, block);
+                    interleave(&normed[..rows * k], k, mr, block);
                 }
                 None => interleave(src, k, mr, block),
             }
         };
+        let blocks = &mut buf[..len];
         if len >= PAR_PACK_MIN && rayon::current_num_threads() > 1 {
-            out.par_chunks_exact_mut(mr * k).enumerate().for_each(pack_block);
+            blocks.par_chunks_exact_mut(mr * k).enumerate().for_each_init(Vec::new, pack_block);
         } else {
-            out.chunks_exact_mut(mr * k).enumerate().for_each(pack_block);
+            let mut normed = Vec::new();
+            blocks.chunks_exact_mut(mr * k).enumerate().for_each(|b| pack_block(&mut normed, b));
         }
-        out
+        PackedRows { buf, len }
     }
 }
 
@@ -420,13 +415,31 @@ const PAR_PACK_MIN: usize = 1 << 16;
 const SPARE_MAX: usize = 8 << 20;
 
 thread_local! {
+    /// This thread's packed-rows buffer between products: a fresh multi-MiB allocation per
+    /// product costs page faults or a memset.
     static SPARE_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Hands a packed-rows buffer back to this thread for its next product.
-fn recycle(buf: Vec<f32>) {
-    if buf.len() <= SPARE_MAX {
-        SPARE_ROWS.with(|c| c.replace(buf));
+/// Rows packed by [`Kernels::pack_rows`] (the first `len` values of `buf`); the buffer goes back
+/// to the thread for its next product when this is dropped.
+struct PackedRows {
+    buf: Vec<f32>,
+    len: usize,
+}
+
+impl std::ops::Deref for PackedRows {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for PackedRows {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.len() <= SPARE_MAX {
+            SPARE_ROWS.with(|c| c.replace(buf));
+        }
     }
 }
 
