@@ -7,7 +7,9 @@ use crate::cpu::Isa;
 use crate::isa::{self, Table};
 use crate::{Attention, Layout, MatmulKn, MatmulQ, PackedKn, Panels, QFormat, WeightDtype};
 use rayon::prelude::*;
+use std::cell::RefCell;
 use std::sync::OnceLock;
+use std::thread::LocalKey;
 
 /// Kernels bound to one ISA. Cheap to copy.
 #[derive(Clone, Copy)]
@@ -321,7 +323,10 @@ impl Kernels {
         assert_eq!(w.format, t.format, "matmul_kn: w8a8 weights packed for another ISA");
         let groups = k.div_ceil(w.format.kq);
         let mr = if m > 1 { balanced_tile(m, t.mr) } else { 0 };
-        let mut words = vec![0i32; m.div_ceil(mr.max(1)) * mr.max(1) * groups];
+        let len = m.div_ceil(mr.max(1)) * mr.max(1) * groups;
+        let mut words = Spare::take(&SPARE_WORDS, len);
+        // Quantizing writes the words of rows < m; the last block's padding rows are zeroed.
+        words[len - mr.max(1) * groups..].fill(0);
         let mut x_scale = vec![0.0f32; m];
         // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
         let quantize =
@@ -372,15 +377,10 @@ impl Kernels {
     /// block `b` is `[k][mr]` holding rows `b*mr .. b*mr+mr` (zeros past `m`). Blocks are
     /// packed in parallel when there are enough of them: a serial pack of 512 x 3072 took 2.2 ms,
     /// a quarter of the two-thread product.
-    fn pack_rows(&self, x: &[f32], k: usize, mr: usize, norm: Option<Norm>) -> PackedRows {
+    fn pack_rows(&self, x: &[f32], k: usize, mr: usize, norm: Option<Norm>) -> Spare<f32> {
         let m = x.len() / k.max(1);
         let len = m.div_ceil(mr) * mr * k;
-        let mut buf = SPARE_ROWS.with(|c| c.take());
-        if buf.len() < len {
-            // Grows to the largest product's size once; every packed value is written below, so
-            // a smaller product reuses the buffer with no memset.
-            buf.resize(len, 0.0);
-        }
+        let mut buf = Spare::take(&SPARE_ROWS, len);
         let pack_block = |normed: &mut Vec<f32>, (b, block): (usize, &mut [f32])| {
             let rows = mr.min(m - b * mr);
             let src = &x[b * mr * k..][..rows * k];
@@ -396,14 +396,14 @@ impl Kernels {
                 None => interleave(src, k, mr, block),
             }
         };
-        let blocks = &mut buf[..len];
+        let blocks = &mut buf[..];
         if len >= PAR_PACK_MIN && rayon::current_num_threads() > 1 {
             blocks.par_chunks_exact_mut(mr * k).enumerate().for_each_init(Vec::new, pack_block);
         } else {
             let mut normed = Vec::new();
             blocks.chunks_exact_mut(mr * k).enumerate().for_each(|b| pack_block(&mut normed, b));
         }
-        PackedRows { buf, len }
+        buf
     }
 }
 
@@ -411,34 +411,54 @@ impl Kernels {
 /// saves).
 const PAR_PACK_MIN: usize = 1 << 16;
 
-/// Largest packed-rows buffer a thread keeps for its next product.
+/// Largest buffer (elements) a thread keeps for its next product.
 const SPARE_MAX: usize = 8 << 20;
 
 thread_local! {
     /// This thread's packed-rows buffer between products: a fresh multi-MiB allocation per
     /// product costs page faults or a memset.
-    static SPARE_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE_ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The same for `w8a8`'s quantized activation words.
+    static SPARE_WORDS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Rows packed by [`Kernels::pack_rows`] (the first `len` values of `buf`); the buffer goes back
-/// to the thread for its next product when this is dropped.
-struct PackedRows {
-    buf: Vec<f32>,
+/// The first `len` values of a buffer borrowed from one of this thread's spares, handed back
+/// when dropped. Its contents are stale: the user writes every value it reads.
+struct Spare<T: 'static> {
+    buf: Vec<T>,
     len: usize,
+    home: &'static LocalKey<RefCell<Vec<T>>>,
 }
 
-impl std::ops::Deref for PackedRows {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
+impl<T: Copy + Default> Spare<T> {
+    fn take(home: &'static LocalKey<RefCell<Vec<T>>>, len: usize) -> Self {
+        let mut buf = home.with(|c| c.take());
+        if buf.len() < len {
+            // Grows to the largest product's size once; smaller products reuse it, no memset.
+            buf.resize(len, T::default());
+        }
+        Spare { buf, len, home }
+    }
+}
+
+impl<T> std::ops::Deref for Spare<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
         &self.buf[..self.len]
     }
 }
 
-impl Drop for PackedRows {
+impl<T> std::ops::DerefMut for Spare<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf[..self.len]
+    }
+}
+
+impl<T> Drop for Spare<T> {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
         if buf.len() <= SPARE_MAX {
-            SPARE_ROWS.with(|c| c.replace(buf));
+            self.home.with(|c| c.replace(buf));
         }
     }
 }
