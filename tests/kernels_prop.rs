@@ -426,6 +426,23 @@ proptest! {
     }
 }
 
+/// A product of zero rows is a no-op for every ISA and dtype, fused norm or not: a step whose
+/// sequences are all mid-prompt sends no row through the lm_head.
+#[test]
+fn empty_products_are_no_ops() {
+    let (k, n) = (40, 24);
+    let (w, b, g, beta) = (vals(k * n, 1), vals(n, 2), vals(k, 3), vals(k, 4));
+    let norm = Norm { gamma: &g, beta: &beta, eps: 1e-5 };
+    for kern in kernels() {
+        for dtype in WeightDtype::ALL {
+            let wp = kern.pack(&w, Layout::KN, k, n, dtype);
+            let mut out: Vec<f32> = Vec::new();
+            kern.matmul_kn(&[], &wp, Some(&b), &mut out, 0, Epilogue::STORE);
+            kern.matmul_kn_normed(&[], norm, &wp, Some(&b), &mut out, 0, Epilogue::GELU);
+        }
+    }
+}
+
 /// Enough rows that the product packs them in parallel (M x K >= 2^16), the layer norm fused:
 /// every row is bitwise the same row normed and multiplied alone (which packs nothing).
 #[test]

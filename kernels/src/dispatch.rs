@@ -326,7 +326,7 @@ impl Kernels {
         let len = m.div_ceil(mr.max(1)) * mr.max(1) * groups;
         let mut words = Spare::take(&SPARE_WORDS, len);
         // Quantizing writes the words of rows < m; the last block's padding rows are zeroed.
-        words[len - mr.max(1) * groups..].fill(0);
+        words[len.saturating_sub(mr.max(1) * groups)..].fill(0);
         let mut x_scale = vec![0.0f32; m];
         // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
         let quantize =
