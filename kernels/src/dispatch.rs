@@ -325,13 +325,11 @@ impl Kernels {
         let mr = if m > 1 { balanced_tile(m, t.mr) } else { 0 };
         let len = m.div_ceil(mr.max(1)) * mr.max(1) * groups;
         let mut words = Spare::take(&SPARE_WORDS, len);
-        // Quantizing writes the words of rows < m; the last block's padding rows are zeroed.
-        words[len.saturating_sub(mr.max(1) * groups)..].fill(0);
         let mut x_scale = vec![0.0f32; m];
         // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
         let quantize =
             |x: &[f32], words: &mut [i32], scales: &mut [f32]| unsafe { (t.quantize)(x, k, mr, words, scales) };
-        if mr > 0 && m * k >= PAR_PACK_MIN && rayon::current_num_threads() > 1 {
+        if mr > 0 && pack_in_parallel(m * k) {
             // Each block of `mr` rows is quantized and interleaved on its own (as the rows are
             // packed for the float kernels).
             let blocks = words.par_chunks_mut(mr * groups).zip(x_scale.par_chunks_mut(mr));
@@ -385,6 +383,7 @@ impl Kernels {
             let rows = mr.min(m - b * mr);
             let src = &x[b * mr * k..][..rows * k];
             match norm {
+                // One-row blocks (w8a8's and M = 1's normed rows) are the normed row itself.
                 Some(Norm { gamma, beta, eps }) if mr == 1 => self.layernorm(src, gamma, beta, eps, block),
                 Some(Norm { gamma, beta, eps }) => {
                     normed.resize(rows * k, 0.0);
@@ -397,7 +396,7 @@ impl Kernels {
             }
         };
         let blocks = &mut buf[..];
-        if len >= PAR_PACK_MIN && rayon::current_num_threads() > 1 {
+        if pack_in_parallel(m * k) {
             blocks.par_chunks_exact_mut(mr * k).enumerate().for_each_init(Vec::new, pack_block);
         } else {
             let mut normed = Vec::new();
@@ -407,9 +406,11 @@ impl Kernels {
     }
 }
 
-/// Packed values from which packing the rows goes parallel (below, the fork costs more than it
-/// saves).
-const PAR_PACK_MIN: usize = 1 << 16;
+/// Whether `values` activations are enough to pack (or quantize) in parallel: below 2^16 the
+/// fork costs more than it saves.
+fn pack_in_parallel(values: usize) -> bool {
+    values >= 1 << 16 && rayon::current_num_threads() > 1
+}
 
 /// Largest buffer (elements) a thread keeps for its next product.
 const SPARE_MAX: usize = 8 << 20;
@@ -467,10 +468,6 @@ impl<T> Drop for Spare<T> {
 /// zeros past them. One k at a time: the writes are contiguous and the `rows` source lines stay
 /// in L1 (row by row, a block deeper than L1 missed on every store).
 fn interleave(src: &[f32], k: usize, mr: usize, block: &mut [f32]) {
-    if mr == 1 {
-        block[..src.len()].copy_from_slice(src);
-        return;
-    }
     let rows = src.len() / k;
     for (kk, d) in block.chunks_exact_mut(mr).enumerate() {
         for (r, v) in d[..rows].iter_mut().enumerate() {

@@ -18,7 +18,8 @@ const PREFETCH_BYTES: usize = 1024;
 
 /// Quantizes the `[m, k]` rows of `x` to int8 (symmetric: `scale = max |x| / 127`, values
 /// `x * (127 / max |x|)` rounded to nearest, ties to even) and packs them as `IntDot` words:
-/// row-major when `mr == 0`, else in blocks of `mr` rows. Writes each row's scale.
+/// row-major when `mr == 0`, else in blocks of `mr` rows (the last block's rows past `m`
+/// zeroed: `words` may be a reused buffer). Writes each row's scale.
 #[inline(always)]
 pub fn quantize_rows<D: IntDot>(d: D, x: &[f32], k: usize, mr: usize, words: &mut [i32], scales: &mut [f32]) {
     let s = d.simd();
@@ -71,6 +72,12 @@ pub fn quantize_rows<D: IntDot>(d: D, x: &[f32], k: usize, mr: usize, words: &mu
                     block[g * mr + r % mr] = w;
                 }
             }
+        }
+    }
+    if mr > 0 {
+        for r in m..m.next_multiple_of(mr) {
+            let block = &mut words[r / mr * mr * groups..][..mr * groups];
+            block.iter_mut().skip(r % mr).step_by(mr).for_each(|w| *w = 0);
         }
     }
 }
