@@ -90,6 +90,15 @@ struct RooflineArgs {
     /// Fewer shapes and shorter timings (a smoke run).
     #[arg(long)]
     quick: bool,
+    /// Whole sweeps in turn; each figure is the best of its rounds (a shared machine's slow
+    /// spells last seconds to minutes, so one sweep can catch some shapes in one). Default: 3,
+    /// or 1 with --quick.
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Only the f32 GEMMs at M >= 32, in cache: what `tools/reference/sgemm_vs_numpy.py` runs
+    /// against numpy, round by round.
+    #[arg(long)]
+    sgemm: bool,
 }
 
 #[derive(Args)]
@@ -249,7 +258,17 @@ fn run(cli: Cli) -> CliResult {
         }
         // On a pool worker, as the engine calls its kernels: a small product called from outside
         // the pool would also time the wake-up of a sleeping caller.
-        Command::Roofline(a) => in_pool(|| roofline::run(kernels, a.json, a.quick))?,
+        Command::Roofline(a) => in_pool(|| {
+            roofline::run(
+                kernels,
+                a.json,
+                roofline::Plan {
+                    quick: a.quick,
+                    rounds: a.rounds.unwrap_or(if a.quick { 1 } else { 3 }),
+                    sgemm: a.sgemm,
+                },
+            )
+        })?,
         Command::Throughput(a) => {
             let levels = a
                 .concurrency

@@ -104,6 +104,8 @@ const SHAPES: [(&str, usize, usize); 5] = [
     ("lm_head", 768, 50257),
 ];
 const MS: [usize; 5] = [1, 8, 32, 128, 512];
+/// Smallest M of an `--sgemm` run (the sizes numpy is compared at).
+const SGEMM_MIN_M: usize = 32;
 /// Largest M also measured with its weights streamed from memory (decode sizes).
 const STREAMED_MAX_M: usize = 32;
 
@@ -135,65 +137,158 @@ fn streamed_secs(
     best / copies.len() as f64
 }
 
-pub fn run(k: Kernels, as_json: bool, quick: bool) -> Result<(), String> {
-    let bw_bytes = if quick { 256 << 20 } else { 1 << 30 };
-    let bw = read_bandwidth(k, bw_bytes, true);
-    let bw_4k = read_bandwidth(k, bw_bytes, false);
-    let peak = fma_peak(k);
-    let int_peak = int_dot_peak(k);
-    let (join_hot, join_after_gap) = fork_join_overhead();
-    let budget = Duration::from_millis(if quick { 50 } else { 300 });
-    let mut rows = Vec::new();
+/// What a `roofline` run measures.
+#[derive(Clone, Copy)]
+pub struct Plan {
+    /// Fewer shapes and shorter timings (a smoke run).
+    pub quick: bool,
+    /// Whole sweeps, one after another; each figure is the best of its rounds.
+    pub rounds: usize,
+    /// Only the f32 GEMMs at M >= 32, in cache (what `sgemm_vs_numpy.py` compares).
+    pub sgemm: bool,
+}
+
+/// The machine's limits as one round measured them.
+#[derive(Clone, Copy, Default)]
+struct Roofs {
+    bw: f64,
+    bw_4k: f64,
+    peak: f64,
+    int_peak: f64,
+}
+
+impl Roofs {
+    fn measure(k: Kernels, quick: bool) -> Roofs {
+        let bw_bytes = if quick { 256 << 20 } else { 1 << 30 };
+        Roofs {
+            bw: read_bandwidth(k, bw_bytes, true),
+            bw_4k: read_bandwidth(k, bw_bytes, false),
+            peak: fma_peak(k),
+            int_peak: int_dot_peak(k),
+        }
+    }
+
+    fn max(self, o: Roofs) -> Roofs {
+        Roofs {
+            bw: self.bw.max(o.bw),
+            bw_4k: self.bw_4k.max(o.bw_4k),
+            peak: self.peak.max(o.peak),
+            int_peak: self.int_peak.max(o.int_peak),
+        }
+    }
+}
+
+/// One product measured: where it is in the sweep, and its best times so far.
+struct Case {
+    label: &'static str,
+    k: usize,
+    n: usize,
+    dtype: WeightDtype,
+    m: usize,
+    bytes: usize,
+    secs: f64,
+    streamed: Option<f64>,
+}
+
+/// One sweep over every shape, dtype and M of the plan; `cases` (in sweep order, empty before
+/// the first round) keeps each figure's best.
+fn sweep(k: Kernels, plan: Plan, cases: &mut Vec<Case>) {
+    let budget = Duration::from_millis(if plan.quick { 50 } else { 300 });
+    let first_round = cases.is_empty();
+    let mut next = 0;
     for (label, kk, n) in SHAPES {
         let w: Vec<f32> = (0..kk * n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
         let bias = vec![0.01f32; n];
-        for dtype in WeightDtype::ALL {
+        let dtypes: &[WeightDtype] = if plan.sgemm { &[WeightDtype::F32] } else { &WeightDtype::ALL };
+        for &dtype in dtypes {
             // Every dtype at decode size (bandwidth-bound); f32 and w8a8 (the compute-bound
             // kernels) across all M.
             let ms: &[usize] = if matches!(dtype, WeightDtype::F32 | WeightDtype::W8a8) { &MS } else { &MS[..1] };
-            let peak = if dtype == WeightDtype::W8a8 { int_peak } else { peak };
+            let ms: Vec<usize> = ms
+                .iter()
+                .copied()
+                .filter(|&m| !(plan.quick && m > STREAMED_MAX_M || plan.sgemm && m < SGEMM_MIN_M))
+                .collect();
+            let streams = !plan.sgemm && ms.iter().any(|&m| m <= STREAMED_MAX_M);
             // The first copy is also the in-cache one. A quick run only smoke-tests the streamed
             // path: two copies may still sit in cache.
             let first = k.pack(&w, Layout::KN, kk, n, dtype);
-            let count = if quick { 2 } else { (STREAM_BYTES / first.bytes()).max(2) };
+            let count = match (streams, plan.quick) {
+                (false, _) => 1,
+                (true, true) => 2,
+                (true, false) => (STREAM_BYTES / first.bytes()).max(2),
+            };
             let copies: Vec<PackedKn> =
                 std::iter::once(first).chain((1..count).map(|_| k.pack(&w, Layout::KN, kk, n, dtype))).collect();
             let packed = &copies[0];
-            for &m in ms {
-                if quick && m > STREAMED_MAX_M {
-                    continue;
-                }
+            for m in ms {
                 let x = vec![0.5f32; m * kk];
                 let mut out = vec![0.0f32; m * n];
                 let secs =
                     best_of(budget, || k.matmul_kn(black_box(&x), packed, Some(&bias), &mut out, m, Epilogue::STORE));
-                let streamed = (m <= STREAMED_MAX_M)
-                    .then(|| streamed_secs(k, &copies, &x, &bias, &mut out, m, if quick { 2 } else { 5 }));
-                let flops = 2.0 * (m * kk * n) as f64;
-                let bytes = (packed.bytes() + 4 * (m * kk + m * n + n)) as f64;
-                let roof = peak.min(bw * flops / bytes);
-                rows.push(json!({
-                    "op": label, "dtype": dtype.name(), "m": m, "k": kk, "n": n, "seconds": secs,
-                    "gflops": flops / secs / 1e9, "gbps": bytes / secs / 1e9,
-                    "roofline_gflops": roof / 1e9, "fraction_of_roofline": flops / secs / roof,
-                    "bound": if bw * flops / bytes < peak { "memory" } else { "compute" },
-                    "streamed_seconds": streamed,
-                    "streamed_gbps": streamed.map(|t| bytes / t / 1e9),
-                    "streamed_fraction_of_roofline": streamed.map(|t| flops / t / roof),
-                }));
+                let streamed = (streams && m <= STREAMED_MAX_M)
+                    .then(|| streamed_secs(k, &copies, &x, &bias, &mut out, m, if plan.quick { 2 } else { 5 }));
+                if first_round {
+                    let bytes = packed.bytes() + 4 * (m * kk + m * n + n);
+                    cases.push(Case { label, k: kk, n, dtype, m, bytes, secs, streamed });
+                } else {
+                    let c = &mut cases[next];
+                    c.secs = c.secs.min(secs);
+                    c.streamed = c.streamed.zip(streamed).map(|(a, b)| a.min(b));
+                }
+                next += 1;
             }
         }
     }
+}
+
+pub fn run(k: Kernels, as_json: bool, plan: Plan) -> Result<(), String> {
+    if plan.rounds == 0 {
+        return Err("--rounds must be at least 1".into());
+    }
+    let (join_hot, join_after_gap) = fork_join_overhead();
+    // Whole sweeps in turn, so a slow spell of this shared machine (they last seconds to
+    // minutes) costs one round of a figure, not the figure; the roofs are re-measured each round.
+    let mut per_round = Vec::new();
+    let mut cases = Vec::new();
+    for _ in 0..plan.rounds {
+        per_round.push(Roofs::measure(k, plan.quick));
+        sweep(k, plan, &mut cases);
+    }
+    let Roofs { bw, bw_4k, peak, int_peak } = per_round.iter().fold(Roofs::default(), |a, &r| a.max(r));
+    let mut rows = Vec::new();
+    for c in &cases {
+        let peak = if c.dtype == WeightDtype::W8a8 { int_peak } else { peak };
+        let flops = 2.0 * (c.m * c.k * c.n) as f64;
+        let bytes = c.bytes as f64;
+        let roof = peak.min(bw * flops / bytes);
+        let (secs, streamed) = (c.secs, c.streamed);
+        rows.push(json!({
+            "op": c.label, "dtype": c.dtype.name(), "m": c.m, "k": c.k, "n": c.n, "seconds": secs,
+            "gflops": flops / secs / 1e9, "gbps": bytes / secs / 1e9,
+            "roofline_gflops": roof / 1e9, "fraction_of_roofline": flops / secs / roof,
+            "bound": if bw * flops / bytes < peak { "memory" } else { "compute" },
+            "streamed_seconds": streamed,
+            "streamed_gbps": streamed.map(|t| bytes / t / 1e9),
+            "streamed_fraction_of_roofline": streamed.map(|t| flops / t / roof),
+        }));
+    }
+    let gbps = |f: fn(&Roofs) -> f64| per_round.iter().map(|r| f(r) / 1e9).collect::<Vec<_>>();
     let report = json!({
         "isa": k.isa().name(),
         "threads": rayon::current_num_threads(),
         "cpu": cpu_model(),
+        "rounds": plan.rounds,
         "read_bandwidth_gbps": bw / 1e9,
         "read_bandwidth_4k_pages_gbps": bw_4k / 1e9,
         "fma_peak_gflops": peak / 1e9,
         "int_dot_peak_gops": int_peak / 1e9,
         "int_dot_instruction": k.int_dot_name(),
         "fork_join_us": { "back_to_back": join_hot * 1e6, "after_200us_gap_median": join_after_gap * 1e6 },
+        "per_round": {
+            "read_bandwidth_gbps": gbps(|r| r.bw),
+            "fma_peak_gflops": gbps(|r| r.peak),
+        },
         "kernels": rows,
     });
     if as_json {
@@ -217,13 +312,20 @@ pub fn run(k: Kernels, as_json: bool, quick: bool) -> Result<(), String> {
         join_hot * 1e6,
         join_after_gap * 1e6
     );
+    let spread = |f: fn(&Roofs) -> f64| per_round.iter().map(|r| format!("{:.1}", f(r) / 1e9)).collect::<Vec<_>>();
+    println!(
+        "{} round(s), each figure the best of its rounds; bandwidth per round {} GB/s, FMA peak {} GFLOP/s",
+        plan.rounds,
+        spread(|r| r.bw).join(" / "),
+        spread(|r| r.peak).join(" / ")
+    );
     println!();
     println!(
         "In cache: one matrix, reused (it stays in the L2/L3). Streamed: {} MiB of distinct copies in turn, so the",
         STREAM_BYTES >> 20
     );
     println!("weights come from memory, as in a model's decode step (M <= {STREAMED_MAX_M} only).");
-    if quick {
+    if plan.quick {
         println!("--quick: two copies only, so the streamed figures may be partly in cache.");
     }
     println!();

@@ -190,6 +190,24 @@ fn roofline_json_has_every_figure() {
 }
 
 #[test]
+fn roofline_rounds_and_the_sgemm_subset() {
+    // Two rounds: each figure is the best of both, and each round's roofs are listed.
+    let out = ok(&["roofline", "--quick", "--sgemm", "--rounds", "2", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("roofline --json prints JSON");
+    assert_eq!(v["rounds"], 2);
+    assert_eq!(v["per_round"]["read_bandwidth_gbps"].as_array().unwrap().len(), 2);
+    let best = v["per_round"]["fma_peak_gflops"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap());
+    assert_eq!(best.fold(0.0, f64::max), v["fma_peak_gflops"].as_f64().unwrap());
+    // --sgemm: the f32 products numpy is compared with (M >= 32; --quick stops at 32), in cache.
+    let rows = v["kernels"].as_array().unwrap();
+    assert_eq!(rows.len(), 5, "one row per shape: {rows:?}");
+    for r in rows {
+        assert!(r["dtype"] == "f32" && r["m"] == 32 && r["streamed_seconds"].is_null(), "{r}");
+    }
+    fails(&["roofline", "--quick", "--rounds", "0"], "at least 1");
+}
+
+#[test]
 fn throughput_runs_the_engine() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny(tmp.path());
