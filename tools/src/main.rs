@@ -80,6 +80,10 @@ struct ThroughputArgs {
     /// Compute every prompt in full instead of sharing cached prefix blocks.
     #[arg(long)]
     no_prefix_cache: bool,
+    /// Sweep the levels this many times in turn and report each level's fastest round (a
+    /// shared machine's slow spells last seconds to minutes); every round's tok/s is listed.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 #[derive(Args)]
@@ -298,6 +302,7 @@ fn run(cli: Cli) -> CliResult {
             throughput::run(
                 || load_model_quiet(&a.model, kernels).expect("loaded once already").0,
                 &levels,
+                a.rounds,
                 &workload,
                 config,
             )

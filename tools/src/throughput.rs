@@ -21,17 +21,44 @@ pub struct BatchFigures {
     pub wall_s: f64,
 }
 
-/// Runs each concurrency level on a fresh engine over `make_model()`; prints a Markdown table.
-pub fn run(make_model: impl Fn() -> Gpt2, levels: &[usize], w: &Workload, config: EngineConfig) -> Result<(), String> {
+/// Runs each concurrency level on a fresh engine over `make_model()`, `rounds` sweeps in turn;
+/// prints a Markdown table of each level's fastest round.
+pub fn run(
+    make_model: impl Fn() -> Gpt2,
+    levels: &[usize],
+    rounds: usize,
+    w: &Workload,
+    config: EngineConfig,
+) -> Result<(), String> {
+    if rounds == 0 {
+        return Err("--rounds must be at least 1".into());
+    }
+    let mut runs: Vec<Vec<BatchFigures>> = vec![Vec::new(); levels.len()];
+    for round in 1..=rounds {
+        for (&n, runs) in levels.iter().zip(&mut runs) {
+            let f = measure(make_model(), n, w, config)?;
+            if rounds > 1 {
+                eprintln!("note: round {round}/{rounds}, {n} concurrent: {:.1} tok/s", f.tokens_per_s);
+            }
+            runs.push(f);
+        }
+    }
     println!(
-        "| concurrent | generated tok/s | requests/s | mean inter-token latency (ms) | p50 TTFT (ms) | wall (s) |"
+        "| concurrent | generated tok/s | requests/s | mean inter-token latency (ms) | p50 TTFT (ms) | wall (s) | tok/s per round |"
     );
-    println!("|---|---|---|---|---|---|");
-    for &n in levels {
-        let f = measure(make_model(), n, w, config)?;
+    println!("|---|---|---|---|---|---|---|");
+    for runs in &runs {
+        let f = runs.iter().max_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s)).expect("rounds >= 1");
+        let each: Vec<String> = runs.iter().map(|r| format!("{:.1}", r.tokens_per_s)).collect();
         println!(
-            "| {n} | {:.1} | {:.2} | {:.1} | {:.0} | {:.2} |",
-            f.tokens_per_s, f.requests_per_s, f.mean_itl_ms, f.p50_ttft_ms, f.wall_s
+            "| {} | {:.1} | {:.2} | {:.1} | {:.0} | {:.2} | {} |",
+            f.concurrent,
+            f.tokens_per_s,
+            f.requests_per_s,
+            f.mean_itl_ms,
+            f.p50_ttft_ms,
+            f.wall_s,
+            each.join(" / ")
         );
     }
     Ok(())

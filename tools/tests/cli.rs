@@ -211,9 +211,21 @@ fn roofline_rounds_and_the_sgemm_subset() {
 fn throughput_runs_the_engine() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny(tmp.path());
-    let out =
-        ok(&["throughput", "--model", &model, "--concurrency", "1,3", "--prompt-tokens", "5", "--max-tokens", "4"]);
+    let args = ["throughput", "--model", &model, "--concurrency", "1,3", "--prompt-tokens", "5", "--max-tokens", "4"];
+    let mut twice = args.to_vec();
+    twice.extend(["--rounds", "2"]);
+    let out = ok(&twice);
     let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("| 1 |") || l.starts_with("| 3 |")).collect();
     assert_eq!(rows.len(), 2, "{out}");
+    for row in rows {
+        // The last column lists both rounds' tok/s; the row is the faster one.
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        let each: Vec<f64> = cells[6].split(" / ").map(|v| v.parse().unwrap()).collect();
+        assert_eq!(each.len(), 2, "{row}");
+        assert_eq!(format!("{:.1}", each.iter().cloned().fold(0.0, f64::max)), cells[1], "{row}");
+    }
     fails(&["throughput", "--model", &model, "--concurrency", "0"], "positive integers");
+    let mut zero = args.to_vec();
+    zero.extend(["--rounds", "0"]);
+    fails(&zero, "at least 1");
 }
