@@ -1,5 +1,5 @@
 //! Parity with HuggingFace: logits at every position and 32-token greedy continuations, for the
-//! tiny, DistilGPT-2 and GPT-2 124M shapes (weights regenerated from the golden's seed) and for a
+//! tiny, DistilGPT-2, GPT-2 124M, medium and large shapes (weights regenerated from the golden's seed) and for a
 //! checkpoint in the hub's own layout (f16, unprefixed names, mask buffers).
 
 mod common;
@@ -65,6 +65,18 @@ fn distilgpt2_shape_matches_hf() {
 #[test]
 fn gpt2_124m_shape_matches_hf() {
     check_preset("gpt2", Preset::Gpt2, inferneo_kernels::kernels().unwrap());
+}
+
+/// 1024 wide, 16 heads: head groups and products of another width than 768 (355M parameters).
+#[test]
+fn gpt2_medium_shape_matches_hf() {
+    check_preset("gpt2-medium", Preset::Gpt2Medium, inferneo_kernels::kernels().unwrap());
+}
+
+/// 1280 wide, 20 heads, 36 layers (774M parameters, 3.1 GB in f32): the largest shape served.
+#[test]
+fn gpt2_large_shape_matches_hf() {
+    check_preset("gpt2-large", Preset::Gpt2Large, inferneo_kernels::kernels().unwrap());
 }
 
 /// The same golden through files: `inferneo init` writes a HF directory in f32 with

@@ -31,7 +31,10 @@ GREEDY_TOKENS = 32
 PROMPT = "The quick brown fox jumps over the lazy"
 
 # (fixture name, preset or explicit config, seed)
-GOLDENS = [("tiny", "tiny", 11), ("distilgpt2", "distilgpt2", 12), ("gpt2", "gpt2", 13)]
+GOLDENS = [
+    ("tiny", "tiny", 11), ("distilgpt2", "distilgpt2", 12), ("gpt2", "gpt2", 13),
+    ("gpt2-medium", "gpt2-medium", 15), ("gpt2-large", "gpt2-large", 16),
+]
 HUB_MICRO = dict(vocab_size=1000, n_embd=32, n_layer=2, n_head=2, n_positions=64)
 HUB_SEED = 14
 
@@ -135,7 +138,7 @@ def write_tokenizer_corpus():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", nargs="*", help="fixture names (tiny, distilgpt2, gpt2, hub-micro, tokenizer)")
+    ap.add_argument("--only", nargs="*", help="fixture names (tiny, distilgpt2, gpt2, gpt2-medium, gpt2-large, hub-micro, tokenizer)")
     args = ap.parse_args()
     want = lambda name: not args.only or name in args.only  # noqa: E731
     torch.manual_seed(0)

@@ -63,6 +63,7 @@ PRESETS = {
     "gpt2": dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024),
     "distilgpt2": dict(n_embd=768, n_layer=6, n_head=12, n_positions=1024),
     "gpt2-medium": dict(n_embd=1024, n_layer=24, n_head=16, n_positions=1024),
+    "gpt2-large": dict(n_embd=1280, n_layer=36, n_head=20, n_positions=1024),
 }
 
 
