@@ -5,7 +5,7 @@
 mod common;
 
 use common::{available_kernels, check_logits, data_dir, Golden, LOGIT_TOL};
-use inferneo_kernels::Kernels;
+use inferneo_kernels::{Isa, Kernels};
 use inferneo_runtime::init::{self, StoreDtype};
 use inferneo_runtime::{generate, GenerateRequest, Gpt2, KvCache, Logits, Preset, SamplingParams, WeightDtype};
 
@@ -62,9 +62,13 @@ fn distilgpt2_shape_matches_hf() {
     check_preset("distilgpt2", Preset::DistilGpt2, inferneo_kernels::kernels().unwrap());
 }
 
+/// On every SIMD ISA the CPU has (the tiny model covers the scalar one): the real widths
+/// (768, 3072, 50257) take the kernels' full-tile paths that the tiny model's 64 never reaches.
 #[test]
 fn gpt2_124m_shape_matches_hf() {
-    check_preset("gpt2", Preset::Gpt2, inferneo_kernels::kernels().unwrap());
+    for k in available_kernels().into_iter().filter(|k| k.isa() != Isa::Scalar) {
+        check_preset("gpt2", Preset::Gpt2, k);
+    }
 }
 
 /// 1024 wide, 16 heads: head groups and products of another width than 768 (355M parameters).
