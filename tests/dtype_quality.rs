@@ -90,3 +90,14 @@ fn narrow_dtypes_stay_close_to_f32() {
     let hub = common::data_dir().join("hub-micro");
     check_model("hub-micro", |d| Gpt2::load(&hub, k, d).unwrap(), &tokens(1000));
 }
+
+/// The GPT-2 medium and large fixture models (355M and 774M parameters: deeper and wider
+/// products, so more rounding to accumulate).
+#[test]
+fn narrow_dtypes_stay_close_to_f32_on_the_larger_shapes() {
+    let k = inferneo_kernels::kernels().unwrap();
+    for (label, preset) in [("gpt2-medium", Preset::Gpt2Medium), ("gpt2-large", Preset::Gpt2Large)] {
+        let seed = common::Golden::load(label).seed();
+        check_model(label, |d| Gpt2::random(preset, seed, k, d), &tokens(50257));
+    }
+}
