@@ -68,13 +68,13 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize,
         match mc_end - mc0 {
             1 => {
                 while j + Q1 / C * nr <= width {
-                    kn_tile::<S, E, C, 1, Q1>(s, a, w, scale, out, At { r0: mc0, j, prefetch: true, spread: None });
+                    kn_tile::<S, E, C, 1, Q1>(s, a, w, scale, out, At { r0: mc0, j, ahead: LookAhead::Stream });
                     j += Q1 / C * nr;
                 }
             }
             2 => {
                 while j + Q2 / C * nr <= width {
-                    kn_tile::<S, E, C, 2, Q2>(s, a, w, scale, out, At { r0: mc0, j, prefetch: true, spread: None });
+                    kn_tile::<S, E, C, 2, Q2>(s, a, w, scale, out, At { r0: mc0, j, ahead: LookAhead::Stream });
                     j += Q2 / C * nr;
                 }
             }
@@ -87,13 +87,12 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize,
                 let rows = (mc_end - r0).min(mr);
                 // One tile alone over its panel streams it (prefetch ahead, as for decode);
                 // several share the fetch of the next panel, so memory is read evenly over the
-                // panel's whole compute instead of in a burst during its first tile.
-                let t = (r0 - mc0) / mr;
-                let at = if tiles == 1 {
-                    At { r0, j, prefetch: true, spread: None }
-                } else {
-                    At { r0, j, prefetch: false, spread: (j + nr < width).then_some((t, tiles)) }
-                };
+                // panel's whole compute instead of in a burst during its first tile. After a
+                // chunk's last panel, the next in memory is the next chunk's first, which this
+                // thread usually runs next (rayon splits the chunk range in order).
+                let ahead =
+                    if tiles == 1 { LookAhead::Stream } else { LookAhead::Spread { t: (r0 - mc0) / mr, tiles } };
+                let at = At { r0, j, ahead };
                 match rows {
                     12 => kn_tile::<S, E, C, 12, C>(s, a, w, scale, out, at),
                     11 => kn_tile::<S, E, C, 11, C>(s, a, w, scale, out, at),
@@ -123,16 +122,22 @@ pub(super) fn row_blocking<const MR: usize>(x_mr: usize, budget_rows: usize) -> 
     (mr, budget_rows.max(mr) / mr * mr)
 }
 
-/// Where a register tile sits: first row, first column of the chunk, and whether it is the
-/// first pass over its panels (which then come from memory and are prefetched).
+/// Where a register tile sits (first row, first column of the chunk) and how it fetches ahead.
 #[derive(Clone, Copy)]
 struct At {
     r0: usize,
     j: usize,
-    prefetch: bool,
-    /// `(t, tiles)`: this is tile `t` of `tiles` over its panel, and fetches every `tiles`-th
-    /// k row of the next panel (so together the tiles fetch all of it, spread evenly).
-    spread: Option<(usize, usize)>,
+    ahead: LookAhead,
+}
+
+/// How a register tile prefetches the weights it will need.
+#[derive(Clone, Copy)]
+enum LookAhead {
+    /// The only tile over its panels, which come from memory: `PREFETCH_BYTES` ahead in each.
+    Stream,
+    /// Tile `t` of `tiles` over its panel: fetches every `tiles`-th k row of the next panel
+    /// (so together the tiles fetch all of it, spread over the panel's compute).
+    Spread { t: usize, tiles: usize },
 }
 
 /// `R` rows times `Q / C` consecutive packed panels (`Q` vectors per row). Each panel is read
@@ -148,7 +153,7 @@ fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
     out: &mut [&mut [f32]],
     at: At,
 ) {
-    let At { r0, j, prefetch, spread } = at;
+    let At { r0, j, ahead: look_ahead } = at;
     // This tile's activations: values of row r at k are xb[k * xs + r].
     let (xb, xs) = match a.x_mr {
         0 => (&a.x[r0 * a.k..][..a.k * R], 1),
@@ -166,50 +171,71 @@ fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
     // Zipped chunk iterators make every index below provably in bounds: a bounds check (and its
     // panic path) inside this loop makes LLVM spill the accumulators on every k.
     let rows = w[first * a.k * nr..][..a.k * nr].chunks_exact(nr).zip(xb.chunks_exact(xs));
-    let ahead = PREFETCH_BYTES / (nr * std::mem::size_of::<E>()) * nr;
-    let lines_per_row = (nr * std::mem::size_of::<E>()).div_ceil(64);
-    let mut next_fetch = spread.map_or(usize::MAX, |(t, _)| t);
-    for (kk, (row0, xk)) in rows.enumerate() {
-        if prefetch {
-            // The first tile over a panel streams it from memory (decode tiles always do, with
-            // little arithmetic in between): prefetch ahead of use, as the hardware prefetcher
-            // alone leaves bandwidth unused.
-            for p in 0..Q / C {
-                for line in 0..lines_per_row {
-                    s.prefetch(w, ((first + p) * a.k + kk) * nr + ahead + line * 64 / std::mem::size_of::<E>());
+    let size = std::mem::size_of::<E>();
+    let ahead = PREFETCH_BYTES / (nr * size) * nr;
+    let lines_per_row = (nr * size).div_ceil(64);
+    // The loop-invariant choice of look-ahead is made once, outside the k loop: tested inside
+    // it, it cost about as many instructions per k as the AVX2 tile's loads and FMAs.
+    match look_ahead {
+        LookAhead::Stream => {
+            for (kk, (row0, xk)) in rows.enumerate() {
+                // The first tile over a panel streams it from memory (decode tiles always do,
+                // with little arithmetic in between): prefetch ahead of use, as the hardware
+                // prefetcher alone leaves bandwidth unused.
+                for p in 0..p_count {
+                    for line in 0..lines_per_row {
+                        s.prefetch(w, ((first + p) * a.k + kk) * nr + ahead + line * 64 / size);
+                    }
                 }
+                kn_step::<S, E, C, R, Q>(s, &mut acc, row0, xk, w, (first * a.k + kk) * nr, a.k * nr);
             }
         }
-        if let Some((_, tiles)) = spread {
+        LookAhead::Spread { t, tiles } => {
             // A running counter, not `kk % tiles`: a division per k would cost more than the FMAs.
-            if kk == next_fetch {
-                for line in 0..lines_per_row {
-                    s.prefetch(w, ((first + 1) * a.k + kk) * nr + line * 64 / std::mem::size_of::<E>());
+            let mut next_fetch = t;
+            for (kk, (row0, xk)) in rows.enumerate() {
+                if kk == next_fetch {
+                    for line in 0..lines_per_row {
+                        s.prefetch(w, ((first + 1) * a.k + kk) * nr + line * 64 / size);
+                    }
+                    next_fetch += tiles;
                 }
-                next_fetch += tiles;
-            }
-        }
-        // Plain loops, not `array::from_fn`: a closure does not inherit the caller's
-        // `#[target_feature]`s, and an un-inlined widening load costs a call per vector.
-        let mut wv = [s.zero(); Q];
-        for q in 0..Q {
-            let (p, c) = (q / C, q % C);
-            wv[q] = if p == 0 {
-                E::load(s, &row0[c * l..])
-            } else {
-                E::load(s, &w[((first + p) * a.k + kk) * nr + c * l..])
-            };
-        }
-        for r in 0..R {
-            let xv = s.splat(xk[r]);
-            for q in 0..Q {
-                acc[r][q] = s.fma(xv, wv[q], acc[r][q]);
+                kn_step::<S, E, C, R, Q>(s, &mut acc, row0, xk, w, (first * a.k + kk) * nr, a.k * nr);
             }
         }
     }
     for r in 0..R {
         for p in 0..p_count {
             store_panel::<S>(s, a, scale, out[r], j + p * nr, &acc[r][p * C..(p + 1) * C]);
+        }
+    }
+}
+
+/// One k of a tile: `acc[r][q] += x[r] * w[q]` for the `Q` weight vectors at this k (panel 0's
+/// from `row0`, the others `panel_stride` further on in `w` from `at`, the start of panel 0's
+/// row) and the tile's `R` activations `xk`.
+#[inline(always)]
+fn kn_step<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
+    s: S,
+    acc: &mut [[S::V; Q]; R],
+    row0: &[E],
+    xk: &[f32],
+    w: &[E],
+    at: usize,
+    panel_stride: usize,
+) {
+    let l = S::LANES;
+    // Plain loops, not `array::from_fn`: a closure does not inherit the caller's
+    // `#[target_feature]`s, and an un-inlined widening load costs a call per vector.
+    let mut wv = [s.zero(); Q];
+    for q in 0..Q {
+        let (p, c) = (q / C, q % C);
+        wv[q] = if p == 0 { E::load(s, &row0[c * l..]) } else { E::load(s, &w[at + p * panel_stride + c * l..]) };
+    }
+    for r in 0..R {
+        let xv = s.splat(xk[r]);
+        for q in 0..Q {
+            acc[r][q] = s.fma(xv, wv[q], acc[r][q]);
         }
     }
 }
