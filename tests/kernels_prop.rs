@@ -395,10 +395,12 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
 
-    /// Deeper products than the shapes above (K up to 1700; GPT-2's MLP projection is 3072
+    /// Deeper products than the shapes above (K up to 3200; GPT-2's MLP projection is 3072
     /// deep): against the oracle, and bitwise equal to the same rows alone, ragged N included.
+    /// From K ~ 1200 on, 80 rows no longer fit one block of rows kept in L2, so the rows are
+    /// split into several balanced blocks.
     #[test]
-    fn deep_products_match_reference_and_rows_alone(m in 3usize..30, k in 769usize..1700, n in 1usize..100, seed: u64, gelu: bool) {
+    fn deep_products_match_reference_and_rows_alone(m in 3usize..80, k in 769usize..3200, n in 1usize..100, seed: u64, gelu: bool) {
         let (x, w, b) = (vals(m * k, seed), vals(k * n, seed ^ 1), vals(n, seed ^ 2));
         let ep = Epilogue { gelu, accumulate: false };
         for kern in kernels() {
@@ -421,6 +423,37 @@ proptest! {
                     };
                     assert_close(&format!("deep/{}", kern.isa()), &all, &want, tol);
                 }
+            }
+        }
+    }
+}
+
+/// Rows split into several blocks (K = 3072 keeps ~32 rows per block in L2): 33 rows as one
+/// block of three 11-row tiles, 70 as two blocks of 36 and 34, 150 as five; each against the
+/// oracle and every row bitwise equal to itself alone.
+#[test]
+fn products_over_several_row_blocks() {
+    let (k, n) = (3072, 45);
+    let (w, b) = (vals(k * n, 21), vals(n, 22));
+    for m in [33, 70, 150] {
+        let x = vals(m * k, 23 + m as u64);
+        let mut want = vec![0.0; m * n];
+        reference::matmul_kn(&x, &w, Some(&b), &mut want, m, k, n);
+        let tol = |i: usize| {
+            let (r, c) = (i / n, i % n);
+            let s: f32 = (0..k).map(|p| (x[r * k + p] * w[p * n + c]).abs()).sum();
+            REL * (s + 1.0) * 4.0
+        };
+        for kern in kernels() {
+            let wp = kern.pack(&w, Layout::KN, k, n, WeightDtype::F32);
+            let mut all = vec![f32::NAN; m * n];
+            kern.matmul_kn(&x, &wp, Some(&b), &mut all, m, Epilogue::STORE);
+            assert_close(&format!("blocks/{m}/{}", kern.isa()), &all, &want, tol);
+            for i in 0..m {
+                let mut one = vec![0.0; n];
+                kern.matmul_kn(&x[i * k..][..k], &wp, Some(&b), &mut one, 1, Epilogue::STORE);
+                let same = one.iter().zip(&all[i * n..][..n]).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "M = {m}: row {i} differs ({})", kern.isa());
             }
         }
     }

@@ -59,7 +59,7 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize,
     let m = out.len();
     let nr = C * S::LANES;
     let width = out.first().map_or(0, |r| r.len());
-    let (mr, mc) = row_blocking::<MR>(a.x_mr, MC_BYTES / (4 * a.k.max(1)));
+    let (mr, mc) = row_blocking::<MR>(a.x_mr, MC_BYTES / (4 * a.k.max(1)), m);
     for mc0 in (0..m).step_by(mc) {
         let mc_end = (mc0 + mc).min(m);
         let mut j = 0;
@@ -113,13 +113,17 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize,
     }
 }
 
-/// `(tile height, rows per MC block)`: the activations' block height `x_mr` (the caller
-/// balances it over M; `MR` for unpacked rows), at most `MR`, and as many whole tiles as
-/// `budget_rows` allows (at least one).
+/// `(tile height, rows per MC block)` for `m` rows: the activations' block height `x_mr` (the
+/// caller balances it over M; `MR` for unpacked rows), at most `MR`; and blocks of whole tiles,
+/// as few as `budget_rows` allows when rounded up to a whole tile, of balanced size. Rounding
+/// down split 32 rows of K = 3072 into 22 + 10 and 128 rows of K = 768 into 120 + 8: the short
+/// block walks every panel again for one tile.
 #[inline(always)]
-pub(super) fn row_blocking<const MR: usize>(x_mr: usize, budget_rows: usize) -> (usize, usize) {
+pub(super) fn row_blocking<const MR: usize>(x_mr: usize, budget_rows: usize, m: usize) -> (usize, usize) {
     let mr = if x_mr > 0 { x_mr.min(MR) } else { MR };
-    (mr, budget_rows.max(mr) / mr * mr)
+    let tiles = m.div_ceil(mr).max(1);
+    let blocks = tiles.div_ceil(budget_rows.div_ceil(mr).max(1));
+    (mr, tiles.div_ceil(blocks) * mr)
 }
 
 /// Where a register tile sits (first row, first column of the chunk) and how it fetches ahead.

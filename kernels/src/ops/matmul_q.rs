@@ -94,7 +94,7 @@ pub fn matmul_q<D: IntDot, const C: usize, const MR: usize, const Q1: usize>(
     let m = out.len();
     let nr = C * D::S::LANES;
     let width = out.first().map_or(0, |r| r.len());
-    let (mr, mc) = row_blocking::<MR>(a.x_mr, MC_BYTES / (4 * a.groups.max(1)));
+    let (mr, mc) = row_blocking::<MR>(a.x_mr, MC_BYTES / (4 * a.groups.max(1)), m);
     for mc0 in (0..m).step_by(mc) {
         let mc_end = (mc0 + mc).min(m);
         let mut j = 0;
