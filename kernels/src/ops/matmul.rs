@@ -175,6 +175,8 @@ fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
     // Zipped chunk iterators make every index below provably in bounds: a bounds check (and its
     // panic path) inside this loop makes LLVM spill the accumulators on every k.
     let rows = w[first * a.k * nr..][..a.k * nr].chunks_exact(nr).zip(xb.chunks_exact(xs));
+    // `kn_step` reads the tile's other panels unchecked: all of them lie in `w`.
+    assert!((first + p_count) * a.k * nr <= w.len());
     let size = std::mem::size_of::<E>();
     let ahead = PREFETCH_BYTES / (nr * size) * nr;
     let lines_per_row = (nr * size).div_ceil(64);
@@ -191,7 +193,9 @@ fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
                         s.prefetch(w, ((first + p) * a.k + kk) * nr + ahead + line * 64 / size);
                     }
                 }
-                kn_step::<S, E, C, R, Q>(s, &mut acc, row0, xk, w, (first * a.k + kk) * nr, a.k * nr);
+                // SAFETY: `kk < a.k` (a row of the panel) and all `p_count` panels lie in `w`
+                // (asserted above).
+                unsafe { kn_step::<S, E, C, R, Q>(s, &mut acc, row0, xk, w, (first * a.k + kk) * nr, a.k * nr) };
             }
         }
         LookAhead::Spread { t, tiles } => {
@@ -204,7 +208,9 @@ fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
                     }
                     next_fetch += tiles;
                 }
-                kn_step::<S, E, C, R, Q>(s, &mut acc, row0, xk, w, (first * a.k + kk) * nr, a.k * nr);
+                // SAFETY: `kk < a.k` (a row of the panel) and all `p_count` panels lie in `w`
+                // (asserted above).
+                unsafe { kn_step::<S, E, C, R, Q>(s, &mut acc, row0, xk, w, (first * a.k + kk) * nr, a.k * nr) };
             }
         }
     }
@@ -218,8 +224,13 @@ fn kn_tile<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
 /// One k of a tile: `acc[r][q] += x[r] * w[q]` for the `Q` weight vectors at this k (panel 0's
 /// from `row0`, the others `panel_stride` further on in `w` from `at`, the start of panel 0's
 /// row) and the tile's `R` activations `xk`.
+///
+/// # Safety
+/// `at` is the start of a k row of a panel, and the `Q / C - 1` panels after it lie in `w`:
+/// `at + (Q / C - 1) * panel_stride + C * LANES <= w.len()`. (Bounds-checked, those loads cost
+/// the one-row int8 tile 30 of its 72 instructions per k.)
 #[inline(always)]
-fn kn_step<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
+unsafe fn kn_step<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
     s: S,
     acc: &mut [[S::V; Q]; R],
     row0: &[E],
@@ -234,7 +245,13 @@ fn kn_step<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usize>(
     let mut wv = [s.zero(); Q];
     for q in 0..Q {
         let (p, c) = (q / C, q % C);
-        wv[q] = if p == 0 { E::load(s, &row0[c * l..]) } else { E::load(s, &w[at + p * panel_stride + c * l..]) };
+        wv[q] = if p == 0 {
+            E::load(s, &row0[c * l..])
+        } else {
+            let i = at + p * panel_stride + c * l;
+            // SAFETY: `i + l <= at + p * panel_stride + C * l <= w.len()` (the caller's contract).
+            E::load(s, unsafe { w.get_unchecked(i..i + l) })
+        };
     }
     for r in 0..R {
         let xv = s.splat(xk[r]);
