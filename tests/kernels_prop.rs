@@ -5,7 +5,7 @@
 mod common;
 
 use common::available_kernels;
-use inferneo_kernels::{reference, Attention, Epilogue, Kernels, KvView, Layout, Norm, PackedKn, WeightDtype};
+use inferneo_kernels::{reference, Attention, Epilogue, Kernels, KvView, Layout, Norm, PackedKn, Panels, WeightDtype};
 use proptest::prelude::*;
 
 /// Relative tolerance for f32 reductions vs the f64 oracle, scaled by the sum of |terms|.
@@ -36,6 +36,19 @@ const WEIGHT_ONLY: [WeightDtype; 4] = [WeightDtype::F32, WeightDtype::F16, Weigh
 
 fn kernels() -> Vec<Kernels> {
     available_kernels()
+}
+
+/// The kernels whose `int8` products run on the integer dot (24-bit activations), with a
+/// notice when this CPU has none.
+fn int_dot_int8_kernels() -> Vec<Kernels> {
+    let found: Vec<Kernels> = kernels()
+        .into_iter()
+        .filter(|k| matches!(k.pack(&[0.0], Layout::KN, 1, 1, WeightDtype::Int8).panels(), Panels::IntDot { .. }))
+        .collect();
+    if found.is_empty() {
+        eprintln!("NOTICE: no ISA here runs int8 on an integer dot (VNNI): int8 is tested on the float kernels only");
+    }
+    found
 }
 
 /// The oracle's side of an [`Epilogue`]: GELU, then the residual add of `prior`.
@@ -139,6 +152,27 @@ proptest! {
             let out = poisoned_product(kern, &x, &packed, bias.then_some(&b[..]), m, ep, &prior);
             let tol = |i: usize| if gelu { ELEM_ABS * (1.0 + want[i].abs()) } else { 0.0 };
             assert_close(&format!("w8a8/{}", kern.isa()), &out, &want, tol);
+        }
+    }
+
+    /// Weight-only `int8` on a CPU whose integer dot takes it (VNNI: 24-bit activations as
+    /// byte digits) equals the oracle's exact-integer product bit for bit (GELU within its
+    /// approximation error); elsewhere it runs on the float kernels (`matmul_kn_matches_reference`).
+    #[test]
+    fn int8_on_the_integer_dot_matches_reference(m in 1usize..30, k in 1usize..90, n in 1usize..300, seed: u64, acc: bool, bias: bool, gelu: bool, zero_row: bool) {
+        let (mut x, w, b, prior) = (vals(m * k, seed), vals(k * n, seed ^ 1), vals(n, seed ^ 2), vals(m * n, seed ^ 3));
+        if zero_row {
+            x[..k].iter_mut().for_each(|v| *v = 0.0);
+        }
+        let ep = Epilogue { gelu, accumulate: acc };
+        let mut want = vec![0.0; m * n];
+        reference::matmul_int8_24(&x, &w, bias.then_some(&b[..]), &mut want, m, k, n);
+        reference_epilogue(&mut want, ep, &prior);
+        for kern in int_dot_int8_kernels() {
+            let packed = kern.pack(&w, Layout::KN, k, n, WeightDtype::Int8);
+            let out = poisoned_product(kern, &x, &packed, bias.then_some(&b[..]), m, ep, &prior);
+            let tol = |i: usize| if gelu { ELEM_ABS * (1.0 + want[i].abs()) } else { 0.0 };
+            assert_close(&format!("int8/{}", kern.isa()), &out, &want, tol);
         }
     }
 
@@ -541,8 +575,12 @@ fn identity_products_are_exact() {
                     continue; // its input is quantized too: covered by w8a8_matches_reference
                 }
                 if dtype == WeightDtype::Int8 {
-                    // q = 127 with scale 1/127: exact up to the rounding of that scale.
-                    assert_close(&format!("int8 identity n = {n}"), &out, &x, |i| x[i].abs() * 2e-7);
+                    // q = 127 with scale 1/127: exact up to the rounding of that scale, and of
+                    // the row's 24-bit activations where the integer dot runs it (half a step of
+                    // max |x| / (2^23 - 1)).
+                    let amax = |i: usize| x[i / n * n..][..n].iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                    let bound = |i: usize| x[i].abs() * 2e-7 + amax(i) * 6e-8;
+                    assert_close(&format!("int8 identity n = {n}"), &out, &x, bound);
                 } else {
                     assert_eq!(out, x, "identity, n = {n}, {} {dtype}", kern.isa());
                 }

@@ -5,7 +5,7 @@
 
 use crate::cpu::Isa;
 use crate::isa::{self, Table};
-use crate::{Attention, Layout, MatmulKn, MatmulQ, PackedKn, Panels, QFormat, WeightDtype};
+use crate::{ActQuant, Attention, Layout, MatmulKn, MatmulQ, PackedKn, Panels, QFormat, WeightDtype};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -56,8 +56,12 @@ impl Kernels {
 
     /// Packs a `[k, n]` weight matrix (stored as `layout`) for this ISA's `matmul_kn`.
     pub fn pack(&self, w: &[f32], layout: Layout, k: usize, n: usize, dtype: WeightDtype) -> PackedKn {
+        let q = self.table.w8a8;
         match dtype {
-            WeightDtype::W8a8 => PackedKn::pack_w8a8(w, layout, k, n, self.table.w8a8.format),
+            WeightDtype::W8a8 => PackedKn::pack_int_dot(w, layout, k, n, q.format, ActQuant::Int8),
+            // The same int8 weights, for the integer kernel on 24-bit activations: 4x fewer
+            // instructions than widening every weight to f32 (see `simd::IntDot24`).
+            WeightDtype::Int8 if q.int8.is_some() => PackedKn::pack_int_dot(w, layout, k, n, q.format, ActQuant::Int24),
             _ => PackedKn::pack(w, layout, k, n, self.table.kn_nr, dtype),
         }
     }
@@ -111,10 +115,10 @@ impl Kernels {
         let Dims { k, n, .. } = dims;
         assert!(x.len() >= m * k && out.len() >= m * n, "matmul_kn: slices shorter than {dims:?}");
         assert!(bias.is_none_or(|b| b.len() >= n), "matmul_kn: bias shorter than n = {n}");
-        if let Panels::W8a8 { q, scale, corr, format } = w.panels() {
+        if let Panels::IntDot { q, scale, corr, format, acts } = w.panels() {
             // Blocks of one row are the row-major matrix itself: the normed rows, for quantizing.
             let normed = norm.map(|_| self.pack_rows(&x[..m * k], k, 1, norm));
-            let panels = QPanels { q, scale, corr, format: *format };
+            let panels = QPanels { q, scale, corr, format: *format, acts: *acts };
             return self.product_q(normed.as_deref().unwrap_or(&x[..m * k]), panels, bias, out, dims, epilogue);
         }
         assert_eq!(w.nr(), self.table.kn_nr, "matmul_kn: weights packed for another ISA");
@@ -306,40 +310,48 @@ fn balanced_tile(m: usize, max_mr: usize) -> usize {
     m.div_ceil(m.div_ceil(max_mr))
 }
 
-/// A `w8a8` matrix's packed parts.
+/// An integer-dot matrix's packed parts.
 struct QPanels<'a> {
     q: &'a [i8],
     scale: &'a [f32],
     corr: &'a [i32],
     format: QFormat,
+    acts: ActQuant,
 }
 
 impl Kernels {
-    /// The `w8a8` product: quantizes the rows once (shared by all threads), then the integer
-    /// kernel over column chunks.
+    /// An integer-dot product (`w8a8`, or `int8` on 24-bit activations): quantizes the rows
+    /// once (shared by all threads), then the integer kernel over column chunks.
     fn product_q(&self, x: &[f32], w: QPanels, bias: Option<&[f32]>, out: &mut [f32], dims: Dims, epilogue: Epilogue) {
         let Dims { m, k, n } = dims;
         let t = self.table.w8a8;
-        assert_eq!(w.format, t.format, "matmul_kn: w8a8 weights packed for another ISA");
+        assert_eq!(w.format, t.format, "matmul_kn: integer-dot weights packed for another ISA");
+        // (tile rows, words per row and group, one-row tile width, quantizer, kernel)
+        let (max_mr, run, decode_cols, quantize_fn, matmul) = match (w.acts, t.int8) {
+            (ActQuant::Int8, _) => (t.mr, 1, t.decode_cols, t.quantize, t.matmul),
+            (ActQuant::Int24, Some(q)) => (q.mr, 4, q.decode_cols, q.quantize, q.matmul),
+            (ActQuant::Int24, None) => panic!("matmul_kn: int8 weights packed for another ISA"),
+        };
         let groups = k.div_ceil(w.format.kq);
-        let mr = if m > 1 { balanced_tile(m, t.mr) } else { 0 };
-        let len = m.div_ceil(mr.max(1)) * mr.max(1) * groups;
+        // 24-bit activations are always in blocks (one row: a block of one).
+        let mr = if m > 1 { balanced_tile(m, max_mr) } else { usize::from(run > 1) };
+        let len = m.div_ceil(mr.max(1)) * mr.max(1) * groups * run;
         let mut words = Spare::take(&SPARE_WORDS, len);
         let mut x_scale = vec![0.0f32; m];
         // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
         let quantize =
-            |x: &[f32], words: &mut [i32], scales: &mut [f32]| unsafe { (t.quantize)(x, k, mr, words, scales) };
+            |x: &[f32], words: &mut [i32], scales: &mut [f32]| unsafe { quantize_fn(x, k, mr, words, scales) };
         if mr > 0 && pack_in_parallel(m * k) {
             // Each block of `mr` rows is quantized and interleaved on its own (as the rows are
             // packed for the float kernels).
-            let blocks = words.par_chunks_mut(mr * groups).zip(x_scale.par_chunks_mut(mr));
+            let blocks = words.par_chunks_mut(mr * groups * run).zip(x_scale.par_chunks_mut(mr));
             blocks
                 .enumerate()
                 .for_each(|(b, (words, scales))| quantize(&x[b * mr * k..][..scales.len() * k], words, scales));
         } else {
             quantize(x, &mut words, &mut x_scale);
         }
-        let align = if m == 1 { t.decode_cols } else { w.format.nr };
+        let align = if m == 1 { decode_cols } else { w.format.nr };
         for_column_chunks(&mut out[..m * n], dims, align, |col0, rows| {
             let a = MatmulQ {
                 x: &words,
@@ -356,7 +368,7 @@ impl Kernels {
                 accumulate: epilogue.accumulate,
             };
             // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
-            unsafe { (t.matmul)(&a, rows) }
+            unsafe { matmul(&a, rows) }
         });
     }
 }

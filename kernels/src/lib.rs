@@ -20,7 +20,7 @@ mod simd;
 pub use buffer::HugeBuf;
 pub use cpu::{Isa, ISA_ENV};
 pub use dispatch::{kernels, Dims, Epilogue, Kernels, Norm};
-pub use pack::{Layout, PackedKn, Panels, QFormat, WeightDtype};
+pub use pack::{ActQuant, Layout, PackedKn, Panels, QFormat, WeightDtype};
 
 /// Arguments of one column chunk of `y = x · W (+ b) (+ y)`, `W` packed (see [`PackedKn`]).
 pub struct MatmulKn<'a> {
@@ -43,11 +43,13 @@ pub struct MatmulKn<'a> {
     pub accumulate: bool,
 }
 
-/// Arguments of one column chunk of a `w8a8` product ([`WeightDtype::W8a8`]): activations
+/// Arguments of one column chunk of an integer-dot product ([`Panels::IntDot`]): activations
 /// quantized per row, weights packed in `kq`-deep groups, reduced in exact integers.
 pub struct MatmulQ<'a> {
-    /// Activation words ([`simd`]'s `IntDot::act_word`), `groups` per row: row-major
-    /// `[m][groups]` when `x_mr == 0`, else blocks of `x_mr` rows, each `[groups][x_mr]`.
+    /// Activation words, `groups` runs per row: `w8a8`'s ([`simd`]'s `IntDot::act_word`)
+    /// row-major `[m][groups]` when `x_mr == 0`, else blocks of `x_mr` rows, each
+    /// `[groups][x_mr]`; 24-bit activations' always in blocks, each `[groups][x_mr][4]` (the
+    /// digit words of `ops::matmul_q::quantize_rows24`).
     pub x: &'a [i32],
     pub x_mr: usize,
     /// Per-row activation scales: row `r`'s values are `x_q * x_scale[r]`.

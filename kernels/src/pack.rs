@@ -84,14 +84,27 @@ pub enum Panels {
         q: HugeBuf<i8>,
         scale: Vec<f32>,
     },
-    /// `w8a8`: the int8 values in panels of `[groups][nr][kq]` (k padded with zeros to whole
-    /// groups), per-column scales, and `offset * column sum` per column (see [`QFormat`]).
-    W8a8 {
+    /// For an integer-dot kernel: the int8 values in panels of `[groups][nr][kq]` (k padded
+    /// with zeros to whole groups), per-column scales, and `offset * column sum` per column (see
+    /// [`QFormat`]); `acts` says how products quantize their activations.
+    IntDot {
         q: HugeBuf<i8>,
         scale: Vec<f32>,
         corr: Vec<i32>,
         format: QFormat,
+        acts: ActQuant,
     },
+}
+
+/// How the products of [`Panels::IntDot`] weights quantize their activations, per row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActQuant {
+    /// To int8: the `w8a8` dtype.
+    Int8,
+    /// To 24 bits, fed to the integer dot as three byte digits: the weight-only `int8` dtype on
+    /// CPUs whose integer dot takes unsigned activation bytes (VNNI). Its rounding (half a step
+    /// of `max |x| / (2^23 - 1)` per value) is below f32's over a row.
+    Int24,
 }
 
 /// How an ISA's integer-dot kernel wants `w8a8` weights: panel width, k per group, and the
@@ -113,10 +126,10 @@ pub struct PackedKn {
 
 impl PackedKn {
     /// Packs `w` (laid out as `layout`) into panels `nr` columns wide, stored as `dtype` (use
-    /// [`Kernels::pack`](crate::Kernels::pack) for the width its ISA wants). `w8a8` takes
-    /// its format from [`PackedKn::pack_w8a8`].
+    /// [`Kernels::pack`](crate::Kernels::pack) for the width and format its ISA wants). `w8a8`
+    /// takes its format from [`PackedKn::pack_int_dot`].
     pub fn pack(w: &[f32], layout: Layout, k: usize, n: usize, nr: usize, dtype: WeightDtype) -> PackedKn {
-        assert!(dtype != WeightDtype::W8a8, "pack: w8a8 needs its ISA's QFormat (pack_w8a8)");
+        assert!(dtype != WeightDtype::W8a8, "pack: w8a8 needs its ISA's QFormat (pack_int_dot)");
         assert!(nr > 0 && nr <= crate::ops::matmul::MAX_NR, "pack: unsupported panel width {nr}");
         let at = reader(w, layout, k, n);
         let padded = n.div_ceil(nr) * nr;
@@ -134,11 +147,12 @@ impl PackedKn {
         PackedKn { k, n, nr, panels }
     }
 
-    /// Packs `w` as `w8a8`: int8 values exactly as [`WeightDtype::Int8`] quantizes them, laid
-    /// out for an integer-dot kernel of format `f`.
-    pub fn pack_w8a8(w: &[f32], layout: Layout, k: usize, n: usize, f: QFormat) -> PackedKn {
+    /// Packs `w` for an integer-dot kernel of format `f`: int8 values exactly as
+    /// [`WeightDtype::Int8`] quantizes them, for products whose activations are quantized as
+    /// `acts` says (`w8a8`, or `int8` where the kernel takes 24-bit activations).
+    pub fn pack_int_dot(w: &[f32], layout: Layout, k: usize, n: usize, f: QFormat, acts: ActQuant) -> PackedKn {
         let QFormat { nr, kq, offset } = f;
-        assert!(nr > 0 && kq > 0, "pack_w8a8: bad format {f:?}");
+        assert!(nr > 0 && kq > 0, "pack_int_dot: bad format {f:?}");
         let at = reader(w, layout, k, n);
         let padded = n.div_ceil(nr) * nr;
         let scale = column_scales(k, n, padded, &at);
@@ -160,7 +174,7 @@ impl PackedKn {
                 offset * (0..k).map(|kk| panel[q_offset(kk, c % nr, f)] as i32).sum::<i32>()
             })
             .collect();
-        PackedKn { k, n, nr, panels: Panels::W8a8 { q, scale, corr, format: f } }
+        PackedKn { k, n, nr, panels: Panels::IntDot { q, scale, corr, format: f, acts } }
     }
 
     pub fn k(&self) -> usize {
@@ -181,8 +195,8 @@ impl PackedKn {
             Panels::F32(_) => WeightDtype::F32,
             Panels::F16(_) => WeightDtype::F16,
             Panels::Bf16(_) => WeightDtype::Bf16,
-            Panels::Int8 { .. } => WeightDtype::Int8,
-            Panels::W8a8 { .. } => WeightDtype::W8a8,
+            Panels::Int8 { .. } | Panels::IntDot { acts: ActQuant::Int24, .. } => WeightDtype::Int8,
+            Panels::IntDot { acts: ActQuant::Int8, .. } => WeightDtype::W8a8,
         }
     }
 
@@ -197,7 +211,7 @@ impl PackedKn {
             Panels::F16(v) => v.len() * 2,
             Panels::Bf16(v) => v.len() * 2,
             Panels::Int8 { q, scale } => q.len() + scale.len() * 4,
-            Panels::W8a8 { q, scale, corr, .. } => q.len() + scale.len() * 4 + corr.len() * 4,
+            Panels::IntDot { q, scale, corr, .. } => q.len() + scale.len() * 4 + corr.len() * 4,
         }
     }
 
@@ -214,7 +228,7 @@ impl PackedKn {
             Panels::Int8 { q, scale } => {
                 out.iter_mut().enumerate().for_each(|(kk, o)| *o = q[idx(kk)] as f32 * scale[col])
             }
-            Panels::W8a8 { q, scale, format, .. } => {
+            Panels::IntDot { q, scale, format, .. } => {
                 let panel = &q[(col / self.nr) * self.k.div_ceil(format.kq) * format.kq * self.nr..];
                 for (kk, o) in out.iter_mut().enumerate() {
                     *o = panel[q_offset(kk, off, *format)] as f32 * scale[col];

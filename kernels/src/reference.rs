@@ -19,6 +19,24 @@ pub fn matmul_kn(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], m:
 /// zero), each row of `x` per row (`scale = max |x| / 127`, ties to even), the integer dot
 /// product exact, then `((dot as f32) * w_scale) * x_scale + bias` in f32, in that order.
 pub fn matmul_w8a8(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], m: usize, k: usize, n: usize) {
+    matmul_quantized(x, w, bias, out, (m, k, n), 127.0)
+}
+
+/// The `int8` product where the CPU reduces it in integers (VNNI): as [`matmul_w8a8`], each row
+/// of `x` quantized to 24 bits instead (`scale = max |x| / (2^23 - 1)`).
+pub fn matmul_int8_24(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], m: usize, k: usize, n: usize) {
+    matmul_quantized(x, w, bias, out, (m, k, n), 8_388_607.0)
+}
+
+/// Int8 weights (per column) times activations quantized per row to `+-qmax`, exactly.
+fn matmul_quantized(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    (m, k, n): (usize, usize, usize),
+    qmax: f32,
+) {
     let w_scale: Vec<f32> = (0..n).map(|j| (0..k).fold(0.0f32, |a, p| a.max(w[p * n + j].abs())) / 127.0).collect();
     let wq = |p: usize, j: usize| {
         if w_scale[j] == 0.0 {
@@ -30,8 +48,8 @@ pub fn matmul_w8a8(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], 
     for i in 0..m {
         let row = &x[i * k..][..k];
         let amax = row.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-        let (x_scale, inv) = if amax > 0.0 { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
-        let xq: Vec<i64> = row.iter().map(|&v| (v * inv).round_ties_even().clamp(-127.0, 127.0) as i64).collect();
+        let (x_scale, inv) = if amax > 0.0 { (amax / qmax, qmax / amax) } else { (0.0, 0.0) };
+        let xq: Vec<i64> = row.iter().map(|&v| (v * inv).round_ties_even().clamp(-qmax, qmax) as i64).collect();
         for j in 0..n {
             let dot: i64 = (0..k).map(|p| xq[p] * wq(p, j)).sum();
             let v = dot as f32 * w_scale[j] * x_scale;

@@ -30,3 +30,9 @@ super::instantiate_q!(
 pub(super) fn w8a8_table() -> super::QTable {
     q_table()
 }
+
+/// `vpmaddwd` takes signed activations and needs a widening per weight vector: `int8` runs on
+/// the float kernels, dequantizing in the tile.
+fn int8_table() -> Option<super::Q24Table> {
+    None
+}

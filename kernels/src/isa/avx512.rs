@@ -26,6 +26,19 @@ super::instantiate_q!(
     decode_vecs: 8
 );
 
+// `int8` on the same weights: up to 4 rows of 3 digit accumulator rows x 2 vectors (24
+// accumulators); one row: 3 x 6 accumulators over 3 panels (3 x 8 spilled).
+super::instantiate_q24!(
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    dot: crate::simd::avx512::Vnni512,
+    token:
+        // SAFETY: as for `q_table` above: reachable only after `Vnni512::detect()` succeeded.
+        unsafe { crate::simd::avx512::Vnni512::assume() },
+    vecs: 2,
+    mr: 4,
+    decode_vecs: 6
+);
+
 /// VNNI where the CPU has it; otherwise (AVX-512F without VNNI, e.g. Skylake-X) the AVX2
 /// `vpmaddwd` kernels, which every AVX-512 CPU can run.
 pub(super) fn w8a8_table() -> super::QTable {

@@ -31,6 +31,22 @@ pub struct QTable {
     pub matmul: unsafe fn(&MatmulQ, &mut [&mut [f32]]),
     /// `probe(iters, seed)`: see `ops::matmul_q::dot_probe`.
     pub probe: unsafe fn(usize, i32) -> f32,
+    /// The weight-only `int8` products on the same packed weights, where this integer dot
+    /// takes 24-bit activations as byte digits (VNNI); else `int8` uses the float kernels.
+    pub int8: Option<Q24Table>,
+}
+
+/// The `int8` entries of an integer dot with unsigned activation bytes (`ops::matmul_q`'s
+/// `Digits`).
+#[derive(Clone, Copy)]
+pub struct Q24Table {
+    /// Rows per register tile (each three rows of accumulators).
+    pub mr: usize,
+    /// Columns of the one-row (decode) tile.
+    pub decode_cols: usize,
+    /// `quantize(x, k, mr, words, scales)`: see `ops::matmul_q::quantize_rows24`.
+    pub quantize: unsafe fn(&[f32], usize, usize, &mut [i32], &mut [f32]),
+    pub matmul: unsafe fn(&MatmulQ, &mut [&mut [f32]]),
 }
 
 #[derive(Clone, Copy)]
@@ -157,7 +173,7 @@ macro_rules! instantiate_q {
         }
         $(#[$attr])*
         fn matmul_q(a: &crate::MatmulQ, out: &mut [&mut [f32]]) {
-            crate::ops::matmul_q::matmul_q::<_, $c, $mr, $q1>($token, a, out)
+            crate::ops::matmul_q::matmul_q::<_, crate::ops::matmul_q::Bytes, $c, $mr, $q1>($token, a, out)
         }
 
         pub fn q_table() -> super::QTable {
@@ -175,8 +191,35 @@ macro_rules! instantiate_q {
                 quantize: quantize_rows,
                 matmul: matmul_q,
                 probe: dot_probe,
+                int8: int8_table(),
             }
         }
     };
 }
 pub(crate) use instantiate_q;
+
+/// Writes the `int8` shims of an [`IntDot24`](crate::simd::IntDot24) token (24-bit activations
+/// as byte digits) under the given attributes and an `int8_table()` returning them.
+macro_rules! instantiate_q24 {
+    ($(#[$attr:meta])* dot: $dot:ty, token: $token:expr, vecs: $c:literal, mr: $mr:literal, decode_vecs: $q1:literal) => {
+        $(#[$attr])*
+        fn quantize_rows24(x: &[f32], k: usize, mr: usize, words: &mut [i32], scales: &mut [f32]) {
+            crate::ops::matmul_q::quantize_rows24($token, x, k, mr, words, scales)
+        }
+        $(#[$attr])*
+        fn matmul_q24(a: &crate::MatmulQ, out: &mut [&mut [f32]]) {
+            crate::ops::matmul_q::matmul_q::<_, crate::ops::matmul_q::Digits, $c, $mr, $q1>($token, a, out)
+        }
+
+        fn int8_table() -> Option<super::Q24Table> {
+            use crate::simd::{IntDot, Simd};
+            Some(super::Q24Table {
+                mr: $mr,
+                decode_cols: $q1 * <<$dot as IntDot>::S as Simd>::LANES,
+                quantize: quantize_rows24,
+                matmul: matmul_q24,
+            })
+        }
+    };
+}
+pub(crate) use instantiate_q24;

@@ -21,3 +21,8 @@ super::instantiate_q!(
 pub(super) fn w8a8_table() -> super::QTable {
     q_table()
 }
+
+/// The scalar dot takes signed activation bytes: `int8` runs on the float kernels.
+fn int8_table() -> Option<super::Q24Table> {
+    None
+}

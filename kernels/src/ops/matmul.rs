@@ -1,6 +1,6 @@
 //! The matrix-product body: `y = x W (+ b) (+ y)` with `W` (`[K, N]`) packed into panels of `NR`
-//! columns (see [`crate::PackedKn`]) stored as f32, f16, bf16 or int8 (weight-only; `w8a8`
-//! products are in `matmul_q.rs`); vectorised over N, accumulated in f32.
+//! columns (see [`crate::PackedKn`]) stored as f32, f16, bf16 or int8 (weight-only, where the CPU has no byte dot
+//! product for it: `matmul_q.rs` has those and `w8a8`); vectorised over N, accumulated in f32.
 //!
 //! Batch invariance contract: every output element is reduced over K in one fixed order (one
 //! FMA per k, in order, from zero; then scale, bias, residual), never dependent on M, on which
@@ -41,7 +41,7 @@ pub fn matmul_kn<S: Simd, const C: usize, const MR: usize, const Q1: usize, cons
         Panels::F16(w) => kn_blocks::<S, f16, C, MR, Q1, Q2>(s, a, w, None, out),
         Panels::Bf16(w) => kn_blocks::<S, bf16, C, MR, Q1, Q2>(s, a, w, None, out),
         Panels::Int8 { q, scale } => kn_blocks::<S, i8, C, MR, Q1, Q2>(s, a, q, Some(scale), out),
-        Panels::W8a8 { .. } => unreachable!("w8a8 weights go to the integer-dot kernels (matmul_q)"),
+        Panels::IntDot { .. } => unreachable!("integer-dot weights go to the integer-dot kernels (matmul_q)"),
     }
 }
 

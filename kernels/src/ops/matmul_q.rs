@@ -7,7 +7,7 @@
 //! cross-ISA equality of the integer sums follow.
 
 use super::matmul::{finish_panel, row_blocking, Finish, MAX_VECS};
-use crate::simd::{IntDot, Simd};
+use crate::simd::{IntDot, IntDot24, Simd};
 use crate::MatmulQ;
 
 /// Bytes of packed activation words kept resident in L2 while the panels pass by.
@@ -22,41 +22,15 @@ const PREFETCH_BYTES: usize = 1024;
 /// zeroed: `words` may be a reused buffer). Writes each row's scale.
 #[inline(always)]
 pub fn quantize_rows<D: IntDot>(d: D, x: &[f32], k: usize, mr: usize, words: &mut [i32], scales: &mut [f32]) {
-    let s = d.simd();
     let l = D::S::LANES;
     let m = scales.len();
     let groups = k.div_ceil(D::KQ);
-    // Whole vectors of the row, then the tail through the same vector code via a padded copy,
-    // so every element sees the same arithmetic.
     let padded = (groups * D::KQ).div_ceil(l) * l;
     let mut qf = vec![0.0f32; padded];
     let mut qb = vec![0i8; padded];
     let mut row_words = vec![0i32; groups];
     for r in 0..m {
-        qf[..k].copy_from_slice(&x[r * k..][..k]);
-        qf[k..].iter_mut().for_each(|v| *v = 0.0);
-        let (mut amax, mut poison) = (s.zero(), s.zero());
-        for c in qf.chunks_exact(l) {
-            let v = s.load(c);
-            amax = s.max(amax, s.max(v, s.sub(s.zero(), v)));
-            // `max` drops NaNs; `v * 0` keeps NaN and turns infinities into NaN.
-            poison = s.add(poison, s.mul(v, s.zero()));
-        }
-        let amax = s.hmax(amax);
-        let (scale, inv) = if s.hsum(poison).is_nan() {
-            // A non-finite input poisons its row's outputs, as it would in an f32 product.
-            (f32::NAN, 0.0)
-        } else if amax > 0.0 {
-            (amax / 127.0, 127.0 / amax)
-        } else {
-            (0.0, 0.0)
-        };
-        scales[r] = scale;
-        let (inv, lo, hi) = (s.splat(inv), s.splat(-127.0), s.splat(127.0));
-        for c in qf.chunks_exact_mut(l) {
-            let v = s.min(s.max(s.round(s.mul(s.load(c), inv)), lo), hi);
-            s.store(c, v);
-        }
+        scales[r] = quantize_row(d.simd(), &x[r * k..][..k], 127.0, &mut qf);
         // Every value is an integer in -127..=127: adding 1.5 * 2^23 puts it, two's complement,
         // in the low mantissa bits (exact). A loop LLVM vectorises, where `as i8`'s saturating
         // conversion compiles to scalar code.
@@ -74,19 +48,106 @@ pub fn quantize_rows<D: IntDot>(d: D, x: &[f32], k: usize, mr: usize, words: &mu
             }
         }
     }
-    if mr > 0 {
-        for r in m..m.next_multiple_of(mr) {
-            let block = &mut words[r / mr * mr * groups..][..mr * groups];
-            block.iter_mut().skip(r % mr).step_by(mr).for_each(|w| *w = 0);
+    zero_rows_past(m, mr, groups, 1, words);
+}
+
+/// Largest magnitude of a 24-bit activation (`2^23 - 1`).
+const A24: f32 = 8_388_607.0;
+
+/// Words per row per group of the 24-bit activations: three digit words and a zero one, so
+/// a group's words are one 16-byte store.
+pub const WORDS24: usize = 4;
+
+/// Quantizes the `[m, k]` rows of `x` to 24-bit integers for the `int8` products of an
+/// [`IntDot24`] (symmetric: `scale = max |x| / (2^23 - 1)`, values rounded to nearest, ties to
+/// even), offset by 2^23 into `0..2^24` and split into three byte digits. Words: blocks of
+/// `mr` rows (`mr >= 1`), each `[groups][mr][WORDS24]`, zeros for rows past `m`. Writes each
+/// row's scale.
+#[inline(always)]
+pub fn quantize_rows24<D: IntDot24>(d: D, x: &[f32], k: usize, mr: usize, words: &mut [i32], scales: &mut [f32]) {
+    debug_assert!(D::KQ == 4 && mr > 0);
+    let l = D::S::LANES;
+    let m = scales.len();
+    let groups = k.div_ceil(D::KQ);
+    let padded = (groups * D::KQ).div_ceil(l) * l;
+    let mut qf = vec![0.0f32; padded];
+    let mut row_words = vec![0i32; if mr > 1 { groups * WORDS24 } else { 0 }];
+    let len = groups * WORDS24;
+    for r in 0..m {
+        scales[r] = quantize_row(d.simd(), &x[r * k..][..k], A24, &mut qf);
+        let q = &qf[..groups * D::KQ];
+        if mr == 1 {
+            // A block of one row is the row's words as they come.
+            d.digit_words(q, &mut words[r * len..][..len]);
+            continue;
+        }
+        d.digit_words(q, &mut row_words);
+        let block = &mut words[r / mr * mr * len..][..mr * len];
+        for (g, w) in row_words.chunks_exact(WORDS24).enumerate() {
+            block[(g * mr + r % mr) * WORDS24..][..WORDS24].copy_from_slice(w);
+        }
+    }
+    zero_rows_past(m, mr, groups * WORDS24, WORDS24, words);
+}
+
+/// Zeros the words of the last block's rows past `m` (`words` may be a reused buffer); `len`
+/// words per row, in runs of `run` (`[len / run][mr][run]` per block).
+#[inline(always)]
+fn zero_rows_past(m: usize, mr: usize, len: usize, run: usize, words: &mut [i32]) {
+    if mr == 0 {
+        return;
+    }
+    for r in m..m.next_multiple_of(mr) {
+        let block = &mut words[r / mr * mr * len..][..mr * len];
+        for g in 0..len / run {
+            block[(g * mr + r % mr) * run..][..run].fill(0);
         }
     }
 }
 
+/// Quantizes one row: writes `round(x * qmax / max |x|)` (ties to even, clamped to `+-qmax`)
+/// to the first `x.len()` values of `qf` and zeros past them; returns the row's scale
+/// (`max |x| / qmax`; NaN if the row holds a NaN or an infinity, so that row's outputs are NaN
+/// as in an f32 product).
+#[inline(always)]
+fn quantize_row<S: Simd>(s: S, x: &[f32], qmax: f32, qf: &mut [f32]) -> f32 {
+    let l = S::LANES;
+    // Whole vectors of the row, then the tail through the same vector code via a padded copy,
+    // so every element sees the same arithmetic.
+    qf[..x.len()].copy_from_slice(x);
+    qf[x.len()..].iter_mut().for_each(|v| *v = 0.0);
+    let (mut amax, mut poison) = (s.zero(), s.zero());
+    for c in qf.chunks_exact(l) {
+        let v = s.load(c);
+        amax = s.max(amax, s.max(v, s.sub(s.zero(), v)));
+        // `max` drops NaNs; `v * 0` keeps NaN and turns infinities into NaN.
+        poison = s.add(poison, s.mul(v, s.zero()));
+    }
+    let amax = s.hmax(amax);
+    let (scale, inv) = if s.hsum(poison).is_nan() {
+        (f32::NAN, 0.0)
+    } else if amax > 0.0 {
+        (amax / qmax, qmax / amax)
+    } else {
+        (0.0, 0.0)
+    };
+    let (inv, lo, hi) = (s.splat(inv), s.splat(-qmax), s.splat(qmax));
+    for c in qf.chunks_exact_mut(l) {
+        let v = s.min(s.max(s.round(s.mul(s.load(c), inv)), lo), hi);
+        s.store(c, v);
+    }
+    scale
+}
+
 /// `C`: vectors per panel row (`NR = C * LANES`); `MR`: rows per register tile; `Q1`: vectors
 /// per row of the one-row (decode) tile, a multiple of `C`: it walks `Q1 / C` panels at once so
-/// enough accumulators hide the instruction latency.
+/// enough accumulators hide the instruction latency. `K`: how the activations were quantized
+/// ([`Bytes`]: `w8a8`; [`Digits`]: `int8`).
+///
+/// Loop order (BLIS names, as in `matmul.rs`): blocks of rows whose activation words stay in
+/// L2; in each, the panels; down each panel, the register tiles.
 #[inline(always)]
-pub fn matmul_q<D: IntDot, const C: usize, const MR: usize, const Q1: usize>(
+pub fn matmul_q<D: IntDot, K: Acts<D>, const C: usize, const MR: usize, const Q1: usize>(
     d: D,
     a: &MatmulQ,
     out: &mut [&mut [f32]],
@@ -94,13 +155,14 @@ pub fn matmul_q<D: IntDot, const C: usize, const MR: usize, const Q1: usize>(
     let m = out.len();
     let nr = C * D::S::LANES;
     let width = out.first().map_or(0, |r| r.len());
-    let (mr, mc) = row_blocking::<MR>(a.x_mr, MC_BYTES / (4 * a.groups.max(1)), m);
+    let budget = MC_BYTES / (4 * K::RUN * a.groups.max(1));
+    let (mr, mc) = row_blocking::<MR>(a.x_mr, budget, m);
     for mc0 in (0..m).step_by(mc) {
         let mc_end = (mc0 + mc).min(m);
         let mut j = 0;
         if mc_end - mc0 == 1 {
             while j + Q1 / C * nr <= width {
-                q_tile::<D, C, 1, Q1>(d, a, out, mc0, j);
+                K::decode_tile::<C, Q1>(d, a, out, mc0, j);
                 j += Q1 / C * nr;
             }
         }
@@ -108,29 +170,99 @@ pub fn matmul_q<D: IntDot, const C: usize, const MR: usize, const Q1: usize>(
             let mut r0 = mc0;
             while r0 < mc_end {
                 let rows = (mc_end - r0).min(mr);
-                match rows {
-                    12 => q_tile::<D, C, 12, C>(d, a, out, r0, j),
-                    11 => q_tile::<D, C, 11, C>(d, a, out, r0, j),
-                    10 => q_tile::<D, C, 10, C>(d, a, out, r0, j),
-                    9 => q_tile::<D, C, 9, C>(d, a, out, r0, j),
-                    8 => q_tile::<D, C, 8, C>(d, a, out, r0, j),
-                    7 => q_tile::<D, C, 7, C>(d, a, out, r0, j),
-                    6 => q_tile::<D, C, 6, C>(d, a, out, r0, j),
-                    5 => q_tile::<D, C, 5, C>(d, a, out, r0, j),
-                    4 => q_tile::<D, C, 4, C>(d, a, out, r0, j),
-                    3 => q_tile::<D, C, 3, C>(d, a, out, r0, j),
-                    2 => q_tile::<D, C, 2, C>(d, a, out, r0, j),
-                    _ => q_tile::<D, C, 1, C>(d, a, out, r0, j),
-                }
+                K::tile::<C>(d, a, out, rows, r0, j);
                 r0 += rows;
             }
         }
     }
 }
 
-/// `R` rows times `Q / C` consecutive panels (`Q` accumulator vectors per row).
+/// How a product's activations were quantized, which fixes the accumulators per row, the
+/// epilogue's conversion, and the tiles (monomorphised per variant: a closure would not
+/// inherit the caller's `#[target_feature]`s).
+pub trait Acts<D: IntDot> {
+    /// Accumulator rows per row of the product.
+    const DG: usize;
+    /// Activation words per row and group.
+    const RUN: usize;
+    /// The f32 value of one output from its `DG` accumulators.
+    fn to_f32(d: D, acc: &[D::I], corr: &[i32]) -> <D::S as Simd>::V;
+    /// The tile of `rows` rows over one panel at row `r0`, column `j`.
+    fn tile<const C: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], rows: usize, r0: usize, j: usize);
+    /// The one-row tile over `Q1 / C` panels.
+    fn decode_tile<const C: usize, const Q1: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], r0: usize, j: usize);
+}
+
+/// `w8a8`: one activation byte per k ([`quantize_rows`]).
+pub struct Bytes;
+
+impl<D: IntDot> Acts<D> for Bytes {
+    const DG: usize = 1;
+    const RUN: usize = 1;
+
+    #[inline(always)]
+    fn to_f32(d: D, acc: &[D::I], corr: &[i32]) -> <D::S as Simd>::V {
+        d.to_f32(acc[0], corr)
+    }
+
+    #[inline(always)]
+    fn tile<const C: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], rows: usize, r0: usize, j: usize) {
+        match rows {
+            12 => q_tile::<D, Self, C, 12, C>(d, a, out, r0, j),
+            11 => q_tile::<D, Self, C, 11, C>(d, a, out, r0, j),
+            10 => q_tile::<D, Self, C, 10, C>(d, a, out, r0, j),
+            9 => q_tile::<D, Self, C, 9, C>(d, a, out, r0, j),
+            8 => q_tile::<D, Self, C, 8, C>(d, a, out, r0, j),
+            7 => q_tile::<D, Self, C, 7, C>(d, a, out, r0, j),
+            6 => q_tile::<D, Self, C, 6, C>(d, a, out, r0, j),
+            5 => q_tile::<D, Self, C, 5, C>(d, a, out, r0, j),
+            4 => q_tile::<D, Self, C, 4, C>(d, a, out, r0, j),
+            3 => q_tile::<D, Self, C, 3, C>(d, a, out, r0, j),
+            2 => q_tile::<D, Self, C, 2, C>(d, a, out, r0, j),
+            _ => q_tile::<D, Self, C, 1, C>(d, a, out, r0, j),
+        }
+    }
+
+    #[inline(always)]
+    fn decode_tile<const C: usize, const Q1: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], r0: usize, j: usize) {
+        q_tile::<D, Self, C, 1, Q1>(d, a, out, r0, j)
+    }
+}
+
+/// `int8` on an [`IntDot24`]: 24-bit activations as three byte digits per k
+/// ([`quantize_rows24`]), one accumulator row each, combined exactly in the epilogue. Tiles of
+/// up to 4 rows (12 accumulator rows).
+pub struct Digits;
+
+impl<D: IntDot24> Acts<D> for Digits {
+    const DG: usize = 3;
+    const RUN: usize = WORDS24;
+
+    #[inline(always)]
+    fn to_f32(d: D, acc: &[D::I], corr: &[i32]) -> <D::S as Simd>::V {
+        d.combine24(acc[0], acc[1], acc[2], corr)
+    }
+
+    #[inline(always)]
+    fn tile<const C: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], rows: usize, r0: usize, j: usize) {
+        match rows {
+            4 => q_tile::<D, Self, C, 12, C>(d, a, out, r0, j),
+            3 => q_tile::<D, Self, C, 9, C>(d, a, out, r0, j),
+            2 => q_tile::<D, Self, C, 6, C>(d, a, out, r0, j),
+            _ => q_tile::<D, Self, C, 3, C>(d, a, out, r0, j),
+        }
+    }
+
+    #[inline(always)]
+    fn decode_tile<const C: usize, const Q1: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], r0: usize, j: usize) {
+        q_tile::<D, Self, C, 3, Q1>(d, a, out, r0, j)
+    }
+}
+
+/// `R / K::DG` rows from row `r0` times `Q / C` consecutive panels from column `j`: `R` rows of
+/// `Q` accumulator vectors.
 #[inline(always)]
-fn q_tile<D: IntDot, const C: usize, const R: usize, const Q: usize>(
+fn q_tile<D: IntDot, K: Acts<D>, const C: usize, const R: usize, const Q: usize>(
     d: D,
     a: &MatmulQ,
     out: &mut [&mut [f32]],
@@ -139,16 +271,17 @@ fn q_tile<D: IntDot, const C: usize, const R: usize, const Q: usize>(
 ) {
     let l = D::S::LANES;
     let (nr, kq, g) = (C * l, D::KQ, a.groups);
+    let (dg, run) = (K::DG, K::RUN);
     let panel_len = g * nr * kq;
     let first = (a.col0 + j) / nr;
     let p_count = Q / C;
     let w = &a.w[first * panel_len..][..p_count * panel_len];
     let (xb, xs) = match a.x_mr {
         0 => (&a.x[r0 * g..][..g * R], 1),
-        mr => (&a.x[r0 / mr * mr * g..][..mr * g], mr),
+        mr => (&a.x[r0 / mr * mr * g * run..][..mr * g * run], mr * run),
     };
     debug_assert!(a.x_mr == 0 && R == 1 || a.x_mr > 0 && r0.is_multiple_of(a.x_mr));
-    assert!(xs >= R && xb.len() >= g * xs);
+    assert!(R.is_multiple_of(dg) && xs >= R / dg * run && xb.len() >= g * xs);
     let step = nr * kq;
     let ahead = PREFETCH_BYTES / step * step;
     let mut acc = [[d.izero(); Q]; R];
@@ -157,7 +290,7 @@ fn q_tile<D: IntDot, const C: usize, const R: usize, const Q: usize>(
     // accumulators on every group.
     let groups = w[..panel_len].chunks_exact(step).zip(xb.chunks_exact(xs));
     for (gi, (row0, xk)) in groups.enumerate() {
-        if R == 1 {
+        if R == dg {
             for p in 0..p_count {
                 for line in (0..step).step_by(64) {
                     d.simd().prefetch(w, p * panel_len + gi * step + ahead + line);
@@ -170,37 +303,52 @@ fn q_tile<D: IntDot, const C: usize, const R: usize, const Q: usize>(
             wv[q] = if p == 0 {
                 d.load_q(&row0[c * l * kq..])
             } else {
-                d.load_q(&w[p * panel_len + gi * step + c * l * kq..])
+                let i = p * panel_len + gi * step + c * l * kq;
+                // SAFETY: `p < p_count`, `gi < g` and `c < C`, so `i + l * kq <= p * panel_len +
+                // (gi + 1) * step <= p_count * panel_len = w.len()`. (Bounds-checked, these
+                // loads cost the one-row tile a compare and branch each per group.)
+                d.load_q(unsafe { w.get_unchecked(i..i + l * kq) })
             };
         }
         for r in 0..R {
-            let x = xk[r];
+            // Row `r / dg`'s word `r % dg` (its digit, for 24-bit activations).
+            let x = xk[r / dg * run + r % dg];
             for q in 0..Q {
                 acc[r][q] = d.dot_q(acc[r][q], x, wv[q]);
             }
         }
     }
-    for r in 0..R {
+    let s = d.simd();
+    for r in 0..R / dg {
         let sx = a.x_scale[r0 + r];
         for p in 0..p_count {
-            store_q(d, a, out[r0 + r], j + p * nr, &acc[r][p * C..(p + 1) * C], sx);
+            let col = a.col0 + j + p * nr;
+            let mut vals = [s.zero(); MAX_VECS];
+            for c in 0..C {
+                let mut digits = [d.izero(); 3];
+                for i in 0..dg {
+                    digits[i] = acc[r * dg + i][p * C + c];
+                }
+                vals[c] = K::to_f32(d, &digits[..dg], &a.corr[col + c * l..]);
+            }
+            store_q(d, a, out[r0 + r], j + p * nr, &vals[..C], sx);
         }
     }
 }
 
-/// Epilogue of one row of one panel: `gelu?((acc - corr) * w_scale * x_scale + bias) (+ out)`.
+/// Epilogue of one row of one panel (`vals`: its integer sums as f32, correction applied):
+/// `gelu?(vals * w_scale * x_scale + bias) (+ out)`.
 #[inline(always)]
-fn store_q<D: IntDot>(d: D, a: &MatmulQ, out: &mut [f32], j: usize, acc: &[D::I], sx: f32) {
+fn store_q<D: IntDot>(d: D, a: &MatmulQ, out: &mut [f32], j: usize, vals: &[<D::S as Simd>::V], sx: f32) {
     let s = d.simd();
     let l = D::S::LANES;
     let col = a.col0 + j;
-    let mut vals = [s.zero(); MAX_VECS];
-    for c in 0..acc.len() {
-        let v = d.to_f32(acc[c], &a.corr[col + c * l..]);
-        vals[c] = s.mul(s.mul(v, s.load(&a.w_scale[col + c * l..])), s.splat(sx));
+    let mut scaled = [s.zero(); MAX_VECS];
+    for c in 0..vals.len() {
+        scaled[c] = s.mul(s.mul(vals[c], s.load(&a.w_scale[col + c * l..])), s.splat(sx));
     }
     let f = Finish { bias: a.bias, gelu: a.gelu, accumulate: a.accumulate };
-    finish_panel(s, f, out, j, col, &vals[..acc.len()]);
+    finish_panel(s, f, out, j, col, &scaled[..vals.len()]);
 }
 
 /// Runs `iters` rounds of 12 independent integer-dot chains on one thread: the peak probe of

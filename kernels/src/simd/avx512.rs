@@ -1,6 +1,6 @@
 //! AVX-512F [`Simd`] implementation (16 lanes of `f32` in a `__m512`).
 
-use super::{IntDot, Simd};
+use super::{IntDot, IntDot24, Simd};
 use std::arch::x86_64::*;
 
 /// Token proving the CPU supports AVX-512F (and the AVX2/FMA/F16C it implies on every such CPU).
@@ -215,5 +215,54 @@ impl IntDot for Vnni512 {
         for (w, g) in out.iter_mut().zip(x.chunks_exact(4)) {
             *w = i32::from_le_bytes([g[0] as u8, g[1] as u8, g[2] as u8, g[3] as u8]) ^ 0x8080_8080u32 as i32;
         }
+    }
+}
+
+impl IntDot24 for Vnni512 {
+    #[inline(always)]
+    fn combine24(self, a0: __m512i, a1: __m512i, a2: __m512i, corr: &[i32]) -> __m512 {
+        let corr = &corr[..16];
+        // SAFETY: `corr` holds 16 i32 (checked by the slice above); AVX-512F proven by the token.
+        unsafe {
+            let a2 = _mm512_sub_epi32(a2, _mm512_loadu_si512(corr.as_ptr().cast()));
+            // Every term and partial sum is an integer below 2^53: exact in f64, one rounding
+            // to f32 at the end.
+            let (b1, b2) = (_mm512_set1_pd(256.0), _mm512_set1_pd(65536.0));
+            let half = |lo: __m256i, mid: __m256i, hi: __m256i| {
+                let low = _mm512_fmadd_pd(_mm512_cvtepi32_pd(mid), b1, _mm512_cvtepi32_pd(lo));
+                _mm512_cvtpd_ps(_mm512_fmadd_pd(_mm512_cvtepi32_pd(hi), b2, low))
+            };
+            let lo = half(_mm512_castsi512_si256(a0), _mm512_castsi512_si256(a1), _mm512_castsi512_si256(a2));
+            let hi = half(
+                _mm512_extracti64x4_epi64::<1>(a0),
+                _mm512_extracti64x4_epi64::<1>(a1),
+                _mm512_extracti64x4_epi64::<1>(a2),
+            );
+            _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
+                _mm256_castps_pd(hi),
+            ))
+        }
+    }
+
+    #[inline(always)]
+    fn digit_words(self, q: &[f32], out: &mut [i32]) {
+        // Offset, then a 4 x 4 byte transpose within each group of four values (one 128-bit
+        // lane): byte `i` of word `j` is byte `j` of value `i`.
+        // SAFETY: the token proves AVX-512F and BW are available (`vpshufb` on zmm is BW).
+        let (n, mask, offset) = (
+            q.len().min(out.len()) / 16 * 16,
+            unsafe { _mm512_broadcast_i32x4(_mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15)) },
+            unsafe { _mm512_set1_epi32(1 << 23) },
+        );
+        for (o, g) in out[..n].chunks_exact_mut(16).zip(q[..n].chunks_exact(16)) {
+            // SAFETY: `g` and `o` hold 16 values each (exact chunks); AVX-512BW proven by the
+            // token. The conversion is exact: the values are integers below 2^23.
+            unsafe {
+                let u = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_loadu_ps(g.as_ptr())), offset);
+                _mm512_storeu_si512(o.as_mut_ptr().cast(), _mm512_shuffle_epi8(u, mask));
+            }
+        }
+        super::digit_words_of(&q[n..], &mut out[n..]);
     }
 }

@@ -49,6 +49,36 @@ pub trait IntDot: Copy {
     }
 }
 
+/// An [`IntDot`] whose activation bytes are unsigned (VNNI's `vpdpbusd`), so it can take a
+/// 24-bit activation as three byte digits, one dot product each: the weight-only `int8`
+/// products on such CPUs (`ops::matmul_q`), at a quarter of the instructions of widening every
+/// weight to f32 for an FMA.
+pub trait IntDot24: IntDot {
+    /// `65536 (a2 - corr) + 256 a1 + a0` per lane as f32, rounded once (the sum is exact in
+    /// f64, so this is the same value on every ISA).
+    fn combine24(self, a0: Self::I, a1: Self::I, a2: Self::I, corr: &[i32]) -> <Self::S as Simd>::V;
+
+    /// The digit words of quantized activations `q` (integers within `+-(2^23 - 1)`, as f32),
+    /// each offset by 2^23 into `0..2^24`, `KQ` = 4 per group: for group `g`, `out[4g + j]` is
+    /// the word of byte `j` of its four values (`j < 3`; `out[4g + 3]`, their zero top bytes,
+    /// is 0). (A NaN, in a row whose scale is NaN anyway, gives arbitrary digits.)
+    #[inline(always)]
+    fn digit_words(self, q: &[f32], out: &mut [i32]) {
+        digit_words_of(q, out)
+    }
+}
+
+/// [`IntDot24::digit_words`], one group of four at a time.
+#[inline(always)]
+pub(crate) fn digit_words_of(q: &[f32], out: &mut [i32]) {
+    for (o, g) in out.chunks_exact_mut(4).zip(q.chunks_exact(4)) {
+        let u = [0, 1, 2, 3].map(|i| g[i] as i32 + (1 << 23));
+        for (j, w) in o.iter_mut().enumerate() {
+            *w = i32::from_le_bytes([0, 1, 2, 3].map(|i| (u[i] >> (8 * j)) as u8));
+        }
+    }
+}
+
 /// One SIMD register's worth of `f32` lanes and the operations kernels need.
 pub trait Simd: Copy {
     /// Number of `f32` lanes in [`Simd::V`].
