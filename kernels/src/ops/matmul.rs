@@ -90,9 +90,7 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize,
                 // panel's whole compute instead of in a burst during its first tile. After a
                 // chunk's last panel, the next in memory is the next chunk's first, which this
                 // thread usually runs next (rayon splits the chunk range in order).
-                let ahead =
-                    if tiles == 1 { LookAhead::Stream } else { LookAhead::Spread { t: (r0 - mc0) / mr, tiles } };
-                let at = At { r0, j, ahead };
+                let at = At { r0, j, ahead: LookAhead::for_tile(r0 - mc0, mr, tiles) };
                 match rows {
                     12 => kn_tile::<S, E, C, 12, C>(s, a, w, scale, out, at),
                     11 => kn_tile::<S, E, C, 11, C>(s, a, w, scale, out, at),
@@ -128,20 +126,32 @@ pub(super) fn row_blocking<const MR: usize>(x_mr: usize, budget_rows: usize, m: 
 
 /// Where a register tile sits (first row, first column of the chunk) and how it fetches ahead.
 #[derive(Clone, Copy)]
-struct At {
-    r0: usize,
-    j: usize,
-    ahead: LookAhead,
+pub(crate) struct At {
+    pub r0: usize,
+    pub j: usize,
+    pub ahead: LookAhead,
 }
 
 /// How a register tile prefetches the weights it will need.
 #[derive(Clone, Copy)]
-enum LookAhead {
+pub(crate) enum LookAhead {
     /// The only tile over its panels, which come from memory: `PREFETCH_BYTES` ahead in each.
     Stream,
     /// Tile `t` of `tiles` over its panel: fetches every `tiles`-th k row of the next panel
     /// (so together the tiles fetch all of it, spread over the panel's compute).
     Spread { t: usize, tiles: usize },
+}
+
+impl LookAhead {
+    /// For the row tile at `row` (of a block of `tiles` tiles `mr` rows high) over one panel.
+    #[inline(always)]
+    pub(super) fn for_tile(row: usize, mr: usize, tiles: usize) -> LookAhead {
+        if tiles == 1 {
+            LookAhead::Stream
+        } else {
+            LookAhead::Spread { t: row / mr, tiles }
+        }
+    }
 }
 
 /// `R` rows times `Q / C` consecutive packed panels (`Q` vectors per row). Each panel is read

@@ -6,7 +6,7 @@
 //! bias, GELU, residual) runs in that order for every element. Batch invariance and
 //! cross-ISA equality of the integer sums follow.
 
-use super::matmul::{finish_panel, row_blocking, Finish, MAX_VECS};
+use super::matmul::{finish_panel, row_blocking, At, Finish, LookAhead, MAX_VECS};
 use crate::simd::{IntDot, IntDot24, Simd};
 use crate::MatmulQ;
 
@@ -162,15 +162,16 @@ pub fn matmul_q<D: IntDot, K: Acts<D>, const C: usize, const MR: usize, const Q1
         let mut j = 0;
         if mc_end - mc0 == 1 {
             while j + Q1 / C * nr <= width {
-                K::decode_tile::<C, Q1>(d, a, out, mc0, j);
+                K::decode_tile::<C, Q1>(d, a, out, At { r0: mc0, j, ahead: LookAhead::Stream });
                 j += Q1 / C * nr;
             }
         }
+        let tiles = (mc_end - mc0).div_ceil(mr);
         for j in (j..width).step_by(nr) {
             let mut r0 = mc0;
             while r0 < mc_end {
                 let rows = (mc_end - r0).min(mr);
-                K::tile::<C>(d, a, out, rows, r0, j);
+                K::tile::<C>(d, a, out, rows, At { r0, j, ahead: LookAhead::for_tile(r0 - mc0, mr, tiles) });
                 r0 += rows;
             }
         }
@@ -187,10 +188,10 @@ pub trait Acts<D: IntDot> {
     const RUN: usize;
     /// The f32 value of one output from its `DG` accumulators.
     fn to_f32(d: D, acc: &[D::I], corr: &[i32]) -> <D::S as Simd>::V;
-    /// The tile of `rows` rows over one panel at row `r0`, column `j`.
-    fn tile<const C: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], rows: usize, r0: usize, j: usize);
+    /// The tile of `rows` rows over one panel.
+    fn tile<const C: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], rows: usize, at: At);
     /// The one-row tile over `Q1 / C` panels.
-    fn decode_tile<const C: usize, const Q1: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], r0: usize, j: usize);
+    fn decode_tile<const C: usize, const Q1: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], at: At);
 }
 
 /// `w8a8`: one activation byte per k ([`quantize_rows`]).
@@ -206,26 +207,26 @@ impl<D: IntDot> Acts<D> for Bytes {
     }
 
     #[inline(always)]
-    fn tile<const C: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], rows: usize, r0: usize, j: usize) {
+    fn tile<const C: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], rows: usize, at: At) {
         match rows {
-            12 => q_tile::<D, Self, C, 12, C>(d, a, out, r0, j),
-            11 => q_tile::<D, Self, C, 11, C>(d, a, out, r0, j),
-            10 => q_tile::<D, Self, C, 10, C>(d, a, out, r0, j),
-            9 => q_tile::<D, Self, C, 9, C>(d, a, out, r0, j),
-            8 => q_tile::<D, Self, C, 8, C>(d, a, out, r0, j),
-            7 => q_tile::<D, Self, C, 7, C>(d, a, out, r0, j),
-            6 => q_tile::<D, Self, C, 6, C>(d, a, out, r0, j),
-            5 => q_tile::<D, Self, C, 5, C>(d, a, out, r0, j),
-            4 => q_tile::<D, Self, C, 4, C>(d, a, out, r0, j),
-            3 => q_tile::<D, Self, C, 3, C>(d, a, out, r0, j),
-            2 => q_tile::<D, Self, C, 2, C>(d, a, out, r0, j),
-            _ => q_tile::<D, Self, C, 1, C>(d, a, out, r0, j),
+            12 => row_tile::<D, Self, C, 12>(d, a, out, at),
+            11 => row_tile::<D, Self, C, 11>(d, a, out, at),
+            10 => row_tile::<D, Self, C, 10>(d, a, out, at),
+            9 => row_tile::<D, Self, C, 9>(d, a, out, at),
+            8 => row_tile::<D, Self, C, 8>(d, a, out, at),
+            7 => row_tile::<D, Self, C, 7>(d, a, out, at),
+            6 => row_tile::<D, Self, C, 6>(d, a, out, at),
+            5 => row_tile::<D, Self, C, 5>(d, a, out, at),
+            4 => row_tile::<D, Self, C, 4>(d, a, out, at),
+            3 => row_tile::<D, Self, C, 3>(d, a, out, at),
+            2 => row_tile::<D, Self, C, 2>(d, a, out, at),
+            _ => row_tile::<D, Self, C, 1>(d, a, out, at),
         }
     }
 
     #[inline(always)]
-    fn decode_tile<const C: usize, const Q1: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], r0: usize, j: usize) {
-        q_tile::<D, Self, C, 1, Q1>(d, a, out, r0, j)
+    fn decode_tile<const C: usize, const Q1: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], at: At) {
+        q_tile::<D, Self, C, 1, Q1, false>(d, a, out, at)
     }
 }
 
@@ -244,31 +245,41 @@ impl<D: IntDot24> Acts<D> for Digits {
     }
 
     #[inline(always)]
-    fn tile<const C: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], rows: usize, r0: usize, j: usize) {
+    fn tile<const C: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], rows: usize, at: At) {
         match rows {
-            4 => q_tile::<D, Self, C, 12, C>(d, a, out, r0, j),
-            3 => q_tile::<D, Self, C, 9, C>(d, a, out, r0, j),
-            2 => q_tile::<D, Self, C, 6, C>(d, a, out, r0, j),
-            _ => q_tile::<D, Self, C, 3, C>(d, a, out, r0, j),
+            4 => row_tile::<D, Self, C, 12>(d, a, out, at),
+            3 => row_tile::<D, Self, C, 9>(d, a, out, at),
+            2 => row_tile::<D, Self, C, 6>(d, a, out, at),
+            _ => row_tile::<D, Self, C, 3>(d, a, out, at),
         }
     }
 
     #[inline(always)]
-    fn decode_tile<const C: usize, const Q1: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], r0: usize, j: usize) {
-        q_tile::<D, Self, C, 3, Q1>(d, a, out, r0, j)
+    fn decode_tile<const C: usize, const Q1: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], at: At) {
+        q_tile::<D, Self, C, 3, Q1, false>(d, a, out, at)
     }
 }
 
-/// `R / K::DG` rows from row `r0` times `Q / C` consecutive panels from column `j`: `R` rows of
-/// `Q` accumulator vectors.
+/// A row tile over one panel, with its look-ahead mode as a constant: the two loops in one
+/// function made LLVM store the 24 accumulators of the 12-row tiles to the stack every group.
 #[inline(always)]
-fn q_tile<D: IntDot, K: Acts<D>, const C: usize, const R: usize, const Q: usize>(
+fn row_tile<D: IntDot, K: Acts<D>, const C: usize, const R: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], at: At) {
+    match at.ahead {
+        LookAhead::Stream => q_tile::<D, K, C, R, C, false>(d, a, out, at),
+        LookAhead::Spread { .. } => q_tile::<D, K, C, R, C, true>(d, a, out, at),
+    }
+}
+
+/// `R / K::DG` rows from row `at.r0` times `Q / C` consecutive panels from column `at.j`: `R`
+/// rows of `Q` accumulator vectors.
+#[inline(always)]
+fn q_tile<D: IntDot, K: Acts<D>, const C: usize, const R: usize, const Q: usize, const SPREAD: bool>(
     d: D,
     a: &MatmulQ,
     out: &mut [&mut [f32]],
-    r0: usize,
-    j: usize,
+    at: At,
 ) {
+    let At { r0, j, ahead: look_ahead } = at;
     let l = D::S::LANES;
     let (nr, kq, g) = (C * l, D::KQ, a.groups);
     let (dg, run) = (K::DG, K::RUN);
@@ -289,34 +300,36 @@ fn q_tile<D: IntDot, K: Acts<D>, const C: usize, const R: usize, const Q: usize>
     // bounds: a bounds check (and its panic path) in this loop makes LLVM spill the
     // accumulators on every group.
     let groups = w[..panel_len].chunks_exact(step).zip(xb.chunks_exact(xs));
-    for (gi, (row0, xk)) in groups.enumerate() {
-        if R == dg {
-            for p in 0..p_count {
-                for line in (0..step).step_by(64) {
-                    d.simd().prefetch(w, p * panel_len + gi * step + ahead + line);
+    // As in the float tiles (`matmul.rs`): the only tile over its panels streams them ahead of
+    // use; several share the fetch of the next panel, spread over the current one's groups.
+    // Decided once, outside the group loop.
+    match look_ahead {
+        LookAhead::Stream if !SPREAD => {
+            for (gi, (row0, xk)) in groups.enumerate() {
+                for p in 0..p_count {
+                    for line in (0..step).step_by(64) {
+                        d.simd().prefetch(w, p * panel_len + gi * step + ahead + line);
+                    }
                 }
+                // SAFETY: `gi < g` (a group of the panel) and all `p_count` panels lie in `w`.
+                acc = unsafe { q_step::<D, K, C, R, Q>(d, acc, (row0, xk), w, gi * step, panel_len) };
             }
         }
-        let mut wv = [d.izero(); Q];
-        for q in 0..Q {
-            let (p, c) = (q / C, q % C);
-            wv[q] = if p == 0 {
-                d.load_q(&row0[c * l * kq..])
-            } else {
-                let i = p * panel_len + gi * step + c * l * kq;
-                // SAFETY: `p < p_count`, `gi < g` and `c < C`, so `i + l * kq <= p * panel_len +
-                // (gi + 1) * step <= p_count * panel_len = w.len()`. (Bounds-checked, these
-                // loads cost the one-row tile a compare and branch each per group.)
-                d.load_q(unsafe { w.get_unchecked(i..i + l * kq) })
-            };
-        }
-        for r in 0..R {
-            // Row `r / dg`'s word `r % dg` (its digit, for 24-bit activations).
-            let x = xk[r / dg * run + r % dg];
-            for q in 0..Q {
-                acc[r][q] = d.dot_q(acc[r][q], x, wv[q]);
+        LookAhead::Spread { t, tiles } if SPREAD => {
+            // A running counter, not `gi % tiles`: a division per group costs more than its dots.
+            let mut next_fetch = t;
+            for (gi, (row0, xk)) in groups.enumerate() {
+                if gi == next_fetch {
+                    for line in (0..step).step_by(64) {
+                        d.simd().prefetch(a.w, (first + 1) * panel_len + gi * step + line);
+                    }
+                    next_fetch += tiles;
+                }
+                // SAFETY: `gi < g` (a group of the panel) and all `p_count` panels lie in `w`.
+                acc = unsafe { q_step::<D, K, C, R, Q>(d, acc, (row0, xk), w, gi * step, panel_len) };
             }
         }
+        _ => unreachable!("row_tile passes SPREAD as the look-ahead says"),
     }
     let s = d.simd();
     for r in 0..R / dg {
@@ -334,6 +347,46 @@ fn q_tile<D: IntDot, K: Acts<D>, const C: usize, const R: usize, const Q: usize>
             store_q(d, a, out[r0 + r], j + p * nr, &vals[..C], sx);
         }
     }
+}
+
+/// One group of a tile: `acc[r][q] + x[r] . w[q]` for the `Q` weight vectors of this group
+/// (panel 0's from `row0`, the others `panel_len` apart in `w` from `at`, the start of panel
+/// 0's group) and the tile's activation words `xk` (row `r / DG`'s word `r % DG`).
+///
+/// # Safety
+/// `at` is the start of a group of a panel, and the `Q / C - 1` panels after it lie in `w`:
+/// `at + (Q / C - 1) * panel_len + C * LANES * KQ <= w.len()`. (Bounds-checked, those loads
+/// cost the one-row tile a compare and branch each per group.)
+#[inline(always)]
+unsafe fn q_step<D: IntDot, K: Acts<D>, const C: usize, const R: usize, const Q: usize>(
+    d: D,
+    mut acc: [[D::I; Q]; R],
+    (row0, xk): (&[i8], &[i32]),
+    w: &[i8],
+    at: usize,
+    panel_len: usize,
+) -> [[D::I; Q]; R] {
+    let (l, kq) = (D::S::LANES, D::KQ);
+    let (dg, run) = (K::DG, K::RUN);
+    let mut wv = [d.izero(); Q];
+    for q in 0..Q {
+        let (p, c) = (q / C, q % C);
+        wv[q] = if p == 0 {
+            d.load_q(&row0[c * l * kq..])
+        } else {
+            let i = at + p * panel_len + c * l * kq;
+            // SAFETY: `i + l * kq <= at + p * panel_len + C * l * kq <= w.len()` (the caller's
+            // contract).
+            d.load_q(unsafe { w.get_unchecked(i..i + l * kq) })
+        };
+    }
+    for r in 0..R {
+        let x = xk[r / dg * run + r % dg];
+        for q in 0..Q {
+            acc[r][q] = d.dot_q(acc[r][q], x, wv[q]);
+        }
+    }
+    acc
 }
 
 /// Epilogue of one row of one panel (`vals`: its integer sums as f32, correction applied):
