@@ -537,25 +537,35 @@ fn parallel_row_packing_equals_each_row_alone() {
     }
 }
 
-/// A NaN or infinity in a w8a8 product's input makes that row's outputs NaN (as in an f32
-/// product) and leaves the other rows as they are.
+/// A NaN or infinity in the input of a product that quantizes its rows (w8a8, and int8 on the
+/// integer dot) makes that row's outputs NaN (as in an f32 product) and leaves the other rows
+/// as they are.
 #[test]
-fn w8a8_non_finite_input_poisons_only_its_row() {
+fn quantized_rows_poison_only_the_row_with_a_non_finite_input() {
     let (m, k, n) = (3, 40, 50);
     let w = vals(k * n, 5);
-    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-        let mut x = vals(m * k, 6);
-        x[k + 17] = bad;
-        for kern in kernels() {
-            let wp = kern.pack(&w, Layout::KN, k, n, WeightDtype::W8a8);
-            let mut out = vec![0.0; m * n];
-            kern.matmul_kn(&x, &wp, None, &mut out, m, Epilogue::STORE);
-            assert!(out[n..2 * n].iter().all(|v| v.is_nan()), "{}: row with {bad} not poisoned", kern.isa());
-            let mut want = vec![0.0; m * n];
-            reference::matmul_w8a8(&x[..k], &w, None, &mut want[..n], 1, k, n);
-            reference::matmul_w8a8(&x[2 * k..], &w, None, &mut want[2 * n..], 1, k, n);
-            assert_eq!(&out[..n], &want[..n], "{}: row 0 changed", kern.isa());
-            assert_eq!(&out[2 * n..], &want[2 * n..], "{}: row 2 changed", kern.isa());
+    type Oracle = fn(&[f32], &[f32], Option<&[f32]>, &mut [f32], usize, usize, usize);
+    // int8 where it quantizes its rows too (24 bits, on the integer dot).
+    let cases: [(WeightDtype, Vec<Kernels>, Oracle); 2] = [
+        (WeightDtype::W8a8, kernels(), reference::matmul_w8a8),
+        (WeightDtype::Int8, int_dot_int8_kernels(), reference::matmul_int8_24),
+    ];
+    for (dtype, kerns, oracle) in cases {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut x = vals(m * k, 6);
+            x[k + 17] = bad;
+            for &kern in &kerns {
+                let label = format!("{}/{dtype}", kern.isa());
+                let wp = kern.pack(&w, Layout::KN, k, n, dtype);
+                let mut out = vec![0.0; m * n];
+                kern.matmul_kn(&x, &wp, None, &mut out, m, Epilogue::STORE);
+                assert!(out[n..2 * n].iter().all(|v| v.is_nan()), "{label}: row with {bad} not poisoned");
+                let mut want = vec![0.0; m * n];
+                oracle(&x[..k], &w, None, &mut want[..n], 1, k, n);
+                oracle(&x[2 * k..], &w, None, &mut want[2 * n..], 1, k, n);
+                assert_eq!(&out[..n], &want[..n], "{label}: row 0 changed");
+                assert_eq!(&out[2 * n..], &want[2 * n..], "{label}: row 2 changed");
+            }
         }
     }
 }
