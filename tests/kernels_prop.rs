@@ -51,6 +51,18 @@ fn int_dot_int8_kernels() -> Vec<Kernels> {
     found
 }
 
+/// An oracle of the products that quantize their rows (`reference::matmul_w8a8` and kin).
+type QuantizedOracle = fn(&[f32], &[f32], Option<&[f32]>, &mut [f32], usize, usize, usize);
+
+/// The products that quantize their input rows, the kernels that run them so, and their
+/// oracles: `w8a8` everywhere, `int8` where the integer dot takes 24-bit activations.
+fn quantized_cases() -> [(WeightDtype, Vec<Kernels>, QuantizedOracle); 2] {
+    [
+        (WeightDtype::W8a8, kernels(), reference::matmul_w8a8),
+        (WeightDtype::Int8, int_dot_int8_kernels(), reference::matmul_int8_24),
+    ]
+}
+
 /// The oracle's side of an [`Epilogue`]: GELU, then the residual add of `prior`.
 fn reference_epilogue(want: &mut [f32], ep: Epilogue, prior: &[f32]) {
     if ep.gelu {
@@ -135,44 +147,28 @@ proptest! {
         }
     }
 
-    /// `w8a8` on every ISA equals the oracle's exact-integer product bit for bit (GELU within
-    /// its approximation error), on ragged shapes including k not a multiple of the k group.
+    /// The products that quantize their rows equal the oracle's exact-integer product bit for
+    /// bit (GELU within its approximation error), on ragged shapes including k not a multiple
+    /// of the k group: `w8a8` on every ISA, and weight-only `int8` where the integer dot takes
+    /// it (VNNI: 24-bit activations as byte digits; elsewhere it runs on the float kernels,
+    /// `matmul_kn_matches_reference`).
     #[test]
-    fn w8a8_matches_reference(m in 1usize..30, k in 1usize..90, n in 1usize..300, seed: u64, acc: bool, bias: bool, gelu: bool, zero_row: bool) {
+    fn quantized_products_match_reference(m in 1usize..30, k in 1usize..90, n in 1usize..300, seed: u64, acc: bool, bias: bool, gelu: bool, zero_row: bool) {
         let (mut x, w, b, prior) = (vals(m * k, seed), vals(k * n, seed ^ 1), vals(n, seed ^ 2), vals(m * n, seed ^ 3));
         if zero_row {
             x[..k].iter_mut().for_each(|v| *v = 0.0);
         }
         let ep = Epilogue { gelu, accumulate: acc };
-        let mut want = vec![0.0; m * n];
-        reference::matmul_w8a8(&x, &w, bias.then_some(&b[..]), &mut want, m, k, n);
-        reference_epilogue(&mut want, ep, &prior);
-        for kern in kernels() {
-            let packed = kern.pack(&w, Layout::KN, k, n, WeightDtype::W8a8);
-            let out = poisoned_product(kern, &x, &packed, bias.then_some(&b[..]), m, ep, &prior);
-            let tol = |i: usize| if gelu { ELEM_ABS * (1.0 + want[i].abs()) } else { 0.0 };
-            assert_close(&format!("w8a8/{}", kern.isa()), &out, &want, tol);
-        }
-    }
-
-    /// Weight-only `int8` on a CPU whose integer dot takes it (VNNI: 24-bit activations as
-    /// byte digits) equals the oracle's exact-integer product bit for bit (GELU within its
-    /// approximation error); elsewhere it runs on the float kernels (`matmul_kn_matches_reference`).
-    #[test]
-    fn int8_on_the_integer_dot_matches_reference(m in 1usize..30, k in 1usize..90, n in 1usize..300, seed: u64, acc: bool, bias: bool, gelu: bool, zero_row: bool) {
-        let (mut x, w, b, prior) = (vals(m * k, seed), vals(k * n, seed ^ 1), vals(n, seed ^ 2), vals(m * n, seed ^ 3));
-        if zero_row {
-            x[..k].iter_mut().for_each(|v| *v = 0.0);
-        }
-        let ep = Epilogue { gelu, accumulate: acc };
-        let mut want = vec![0.0; m * n];
-        reference::matmul_int8_24(&x, &w, bias.then_some(&b[..]), &mut want, m, k, n);
-        reference_epilogue(&mut want, ep, &prior);
-        for kern in int_dot_int8_kernels() {
-            let packed = kern.pack(&w, Layout::KN, k, n, WeightDtype::Int8);
-            let out = poisoned_product(kern, &x, &packed, bias.then_some(&b[..]), m, ep, &prior);
-            let tol = |i: usize| if gelu { ELEM_ABS * (1.0 + want[i].abs()) } else { 0.0 };
-            assert_close(&format!("int8/{}", kern.isa()), &out, &want, tol);
+        for (dtype, kerns, oracle) in quantized_cases() {
+            let mut want = vec![0.0; m * n];
+            oracle(&x, &w, bias.then_some(&b[..]), &mut want, m, k, n);
+            reference_epilogue(&mut want, ep, &prior);
+            for kern in kerns {
+                let packed = kern.pack(&w, Layout::KN, k, n, dtype);
+                let out = poisoned_product(kern, &x, &packed, bias.then_some(&b[..]), m, ep, &prior);
+                let tol = |i: usize| if gelu { ELEM_ABS * (1.0 + want[i].abs()) } else { 0.0 };
+                assert_close(&format!("{dtype}/{}", kern.isa()), &out, &want, tol);
+            }
         }
     }
 
@@ -544,13 +540,7 @@ fn parallel_row_packing_equals_each_row_alone() {
 fn quantized_rows_poison_only_the_row_with_a_non_finite_input() {
     let (m, k, n) = (3, 40, 50);
     let w = vals(k * n, 5);
-    type Oracle = fn(&[f32], &[f32], Option<&[f32]>, &mut [f32], usize, usize, usize);
-    // int8 where it quantizes its rows too (24 bits, on the integer dot).
-    let cases: [(WeightDtype, Vec<Kernels>, Oracle); 2] = [
-        (WeightDtype::W8a8, kernels(), reference::matmul_w8a8),
-        (WeightDtype::Int8, int_dot_int8_kernels(), reference::matmul_int8_24),
-    ];
-    for (dtype, kerns, oracle) in cases {
+    for (dtype, kerns, oracle) in quantized_cases() {
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             let mut x = vals(m * k, 6);
             x[k + 17] = bad;
