@@ -5,7 +5,7 @@
 //! is the one least disturbed). Threads: all cores, measured from a worker of the pool as the
 //! engine calls its kernels.
 
-use inferneo_kernels::{Epilogue, HugeBuf, Kernels, Layout, PackedKn, WeightDtype};
+use inferneo_kernels::{ActQuant, Epilogue, HugeBuf, Kernels, Layout, PackedKn, Panels, WeightDtype};
 use rayon::prelude::*;
 use serde_json::json;
 use std::hint::black_box;
@@ -186,6 +186,10 @@ struct Case {
     dtype: WeightDtype,
     m: usize,
     bytes: usize,
+    /// Integer dot products per multiply-add when the product runs on the integer dot (w8a8:
+    /// 1; int8 on VNNI: 3, one per byte digit of its 24-bit activations): its compute roof is
+    /// the integer-dot peak over that. `None`: the FMA peak.
+    dot_passes: Option<usize>,
     secs: f64,
     streamed: Option<f64>,
 }
@@ -201,9 +205,10 @@ fn sweep(k: Kernels, plan: Plan, cases: &mut Vec<Case>) {
         let bias = vec![0.01f32; n];
         let dtypes: &[WeightDtype] = if plan.sgemm { &[WeightDtype::F32] } else { &WeightDtype::ALL };
         for &dtype in dtypes {
-            // Every dtype at decode size (bandwidth-bound); f32 and w8a8 (the compute-bound
-            // kernels) across all M.
-            let ms: &[usize] = if matches!(dtype, WeightDtype::F32 | WeightDtype::W8a8) { &MS } else { &MS[..1] };
+            // Every dtype at decode size (bandwidth-bound); f32, int8 and w8a8 (the kernels
+            // batches run on) across all M.
+            let across = matches!(dtype, WeightDtype::F32 | WeightDtype::Int8 | WeightDtype::W8a8);
+            let ms: &[usize] = if across { &MS } else { &MS[..1] };
             let ms: Vec<usize> = ms
                 .iter()
                 .copied()
@@ -221,6 +226,11 @@ fn sweep(k: Kernels, plan: Plan, cases: &mut Vec<Case>) {
             let copies: Vec<PackedKn> =
                 std::iter::once(first).chain((1..count).map(|_| k.pack(&w, Layout::KN, kk, n, dtype))).collect();
             let packed = &copies[0];
+            let dot_passes = match packed.panels() {
+                Panels::IntDot { acts: ActQuant::Int8, .. } => Some(1),
+                Panels::IntDot { acts: ActQuant::Int24, .. } => Some(3),
+                _ => None,
+            };
             for m in ms {
                 let x = vec![0.5f32; m * kk];
                 let mut out = vec![0.0f32; m * n];
@@ -230,7 +240,7 @@ fn sweep(k: Kernels, plan: Plan, cases: &mut Vec<Case>) {
                     .then(|| streamed_secs(k, &copies, &x, &bias, &mut out, m, if plan.quick { 2 } else { 5 }));
                 if first_round {
                     let bytes = packed.bytes() + 4 * (m * kk + m * n + n);
-                    cases.push(Case { label, k: kk, n, dtype, m, bytes, secs, streamed });
+                    cases.push(Case { label, k: kk, n, dtype, m, bytes, dot_passes, secs, streamed });
                 } else {
                     let c = &mut cases[next];
                     c.secs = c.secs.min(secs);
@@ -258,7 +268,7 @@ pub fn run(k: Kernels, as_json: bool, plan: Plan) -> Result<(), String> {
     let Roofs { bw, bw_4k, peak, int_peak } = per_round.iter().fold(Roofs::default(), |a, &r| a.max(r));
     let mut rows = Vec::new();
     for c in &cases {
-        let peak = if c.dtype == WeightDtype::W8a8 { int_peak } else { peak };
+        let peak = c.dot_passes.map_or(peak, |p| int_peak / p as f64);
         let flops = 2.0 * (c.m * c.k * c.n) as f64;
         let bytes = c.bytes as f64;
         let roof = peak.min(bw * flops / bytes);
@@ -268,6 +278,7 @@ pub fn run(k: Kernels, as_json: bool, plan: Plan) -> Result<(), String> {
             "gflops": flops / secs / 1e9, "gbps": bytes / secs / 1e9,
             "roofline_gflops": roof / 1e9, "fraction_of_roofline": flops / secs / roof,
             "bound": if bw * flops / bytes < peak { "memory" } else { "compute" },
+            "compute_roof": match c.dot_passes { None => "fma", Some(1) => "int_dot", Some(_) => "int_dot_3_digits" },
             "streamed_seconds": streamed,
             "streamed_gbps": streamed.map(|t| bytes / t / 1e9),
             "streamed_fraction_of_roofline": streamed.map(|t| flops / t / roof),
@@ -303,7 +314,7 @@ pub fn run(k: Kernels, as_json: bool, plan: Plan) -> Result<(), String> {
         peak / 1e9
     );
     println!(
-        "w8a8 integer-dot peak ({}): {:.1} GOP/s (w8a8 rows use it as their compute roof; GFLOP/s there means GOP/s)",
+        "integer-dot peak ({}): {:.1} GOP/s (the compute roof of w8a8 rows, and a third of it of int8 rows where int8 runs on it: three byte digits per activation; GFLOP/s there means GOP/s)",
         k.int_dot_name(),
         int_peak / 1e9
     );
