@@ -329,7 +329,7 @@ impl Kernels {
         // (tile rows, words per row and group, one-row tile width, quantizer, kernel)
         let (max_mr, run, decode_cols, quantize_fn, matmul) = match (w.acts, t.int8) {
             (ActQuant::Int8, _) => (t.mr, 1, t.decode_cols, t.quantize, t.matmul),
-            (ActQuant::Int24, Some(q)) => (q.mr, 4, q.decode_cols, q.quantize, q.matmul),
+            (ActQuant::Int24, Some(q)) => (q.mr, crate::ops::matmul_q::WORDS24, q.decode_cols, q.quantize, q.matmul),
             (ActQuant::Int24, None) => panic!("matmul_kn: int8 weights packed for another ISA"),
         };
         let groups = k.div_ceil(w.format.kq);
