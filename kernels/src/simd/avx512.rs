@@ -249,12 +249,12 @@ impl IntDot24 for Vnni512 {
     fn digit_words(self, q: &[f32], out: &mut [i32]) {
         // Offset, then a 4 x 4 byte transpose within each group of four values (one 128-bit
         // lane): byte `i` of word `j` is byte `j` of value `i`.
-        // SAFETY: the token proves AVX-512F and BW are available (`vpshufb` on zmm is BW).
-        let (n, mask, offset) = (
-            q.len().min(out.len()) / 16 * 16,
-            unsafe { _mm512_broadcast_i32x4(_mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15)) },
-            unsafe { _mm512_set1_epi32(1 << 23) },
-        );
+        let n = q.len().min(out.len()) / 16 * 16;
+        // SAFETY: the token proves AVX-512F is available.
+        let (mask, offset) = unsafe {
+            let mask = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+            (_mm512_broadcast_i32x4(mask), _mm512_set1_epi32(1 << 23))
+        };
         for (o, g) in out[..n].chunks_exact_mut(16).zip(q[..n].chunks_exact(16)) {
             // SAFETY: `g` and `o` hold 16 values each (exact chunks); AVX-512BW proven by the
             // token. The conversion is exact: the values are integers below 2^23.

@@ -62,13 +62,10 @@ pub trait IntDot24: IntDot {
     /// each offset by 2^23 into `0..2^24`, `KQ` = 4 per group: for group `g`, `out[4g + j]` is
     /// the word of byte `j` of its four values (`j < 3`; `out[4g + 3]`, their zero top bytes,
     /// is 0). (A NaN, in a row whose scale is NaN anyway, gives arbitrary digits.)
-    #[inline(always)]
-    fn digit_words(self, q: &[f32], out: &mut [i32]) {
-        digit_words_of(q, out)
-    }
+    fn digit_words(self, q: &[f32], out: &mut [i32]);
 }
 
-/// [`IntDot24::digit_words`], one group of four at a time.
+/// [`IntDot24::digit_words`], one group of four at a time: the tail after an ISA's vectors.
 #[inline(always)]
 pub(crate) fn digit_words_of(q: &[f32], out: &mut [i32]) {
     for (o, g) in out.chunks_exact_mut(4).zip(q.chunks_exact(4)) {
