@@ -493,6 +493,48 @@ fn products_over_several_row_blocks() {
     }
 }
 
+/// On many threads a narrow product is cut by rows as well as columns (16 threads, 96 columns:
+/// two chunks of columns, each in two or three groups of rows). Every dtype's product, normed
+/// or not, is bitwise the same on 16 threads as on one, and each row equals itself alone.
+#[test]
+fn products_cut_by_rows_on_many_threads_equal_one_thread() {
+    let pool = |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let (many, one) = (pool(16), pool(1));
+    let ep = Epilogue { gelu: true, accumulate: false };
+    for (m, k, n) in [(130, 64, 96), (200, 300, 96), (150, 100, 700), (2, 768, 768), (1, 768, 768)] {
+        let (x, w, b) = (vals(m * k, 31 + m as u64), vals(k * n, 32), vals(n, 33));
+        let (gamma, beta) = (vals(k, 34), vals(k, 35));
+        let norm = Norm { gamma: &gamma, beta: &beta, eps: 1e-5 };
+        for kern in kernels() {
+            for dtype in WeightDtype::ALL {
+                let wp = kern.pack(&w, Layout::KN, k, n, dtype);
+                let product = |rows: &[f32], normed: bool| {
+                    let mut out = vec![f32::NAN; rows.len() / k * n];
+                    match normed {
+                        true => kern.matmul_kn_normed(rows, norm, &wp, Some(&b), &mut out, rows.len() / k, ep),
+                        false => kern.matmul_kn(rows, &wp, Some(&b), &mut out, rows.len() / k, ep),
+                    }
+                    out
+                };
+                for normed in [false, true] {
+                    let label = format!("M = {m}, N = {n} ({}, {dtype}, normed {normed})", kern.isa());
+                    let split = many.install(|| product(&x, normed));
+                    let whole = one.install(|| product(&x, normed));
+                    assert!(
+                        split.iter().zip(&whole).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{label}: 16 threads differ from one"
+                    );
+                    for i in [0, m / 2, m.saturating_sub(2), m - 1] {
+                        let alone = many.install(|| product(&x[i * k..][..k], normed));
+                        let same = alone.iter().zip(&split[i * n..][..n]).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{label}: row {i} differs from itself alone");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A product of zero rows is a no-op for every ISA and dtype, fused norm or not: a step whose
 /// sequences are all mid-prompt sends no row through the lm_head.
 #[test]

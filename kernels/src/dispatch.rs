@@ -29,7 +29,14 @@ pub fn kernels() -> Result<Kernels, String> {
 /// Below this many multiply-adds a product runs on the calling thread: a rayon fork costs
 /// microseconds, more than the work itself.
 const PAR_MIN_FLOPS: usize = 1 << 17;
-/// Column chunks are at least this wide, so a chunk amortises its start-up.
+/// Rows of a product are cut into groups of at least this many, since each group reads its
+/// panels' weights again. Cut into three groups of one register tile, a decode step's 32 rows
+/// ran 1.2-1.6x slower from memory on 16 threads than two-panel chunks of all 32 rows (two
+/// device runs, not side by side).
+const MIN_GROUP_ROWS: usize = 64;
+/// Column chunks are at least this wide (two AVX-512 panels), so a chunk amortises its
+/// start-up: one-panel chunks of a 768 x 768 product took 1.3-1.7x as long in cache on 16
+/// threads (two device runs, not side by side).
 const MIN_CHUNK: usize = 64;
 
 impl Kernels {
@@ -134,10 +141,14 @@ impl Kernels {
         };
         // One row: chunks of whole decode tiles, so every chunk streams several panels at once.
         let align = if m == 1 { self.table.kn_decode_cols } else { self.table.kn_nr };
-        for_column_chunks(&mut out[..m * n], dims, align, |col0, rows| {
-            let a = MatmulKn { x, x_mr, k, w, n, bias, col0, gelu: epilogue.gelu, accumulate: epilogue.accumulate };
+        let cuts = Cuts { align, panel: self.table.kn_nr, row_block: x_mr };
+        for_chunks(&mut out[..m * n], dims, cuts, |c| {
+            // A chunk's rows start on a block of `x_mr` rows: block `row0 / x_mr` is at `row0 * k`.
+            let x = &x[c.row0 * k..];
+            let a =
+                MatmulKn { x, x_mr, k, w, n, bias, col0: c.col0, gelu: epilogue.gelu, accumulate: epilogue.accumulate };
             // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
-            unsafe { f(&a, rows) }
+            unsafe { f(&a, &mut c.rows) }
         });
     }
 
@@ -352,23 +363,26 @@ impl Kernels {
             quantize(x, &mut words, &mut x_scale);
         }
         let align = if m == 1 { decode_cols } else { w.format.nr };
-        for_column_chunks(&mut out[..m * n], dims, align, |col0, rows| {
+        // Rows are split only in whole blocks of `mr` (24-bit activations of one row are a
+        // block of one, and one row is never split).
+        let row_block = if m > 1 { mr } else { 0 };
+        for_chunks(&mut out[..m * n], dims, Cuts { align, panel: w.format.nr, row_block }, |c| {
             let a = MatmulQ {
-                x: &words,
+                x: &words[c.row0 * groups * run..],
                 x_mr: mr,
-                x_scale: &x_scale,
+                x_scale: &x_scale[c.row0..],
                 groups,
                 w: w.q,
                 w_scale: w.scale,
                 corr: w.corr,
                 n,
                 bias,
-                col0,
+                col0: c.col0,
                 gelu: epilogue.gelu,
                 accumulate: epilogue.accumulate,
             };
             // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
-            unsafe { matmul(&a, rows) }
+            unsafe { matmul(&a, &mut c.rows) }
         });
     }
 }
@@ -489,27 +503,123 @@ fn interleave(src: &[f32], k: usize, mr: usize, block: &mut [f32]) {
     }
 }
 
-/// Splits `out` (`[m, n]` row-major) into column chunks, hands each chunk to `f` as its rows'
-/// sub-slices (`f(col0, rows)`), in parallel when the product is big enough. Chunks start on
-/// multiples of `align` (the packed panel width). Chunk boundaries never change the arithmetic
-/// (see the batch-invariance contract in `ops/matmul.rs`).
-fn for_column_chunks(out: &mut [f32], dims: Dims, align: usize, f: impl Fn(usize, &mut [&mut [f32]]) + Sync) {
+/// How a product's output may be cut into chunks: columns at multiples of `align` (the tile
+/// width the kernel prefers: several panels for one row), or of `panel` when that leaves
+/// threads idle; rows at multiples of `row_block` (the packed activations' block height; 0:
+/// rows are not split).
+#[derive(Clone, Copy)]
+struct Cuts {
+    align: usize,
+    panel: usize,
+    row_block: usize,
+}
+
+/// One chunk of a product's output: its first row and column, and its rows' sub-slices.
+struct Chunk<'a> {
+    row0: usize,
+    col0: usize,
+    rows: Vec<&'a mut [f32]>,
+}
+
+/// Splits `out` (`[m, n]` row-major) into a grid of chunks and hands each to `f`, in parallel
+/// when the product is big enough. Columns are cut first (each weight panel is then read by
+/// one thread); rows too when there are too few columns to keep every thread busy (many cores,
+/// a narrow product: 768 columns are 24 panels of 32 for 16 threads). Chunk boundaries never
+/// change the arithmetic (see the batch-invariance contract in `ops/matmul.rs`).
+fn for_chunks(out: &mut [f32], dims: Dims, cuts: Cuts, f: impl Fn(&mut Chunk) + Sync) {
     let Dims { m, k, n } = dims;
     if m == 0 || n == 0 {
         return;
     }
     let threads = rayon::current_num_threads();
-    let chunks = if m * n * k < PAR_MIN_FLOPS || threads == 1 { 1 } else { (threads * 4).min(n.div_ceil(MIN_CHUNK)) };
-    let width = n.div_ceil(chunks.max(1)).div_ceil(align) * align;
-    let mut tasks: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(width)).map(|_| Vec::with_capacity(m)).collect();
-    for row in out.chunks_mut(n) {
-        for (t, piece) in row.chunks_mut(width).enumerate() {
-            tasks[t].push(piece);
+    let (width, height) = if m * n * k < PAR_MIN_FLOPS || threads == 1 { (n, m) } else { grid(m, n, threads, cuts) };
+    let cols = n.div_ceil(width);
+    let mut chunks: Vec<Chunk> = (0..m.div_ceil(height) * cols)
+        .map(|c| Chunk { row0: c / cols * height, col0: c % cols * width, rows: Vec::with_capacity(height.min(m)) })
+        .collect();
+    for (r, row) in out.chunks_mut(n).enumerate() {
+        for (c, piece) in row.chunks_mut(width).enumerate() {
+            chunks[r / height * cols + c].rows.push(piece);
         }
     }
-    if tasks.len() == 1 {
-        f(0, &mut tasks[0]);
+    if chunks.len() == 1 {
+        f(&mut chunks[0]);
     } else {
-        tasks.par_iter_mut().enumerate().for_each(|(t, rows)| f(t * width, rows));
+        chunks.par_iter_mut().for_each(&f);
+    }
+}
+
+/// `(columns, rows)` of each chunk for `threads` threads: about four chunks a thread (so a
+/// late thread costs little) of at least `MIN_CHUNK` columns, `align`-wide; narrower (whole
+/// panels) when whole decode tiles would leave threads without a chunk; and groups of rows
+/// when the columns alone give too few chunks.
+fn grid(m: usize, n: usize, threads: usize, cuts: Cuts) -> (usize, usize) {
+    let Cuts { align, panel, row_block } = cuts;
+    let target = threads * 4;
+    let width_for = |a: usize| n.div_ceil(target.min(n.div_ceil(MIN_CHUNK))).div_ceil(a) * a;
+    let mut width = width_for(align);
+    if n.div_ceil(width) < threads {
+        width = width_for(panel);
+    }
+    let cols = n.div_ceil(width);
+    if row_block == 0 || cols >= 2 * threads {
+        return (width, m);
+    }
+    // Every group of rows reads all its panels' weights again: groups of `MIN_GROUP_ROWS` or more.
+    let blocks = m.div_ceil(row_block);
+    match blocks.min(target.div_ceil(cols)).min(m / MIN_GROUP_ROWS) {
+        0 | 1 => (width, m),
+        groups => (width, blocks.div_ceil(groups) * row_block),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// AVX-512's shapes: 32-column panels, decode tiles of 128 columns, blocks of up to 12 rows.
+    fn cuts(m: usize) -> Cuts {
+        let row_block = if m > 1 { balanced_tile(m, 12) } else { 0 };
+        Cuts { align: if m == 1 { 128 } else { 32 }, panel: 32, row_block }
+    }
+
+    fn chunks(m: usize, n: usize, threads: usize) -> usize {
+        let (w, h) = grid(m, n, threads, cuts(m));
+        n.div_ceil(w) * m.div_ceil(h)
+    }
+
+    #[test]
+    fn two_threads_cut_gpt2_products_by_columns_only() {
+        for n in [768, 2304, 3072, 50257] {
+            for m in [1, 8, 32, 512] {
+                let (w, h) = grid(m, n, 2, cuts(m));
+                assert_eq!(h, m, "M = {m}, N = {n}");
+                assert!(n.div_ceil(w) >= 6, "M = {m}, N = {n}: {} column chunks", n.div_ceil(w));
+            }
+        }
+        // As before the grid could cut rows: about eight chunks, of whole decode tiles for one row.
+        for n in [768, 2304, 3072, 50257] {
+            for m in [1, 8, 32, 512] {
+                let align = cuts(m).align;
+                assert_eq!(grid(m, n, 2, cuts(m)).0, n.div_ceil(8.min(n.div_ceil(64))).div_ceil(align) * align);
+            }
+        }
+    }
+
+    #[test]
+    fn sixteen_threads_get_work_from_narrow_products() {
+        // 768 columns are 24 panels: one row drops to two-panel chunks, more rows add row groups.
+        assert_eq!(grid(1, 768, 16, cuts(1)), (64, 1));
+        // 72 panels make 18 decode tiles: enough to keep whole tiles.
+        assert_eq!(grid(1, 2304, 16, cuts(1)), (128, 1));
+        assert_eq!(grid(32, 768, 16, cuts(32)), (64, 32));
+        assert_eq!(chunks(128, 768, 16), 24);
+        assert_eq!(chunks(512, 768, 16), 72);
+        // Wide products are cut by columns only.
+        assert_eq!(grid(512, 3072, 16, cuts(512)).1, 512);
+        // Row groups are whole blocks (here 17 blocks of 12 rows: 6, 6 and 5 of them), and
+        // none is cut below 64 rows.
+        assert_eq!(grid(200, 96, 16, cuts(200)), (64, 72));
+        assert_eq!(grid(127, 96, 16, cuts(127)).1, 127);
     }
 }
