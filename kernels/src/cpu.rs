@@ -2,6 +2,7 @@
 //!
 //! Uses `is_x86_feature_detected!`, which also checks that the OS saves the wide registers.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -77,5 +78,84 @@ impl FromStr for Isa {
 impl fmt::Display for Isa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// Threads to run the kernels on by default: one per physical core this process may use
+/// (SMT siblings share a core's FMA units, so a second thread per core adds chunks and
+/// synchronisation, not arithmetic; llama.cpp, ONNX Runtime and PyTorch default the same way),
+/// and no more than `available_parallelism` (which also counts cgroup CPU quotas).
+pub fn default_threads() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    threads_for(logical, physical_cores())
+}
+
+fn threads_for(logical: usize, physical: Option<usize>) -> usize {
+    physical.map_or(logical, |p| p.min(logical)).max(1)
+}
+
+/// Distinct physical cores (package, core) among the CPUs this process may run on, from
+/// Linux's `/proc` and `/sys`; `None` where they cannot be read.
+pub fn physical_cores() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let allowed = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+    let mut cores = HashSet::new();
+    for cpu in parse_cpu_list(allowed)? {
+        let read = |file: &str| {
+            let path = format!("/sys/devices/system/cpu/cpu{cpu}/topology/{file}");
+            std::fs::read_to_string(path).ok().map(|v| v.trim().to_owned())
+        };
+        cores.insert((read("physical_package_id")?, read("core_id")?));
+    }
+    (!cores.is_empty()).then_some(cores.len())
+}
+
+/// The CPUs of a Linux CPU list such as `0-3,8,10-11`; `None` if it is malformed.
+fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let (first, last): (usize, usize) = (first.parse().ok()?, last.parse().ok()?);
+                if first > last {
+                    return None;
+                }
+                cpus.extend(first..=last);
+            }
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_parse_as_linux_writes_them() {
+        assert_eq!(parse_cpu_list("0-3,8,10-11\n"), Some(vec![0, 1, 2, 3, 8, 10, 11]));
+        assert_eq!(parse_cpu_list("5"), Some(vec![5]));
+        assert_eq!(parse_cpu_list(""), Some(vec![]));
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("0-x"), None);
+    }
+
+    #[test]
+    fn threads_are_physical_cores_within_the_allowed_cpus() {
+        assert_eq!(threads_for(32, Some(16)), 16);
+        // A cgroup quota below the core count wins; an unreadable topology keeps every CPU.
+        assert_eq!(threads_for(4, Some(16)), 4);
+        assert_eq!(threads_for(8, None), 8);
+        assert_eq!(threads_for(1, Some(0)), 1);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn this_machine_reports_its_cores() {
+        let cores = physical_cores().expect("Linux exposes the CPU topology");
+        let logical = std::thread::available_parallelism().unwrap().get();
+        assert!(cores >= 1);
+        assert!((1..=logical).contains(&default_threads()));
     }
 }

@@ -234,12 +234,24 @@ fn main() -> ExitCode {
 /// inside the pool: called from an outside thread, each kernel is a job injected into the pool
 /// while the caller sleeps on a latch (two context switches per call, ~60 calls per token).
 fn in_pool<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, String> {
-    let pool = rayon::ThreadPoolBuilder::new().build().map_err(|e| format!("cannot start the thread pool: {e}"))?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .build()
+        .map_err(|e| format!("cannot start the thread pool: {e}"))?;
     Ok(pool.install(f))
 }
 
 fn run(cli: Cli) -> CliResult {
     let kernels = select_kernels(cli.isa.as_deref())?;
+    // One thread per physical core unless RAYON_NUM_THREADS says otherwise (rayon's own default
+    // is every logical CPU). The engine's pools and `in_pool` take the global pool's width.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = inferneo_kernels::default_threads();
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .map_err(|e| format!("cannot start {threads} threads: {e}"))?;
+    }
     match cli.command {
         Command::Serve(a) => serve::run(a, kernels),
         Command::Bench(a) => bench::run(*a, kernels),

@@ -177,6 +177,10 @@ fn roofline_json_has_every_figure() {
         assert!(v.get(key).is_some(), "missing {key}");
     }
     assert!(v["read_bandwidth_gbps"].as_f64().unwrap() > 0.1 && v["fma_peak_gflops"].as_f64().unwrap() > 0.1);
+    // One thread per physical core unless RAYON_NUM_THREADS says otherwise.
+    let threads =
+        std::env::var("RAYON_NUM_THREADS").map_or(inferneo_kernels::default_threads(), |v| v.parse().unwrap());
+    assert_eq!(v["threads"], threads);
     assert!(v["int_dot_peak_gops"].as_f64().unwrap() > 0.1 && v["int_dot_instruction"].is_string());
     let rows = v["kernels"].as_array().unwrap();
     // int8 and w8a8 are measured at every M, like f32; w8a8 against the integer-dot peak, int8
