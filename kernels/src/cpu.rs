@@ -95,18 +95,19 @@ fn threads_for(logical: usize, physical: Option<usize>) -> usize {
 }
 
 /// Distinct physical cores (package, core) among the CPUs this process may run on, from
-/// Linux's `/proc` and `/sys`; `None` where they cannot be read.
+/// Linux's `/proc` and `/sys`; `None` where they cannot be read. CPUs without a readable
+/// topology (offline ones, which an affinity mask may still list) are not counted.
 pub fn physical_cores() -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let allowed = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
-    let mut cores = HashSet::new();
-    for cpu in parse_cpu_list(allowed)? {
-        let read = |file: &str| {
-            let path = format!("/sys/devices/system/cpu/cpu{cpu}/topology/{file}");
-            std::fs::read_to_string(path).ok().map(|v| v.trim().to_owned())
-        };
-        cores.insert((read("physical_package_id")?, read("core_id")?));
-    }
+    let read = |cpu: usize, file: &str| {
+        let path = format!("/sys/devices/system/cpu/cpu{cpu}/topology/{file}");
+        std::fs::read_to_string(path).ok().map(|v| v.trim().to_owned())
+    };
+    let cores: HashSet<(String, String)> = parse_cpu_list(allowed)?
+        .into_iter()
+        .filter_map(|cpu| Some((read(cpu, "physical_package_id")?, read(cpu, "core_id")?)))
+        .collect();
     (!cores.is_empty()).then_some(cores.len())
 }
 
