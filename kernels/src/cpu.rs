@@ -83,8 +83,9 @@ impl fmt::Display for Isa {
 
 /// Threads to run the kernels on by default: one per physical core this process may use
 /// (SMT siblings share a core's FMA units, so a second thread per core adds chunks and
-/// synchronisation, not arithmetic; llama.cpp, ONNX Runtime and PyTorch default the same way),
-/// and no more than `available_parallelism` (which also counts cgroup CPU quotas).
+/// synchronisation, not arithmetic; llama.cpp, ONNX Runtime and PyTorch default the same way;
+/// not measured here, as neither machine this was built on has SMT), and no more than
+/// `available_parallelism` (which also counts cgroup CPU quotas).
 pub fn default_threads() -> usize {
     let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
     threads_for(logical, physical_cores())
@@ -152,11 +153,14 @@ mod tests {
     }
 
     #[test]
-    #[cfg(target_os = "linux")]
-    fn this_machine_reports_its_cores() {
-        let cores = physical_cores().expect("Linux exposes the CPU topology");
+    fn the_default_is_within_the_available_cpus() {
         let logical = std::thread::available_parallelism().unwrap().get();
-        assert!(cores >= 1);
-        assert!((1..=logical).contains(&default_threads()));
+        match physical_cores() {
+            Some(cores) => assert_eq!(default_threads(), cores.min(logical)),
+            None => {
+                eprintln!("NOTICE: no readable CPU topology here: the default is every available CPU");
+                assert_eq!(default_threads(), logical);
+            }
+        }
     }
 }
