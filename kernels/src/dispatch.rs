@@ -29,7 +29,7 @@ pub fn kernels() -> Result<Kernels, String> {
 /// Below this many multiply-adds a product runs on the calling thread: a rayon fork costs
 /// microseconds, more than the work itself.
 const PAR_MIN_FLOPS: usize = 1 << 17;
-/// Rows of a product are cut into groups of at least this many, since each group reads its
+/// Rows of a product are cut into groups of this many or more on average, since each reads its
 /// panels' weights again. Cut into three groups of one register tile, a decode step's 32 rows
 /// ran 1.2-1.6x slower from memory on 16 threads than two-panel chunks of all 32 rows (two
 /// device runs, not side by side).
@@ -565,7 +565,7 @@ fn grid(m: usize, n: usize, threads: usize, cuts: Cuts) -> (usize, usize) {
     if row_block == 0 || cols >= 2 * threads {
         return (width, m);
     }
-    // Every group of rows reads all its panels' weights again: groups of `MIN_GROUP_ROWS` or more.
+    // Every group of rows reads all its panels' weights again: `MIN_GROUP_ROWS` or more each, on average.
     let blocks = m.div_ceil(row_block);
     match blocks.min(target.div_ceil(cols)).min(m / MIN_GROUP_ROWS) {
         0 | 1 => (width, m),
