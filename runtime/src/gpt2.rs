@@ -283,7 +283,7 @@ impl Gpt2 {
         // once, contiguously. Rows alone give enough tasks for batches; a lone sequence's
         // row is split into head groups, as few as give every thread one: the longer each
         // token's contiguous run, the faster the cache streams. (Two groups a thread, 3 heads
-        // each on 2 threads, made batch-1 w8a8 decode 1.03-1.75x slower at 500-950 positions.)
+        // each on 2 threads, made batch-1 w8a8 decode 1.03-1.74x slower at 500-950 positions.)
         let want = rayon::current_num_threads().div_ceil(rows.len().max(1));
         let groups = (1..=nh).find(|&g| nh % g == 0 && g >= want).unwrap_or(nh);
         let per = nh / groups;
