@@ -363,10 +363,8 @@ impl Kernels {
             quantize(x, &mut words, &mut x_scale);
         }
         let align = if m == 1 { decode_cols } else { w.format.nr };
-        // Rows are split only in whole blocks of `mr` (24-bit activations of one row are a
-        // block of one, and one row is never split).
-        let row_block = if m > 1 { mr } else { 0 };
-        for_chunks(&mut out[..m * n], dims, Cuts { align, panel: w.format.nr, row_block }, |c| {
+        // Rows are split only in whole blocks of `mr` (one row never is: see `grid`).
+        for_chunks(&mut out[..m * n], dims, Cuts { align, panel: w.format.nr, row_block: mr }, |c| {
             let a = MatmulQ {
                 x: &words[c.row0 * groups * run..],
                 x_mr: mr,
@@ -595,13 +593,10 @@ mod tests {
                 let (w, h) = grid(m, n, 2, cuts(m));
                 assert_eq!(h, m, "M = {m}, N = {n}");
                 assert!(n.div_ceil(w) >= 6, "M = {m}, N = {n}: {} column chunks", n.div_ceil(w));
-            }
-        }
-        // As before the grid could cut rows: about eight chunks, of whole decode tiles for one row.
-        for n in [768, 2304, 3072, 50257] {
-            for m in [1, 8, 32, 512] {
+                // As before the grid could cut rows: about eight chunks, of whole decode tiles
+                // for one row.
                 let align = cuts(m).align;
-                assert_eq!(grid(m, n, 2, cuts(m)).0, n.div_ceil(8.min(n.div_ceil(64))).div_ceil(align) * align);
+                assert_eq!(w, n.div_ceil(8.min(n.div_ceil(64))).div_ceil(align) * align);
             }
         }
     }
