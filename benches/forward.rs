@@ -1,6 +1,6 @@
 //! End-to-end forward pass of the GPT-2 124M shape: prefill (time to first token for a 50-token
 //! prompt) and decode (one token over a 50-token cache), separately, after criterion's warm-up,
-//! for every weight dtype, each pass run on a rayon pool worker (as the engine runs it).
+//! for every weight dtype, each pass run with a kernel team (as the engine runs it).
 //!
 //! `cargo bench --bench forward`
 
@@ -16,9 +16,9 @@ fn forward(c: &mut Criterion) {
 fn forward_dtype(c: &mut Criterion, dtype: WeightDtype) {
     let model = Gpt2::random(Preset::Gpt2, 0, inferneo_kernels::kernels().unwrap(), dtype);
     let prompt: Vec<u32> = (0..50).map(|i| (i * 389 + 11) % 50257).collect();
-    // Each forward pass runs on a pool worker, as the engine's do: from the bench's own thread
-    // every kernel would be a job injected into the pool (two context switches per call).
-    let pool = rayon::ThreadPoolBuilder::new().build().unwrap();
+    // Each forward pass runs with a kernel team installed on the bench's thread, as the
+    // engine's do.
+    let pool = inferneo_kernels::Team::new(rayon::current_num_threads()).unwrap();
     let mut g = c.benchmark_group(format!("gpt2_124m/{dtype}"));
     g.sample_size(10);
     g.throughput(Throughput::Elements(50));

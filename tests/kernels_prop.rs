@@ -5,7 +5,9 @@
 mod common;
 
 use common::available_kernels;
-use inferneo_kernels::{reference, Attention, Epilogue, Kernels, KvView, Layout, Norm, PackedKn, Panels, WeightDtype};
+use inferneo_kernels::{
+    reference, Attention, Epilogue, Kernels, KvView, Layout, Norm, PackedKn, Panels, Team, WeightDtype,
+};
 use proptest::prelude::*;
 
 /// Relative tolerance for f32 reductions vs the f64 oracle, scaled by the sum of |terms|.
@@ -495,11 +497,13 @@ fn products_over_several_row_blocks() {
 
 /// On many threads a narrow product is cut by rows as well as columns (16 threads, 96 columns:
 /// two chunks of columns, each in two or three groups of rows). Every dtype's product, normed
-/// or not, is bitwise the same on 16 threads as on one, and each row equals itself alone.
+/// or not, is bitwise the same on 16 threads (a kernel team's and rayon's) as on one, and each
+/// row equals itself alone.
 #[test]
 fn products_cut_by_rows_on_many_threads_equal_one_thread() {
     let pool = |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     let (many, one) = (pool(16), pool(1));
+    let team = Team::new(16).unwrap();
     let ep = Epilogue { gelu: true, accumulate: false };
     for (m, k, n) in [(130, 64, 96), (200, 300, 96), (150, 100, 700), (2, 768, 768), (1, 768, 768)] {
         let (x, w, b) = (vals(m * k, 31 + m as u64), vals(k * n, 32), vals(n, 33));
@@ -520,9 +524,14 @@ fn products_cut_by_rows_on_many_threads_equal_one_thread() {
                     let label = format!("M = {m}, N = {n} ({}, {dtype}, normed {normed})", kern.isa());
                     let split = many.install(|| product(&x, normed));
                     let whole = one.install(|| product(&x, normed));
+                    let teamed = team.install(|| product(&x, normed));
                     assert!(
                         split.iter().zip(&whole).all(|(a, b)| a.to_bits() == b.to_bits()),
                         "{label}: 16 threads differ from one"
+                    );
+                    assert!(
+                        teamed.iter().zip(&whole).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{label}: a 16-thread team differs from one thread"
                     );
                     for i in [0, m / 2, m.saturating_sub(2), m - 1] {
                         let alone = many.install(|| product(&x[i * k..][..k], normed));

@@ -5,8 +5,8 @@
 
 use crate::cpu::Isa;
 use crate::isa::{self, Table};
+use crate::team;
 use crate::{ActQuant, Attention, Layout, MatmulKn, MatmulQ, PackedKn, Panels, QFormat, WeightDtype};
-use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 use std::thread::LocalKey;
@@ -355,10 +355,10 @@ impl Kernels {
         if mr > 0 && pack_in_parallel(m * k) {
             // Each block of `mr` rows is quantized and interleaved on its own (as the rows are
             // packed for the float kernels).
-            let blocks = words.par_chunks_mut(mr * groups * run).zip(x_scale.par_chunks_mut(mr));
-            blocks
-                .enumerate()
-                .for_each(|(b, (words, scales))| quantize(&x[b * mr * k..][..scales.len() * k], words, scales));
+            let mut blocks: Vec<_> = words.chunks_mut(mr * groups * run).zip(x_scale.chunks_mut(mr)).collect();
+            team::for_each_mut(&mut blocks, |b, (words, scales)| {
+                quantize(&x[b * mr * k..][..scales.len() * k], words, scales)
+            });
         } else {
             quantize(x, &mut words, &mut x_scale);
         }
@@ -403,7 +403,7 @@ impl Kernels {
         let m = x.len() / k.max(1);
         let len = m.div_ceil(mr) * mr * k;
         let mut buf = Spare::take(&SPARE_ROWS, len);
-        let pack_block = |normed: &mut Vec<f32>, (b, block): (usize, &mut [f32])| {
+        let pack_block = |normed: &mut Vec<f32>, b: usize, block: &mut [f32]| {
             let rows = mr.min(m - b * mr);
             let src = &x[b * mr * k..][..rows * k];
             match norm {
@@ -421,10 +421,11 @@ impl Kernels {
         };
         let blocks = &mut buf[..];
         if pack_in_parallel(m * k) {
-            blocks.par_chunks_exact_mut(mr * k).enumerate().for_each_init(Vec::new, pack_block);
+            let mut blocks: Vec<&mut [f32]> = blocks.chunks_exact_mut(mr * k).collect();
+            team::for_each_mut(&mut blocks, |b, block| NORMED.with_borrow_mut(|normed| pack_block(normed, b, block)));
         } else {
             let mut normed = Vec::new();
-            blocks.chunks_exact_mut(mr * k).enumerate().for_each(|b| pack_block(&mut normed, b));
+            blocks.chunks_exact_mut(mr * k).enumerate().for_each(|(b, block)| pack_block(&mut normed, b, block));
         }
         buf
     }
@@ -433,7 +434,7 @@ impl Kernels {
 /// Whether `values` activations are enough to pack (or quantize) in parallel: below 2^16 the
 /// fork costs more than it saves.
 fn pack_in_parallel(values: usize) -> bool {
-    values >= 1 << 16 && rayon::current_num_threads() > 1
+    values >= 1 << 16 && team::threads() > 1
 }
 
 /// Largest buffer (elements) a thread keeps for its next product.
@@ -445,6 +446,8 @@ thread_local! {
     static SPARE_ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The same for `w8a8`'s quantized activation words.
     static SPARE_WORDS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+    /// A block's layer-normed rows before they are interleaved (a parallel pack's scratch).
+    static NORMED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The first `len` values of a buffer borrowed from one of this thread's spares, handed back
@@ -529,7 +532,7 @@ fn for_chunks(out: &mut [f32], dims: Dims, cuts: Cuts, f: impl Fn(&mut Chunk) + 
     if m == 0 || n == 0 {
         return;
     }
-    let threads = rayon::current_num_threads();
+    let threads = team::threads();
     let (width, height) = if m * n * k < PAR_MIN_FLOPS || threads == 1 { (n, m) } else { grid(m, n, threads, cuts) };
     let cols = n.div_ceil(width);
     let mut chunks: Vec<Chunk> = (0..m.div_ceil(height) * cols)
@@ -540,11 +543,7 @@ fn for_chunks(out: &mut [f32], dims: Dims, cuts: Cuts, f: impl Fn(&mut Chunk) + 
             chunks[r / height * cols + c].rows.push(piece);
         }
     }
-    if chunks.len() == 1 {
-        f(&mut chunks[0]);
-    } else {
-        chunks.par_iter_mut().for_each(&f);
-    }
+    team::for_each_mut(&mut chunks, |_, c| f(c));
 }
 
 /// `(columns, rows)` of each chunk for `threads` threads: about four chunks a thread (so a

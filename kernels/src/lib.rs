@@ -16,11 +16,13 @@ mod ops;
 mod pack;
 pub mod reference;
 mod simd;
+pub mod team;
 
 pub use buffer::HugeBuf;
 pub use cpu::{default_threads, Isa, ISA_ENV};
 pub use dispatch::{kernels, Dims, Epilogue, Kernels, Norm};
 pub use pack::{ActQuant, Layout, PackedKn, Panels, QFormat, WeightDtype};
+pub use team::Team;
 
 /// Arguments of one column chunk of `y = x · W (+ b) (+ y)`, `W` packed (see [`PackedKn`]).
 pub struct MatmulKn<'a> {

@@ -10,7 +10,7 @@ use crate::kv_cache::{KvDtype, KvPool, BLOCK_TOKENS};
 use crate::sampling::Sampler;
 use crate::scheduler::{Limits, Scheduler};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
-use rayon::prelude::*;
+use inferneo_kernels::{team, Team};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -130,21 +130,15 @@ impl Engine {
             stats: stats.clone(),
             rx,
         };
-        // The engine loop runs on a worker of its own pool (by default as many threads as the
-        // process-wide one), so each parallel kernel is forked from inside the pool: the loop's
-        // thread takes part in the work. Run from a thread outside the pool, every kernel
-        // call was a job injected into it while the calling thread slept on a latch: two
-        // context switches per call, ~60 calls per token (at batch 1, int8: 9.7-10.3 ms per
-        // token through the engine against 5.4 ms for the bare forward pass).
+        // The engine thread runs every parallel loop with a team of its own (by default as
+        // many threads as rayon's process-wide pool) whose helpers spin between loops: the
+        // loop's thread takes part in the work, and no kernel call waits for a sleeping thread
+        // to wake (see `inferneo_kernels::team`).
         let n = settings.threads.unwrap_or_else(rayon::current_num_threads).max(1);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .thread_name(|i| format!("inferneo-kernel-{i}"))
-            .build()
-            .map_err(|e| Error::Invalid(format!("cannot start {n} threads: {e}")))?;
+        let team = Team::new(n).map_err(|e| Error::Invalid(format!("cannot start {n} threads: {e}")))?;
         let thread = std::thread::Builder::new()
             .name("inferneo-engine".into())
-            .spawn(move || pool.install(|| worker.run()))
+            .spawn(move || team.install(|| worker.run()))
             .map_err(|e| Error::Invalid(format!("cannot start the engine thread: {e}")))?;
         Ok(Engine { tx, next_id: AtomicU64::new(1), stats, thread: Some(thread), config: config_copy, max_blocks })
     }
@@ -318,17 +312,16 @@ impl Worker {
         let top_n: Vec<usize> =
             samplers.iter().map(|(id, _)| self.reqs.get(id).map_or(0, |l| l.top_logprobs)).collect();
         let kernels = self.model.kernels();
-        let picked: Vec<Pick> = samplers
-            .par_iter_mut()
-            .zip(top_n)
-            .map(|((id, sampler), n)| {
-                let row = rows.iter().position(|r| r == id).expect("sampled row");
-                let l = &logits[row * vocab..][..vocab];
-                let token = sampler.sample(l);
-                let lse = log_sum_exp(kernels, l);
-                (token, l[token as usize] - lse, top_logprobs(l, n, lse))
-            })
-            .collect();
+        let mut picks: Vec<(&mut (u64, Sampler), usize, Option<Pick>)> =
+            samplers.iter_mut().zip(top_n).map(|(s, n)| (s, n, None)).collect();
+        team::for_each_mut(&mut picks, |_, ((id, sampler), n, pick)| {
+            let row = rows.iter().position(|r| r == id).expect("sampled row");
+            let l = &logits[row * vocab..][..vocab];
+            let token = sampler.sample(l);
+            let lse = log_sum_exp(kernels, l);
+            *pick = Some((token, l[token as usize] - lse, top_logprobs(l, *n, lse)));
+        });
+        let picked: Vec<Pick> = picks.into_iter().map(|(_, _, p)| p.expect("every row sampled")).collect();
         for ((id, sampler), (token, logprob, top)) in samplers.into_iter().zip(picked) {
             if let Some(live) = self.reqs.get_mut(&id) {
                 live.sampler = sampler;

@@ -11,8 +11,7 @@ use crate::error::{Error, Result};
 use crate::init::{Preset, RandomWeights};
 use crate::kv_cache::{BlockTable, KvCache, KvPool, LayerBlocks};
 use crate::weights::{SafetensorsFile, Tensor, WeightSource};
-use inferneo_kernels::{Attention, Epilogue, Kernels, Layout, Norm, PackedKn, WeightDtype};
-use rayon::prelude::*;
+use inferneo_kernels::{team, Attention, Epilogue, Kernels, Layout, Norm, PackedKn, WeightDtype};
 use std::path::Path;
 
 /// Seed of the embedded default model's random weights.
@@ -284,12 +283,13 @@ impl Gpt2 {
         // row is split into head groups, as few as give every thread one: the longer each
         // token's contiguous run, the faster the cache streams. (Two groups a thread, 3 heads
         // each on 2 threads, made batch-1 w8a8 decode 1.03-1.74x slower at 500-950 positions.)
-        let want = rayon::current_num_threads().div_ceil(rows.len().max(1));
+        let want = team::threads().div_ceil(rows.len().max(1));
         let groups = (1..=nh).find(|&g| nh % g == 0 && g >= want).unwrap_or(nh);
         let per = nh / groups;
-        att.par_chunks_mut(per * hd).enumerate().for_each_init(
-            || vec![0.0f32; per * c.n_positions],
-            |scores, (idx, out)| {
+        let mut tasks: Vec<&mut [f32]> = att.chunks_mut(per * hd).collect();
+        team::for_each_mut(&mut tasks, |idx, out| {
+            SCORES.with_borrow_mut(|scores| {
+                scores.resize(per * c.n_positions, 0.0);
                 let (r, group) = (idx / groups, idx % groups);
                 let (si, pos) = rows[r];
                 let head_offset = group * per * hd;
@@ -308,7 +308,12 @@ impl Gpt2 {
                     }
                     _ => unreachable!("keys and values share the pool's dtype"),
                 }
-            },
-        );
+            })
+        });
     }
+}
+
+thread_local! {
+    /// A thread's attention scores for one task's heads (its size: heads x the context).
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }

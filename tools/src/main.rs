@@ -8,7 +8,7 @@ mod serve;
 mod throughput;
 
 use clap::{Args, Parser, Subcommand};
-use inferneo_kernels::{Isa, Kernels};
+use inferneo_kernels::{Isa, Kernels, Team};
 use inferneo_runtime::init::{self, Preset, StoreDtype};
 use inferneo_runtime::scheduler::Limits;
 use inferneo_runtime::tokenizer::IncrementalDecoder;
@@ -230,15 +230,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs `f` on a worker of a pool as wide as the default one, so the kernels it calls fork from
-/// inside the pool: called from an outside thread, each kernel is a job injected into the pool
-/// while the caller sleeps on a latch (two context switches per call, ~60 calls per token).
-fn in_pool<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, String> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(rayon::current_num_threads())
-        .build()
-        .map_err(|e| format!("cannot start the thread pool: {e}"))?;
-    Ok(pool.install(f))
+/// Runs `f` with a kernel team as wide as the default pool installed on this thread, as the
+/// engine runs its steps (see `inferneo_kernels::team`).
+fn in_pool<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let team = Team::new(rayon::current_num_threads()).map_err(|e| format!("cannot start the kernel threads: {e}"))?;
+    Ok(team.install(f))
 }
 
 fn run(cli: Cli) -> CliResult {
@@ -272,8 +268,7 @@ fn run(cli: Cli) -> CliResult {
             println!("{}", tok.decode(&ids).map_err(|e| e.to_string())?);
             Ok(())
         }
-        // On a pool worker, as the engine calls its kernels: a small product called from outside
-        // the pool would also time the wake-up of a sleeping caller.
+        // With a kernel team, as the engine calls its kernels.
         Command::Roofline(a) => in_pool(|| {
             roofline::run(
                 kernels,

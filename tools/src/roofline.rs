@@ -2,11 +2,10 @@
 //! shapes as a fraction of the roofline `min(peak, bandwidth x arithmetic intensity)`.
 //!
 //! Every figure is the best of several timed repetitions (the machines are noisy; the best run
-//! is the one least disturbed). Threads: all cores, measured from a worker of the pool as the
-//! engine calls its kernels.
+//! is the one least disturbed). Threads: all cores, a team installed on the calling thread as
+//! the engine runs its kernels.
 
-use inferneo_kernels::{ActQuant, Epilogue, HugeBuf, Kernels, Layout, PackedKn, Panels, WeightDtype};
-use rayon::prelude::*;
+use inferneo_kernels::{team, ActQuant, Epilogue, HugeBuf, Kernels, Layout, PackedKn, Panels, WeightDtype};
 use serde_json::json;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -39,11 +38,14 @@ pub fn read_bandwidth(k: Kernels, bytes: usize, huge_pages: bool) -> f64 {
         small = vec![0.0f32; n];
         &mut small
     };
-    buf.par_chunks_mut(1 << 20).enumerate().for_each(|(i, c)| c.fill(i as f32 * 1e-9));
-    let chunk = n.div_ceil(rayon::current_num_threads() * 8);
+    let mut pieces: Vec<&mut [f32]> = buf.chunks_mut(1 << 20).collect();
+    team::for_each_mut(&mut pieces, |i, c| c.fill(i as f32 * 1e-9));
+    let buf = &*buf;
+    let chunk = n.div_ceil(team::threads() * 8);
+    let mut sums = vec![0.0f32; n.div_ceil(chunk)];
     let secs = best_of(Duration::from_secs(2), || {
-        let s: f32 = buf.par_chunks(chunk).map(|c| k.sum(c)).sum();
-        black_box(s);
+        team::for_each_mut(&mut sums, |i, s| *s = k.sum(&buf[i * chunk..((i + 1) * chunk).min(n)]));
+        black_box(sums.iter().sum::<f32>());
     });
     (n * 4) as f64 / secs
 }
@@ -61,22 +63,24 @@ pub fn int_dot_peak(k: Kernels) -> f64 {
 /// Operations/s of a one-thread `probe(iters) -> (operations, value)` run on every thread at
 /// once (the value keeps the work from being optimised away).
 fn all_core_rate(iters: usize, probe: impl Fn(usize) -> (f64, f32) + Sync) -> f64 {
-    let threads = rayon::current_num_threads();
+    let threads = team::threads();
+    let mut values = vec![0.0f32; threads];
     let secs = best_of(Duration::from_secs(1), || {
-        let v: f32 = (0..threads).into_par_iter().map(|_| probe(iters).1).sum();
-        black_box(v);
+        team::for_each_mut(&mut values, |_, v| *v = probe(iters).1);
+        black_box(&values);
     });
     // The count is proportional to `iters`: a one-iteration run gives it per iteration.
     probe(1).0 * iters as f64 * threads as f64 / secs
 }
 
-/// Cost of one fork-join over the rayon pool (every thread runs an empty task), in seconds:
-/// back to back (workers still spinning) and after 200 us of single-threaded work (workers may
-/// have gone to sleep), which is the pattern of a decode step between two products.
+/// Cost of one parallel loop over the team (one empty task a thread), in seconds: back to back
+/// and after 200 us of single-threaded work (a rayon worker would have gone to sleep by then;
+/// a team's helper spins for `team::SPIN`), which is the pattern of a decode step between two
+/// products.
 pub fn fork_join_overhead() -> (f64, f64) {
-    let threads = rayon::current_num_threads();
+    let threads = team::threads();
     let join = || {
-        (0..threads).into_par_iter().for_each(|i| {
+        team::for_each(threads, |i| {
             black_box(i);
         })
     };
@@ -287,7 +291,7 @@ pub fn run(k: Kernels, as_json: bool, plan: Plan) -> Result<(), String> {
     let gbps = |f: fn(&Roofs) -> f64| per_round.iter().map(|r| f(r) / 1e9).collect::<Vec<_>>();
     let report = json!({
         "isa": k.isa().name(),
-        "threads": rayon::current_num_threads(),
+        "threads": team::threads(),
         "cpu": cpu_model(),
         "rounds": plan.rounds,
         "read_bandwidth_gbps": bw / 1e9,
@@ -319,7 +323,7 @@ pub fn run(k: Kernels, as_json: bool, plan: Plan) -> Result<(), String> {
         int_peak / 1e9
     );
     println!(
-        "fork-join over the pool: {:.1} us back to back, {:.1} us (median) after a 200 us gap",
+        "fork-join over the kernel team: {:.1} us back to back, {:.1} us (median) after a 200 us gap",
         join_hot * 1e6,
         join_after_gap * 1e6
     );
