@@ -34,32 +34,50 @@ const YIELD_AFTER: Duration = Duration::from_micros(50);
 const OPEN: u64 = 1 << 31;
 const JOINED: u64 = OPEN - 1;
 
-/// One parallel loop: tasks `0..tasks` of `f`, handed out one at a time.
+/// One participant's share of a loop's tasks, `next..end`, taken one at a time. Aligned to
+/// two cache lines so that participants' counters do not share one.
+#[repr(align(128))]
+#[derive(Default)]
+struct Share {
+    next: AtomicUsize,
+    end: AtomicUsize,
+}
+
+/// One parallel loop: tasks `0..tasks` of `f`, cut into one contiguous share per participant
+/// (so a thread runs neighbouring chunks, whose weights lie next to each other in memory, as
+/// rayon's halving did); a participant that has emptied its own share takes from the others'.
 struct Job<'a> {
     f: &'a (dyn Fn(usize) + Sync),
-    tasks: usize,
-    next: AtomicUsize,
+    shares: &'a [Share],
+    stopped: AtomicBool,
     panic: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
 impl Job<'_> {
-    /// Runs tasks until none are left. A panicking task stops the hand-out (the caller
-    /// re-raises the first panic once every participant has left the job).
-    fn work(&self) {
-        loop {
-            let i = self.next.fetch_add(1, Relaxed);
-            if i >= self.tasks {
-                return;
-            }
-            if let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| (self.f)(i))) {
-                self.next.fetch_max(self.tasks, Relaxed);
-                self.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(p);
+    /// Runs tasks, from share `me` on, until none are left. A panicking task stops the
+    /// hand-out (the caller re-raises the first panic once every participant has left).
+    fn work(&self, me: usize) {
+        let n = self.shares.len();
+        for step in 0..n {
+            let share = &self.shares[(me + step) % n];
+            let end = share.end.load(Relaxed);
+            while !self.stopped.load(Relaxed) {
+                let i = share.next.fetch_add(1, Relaxed);
+                if i >= end {
+                    break;
+                }
+                if let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| (self.f)(i))) {
+                    self.stopped.store(true, Relaxed);
+                    self.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(p);
+                }
             }
         }
     }
 }
 
 struct Shared {
+    /// One per participant (the caller's first), rewritten by the caller for each loop.
+    shares: Box<[Share]>,
     state: AtomicU64,
     job: AtomicPtr<Job<'static>>,
     asleep: AtomicUsize,
@@ -91,6 +109,7 @@ impl Team {
     /// Starts `threads - 1` helpers (none for 0 or 1).
     pub fn new(threads: usize) -> std::io::Result<Team> {
         let shared = Arc::new(Shared {
+            shares: (0..threads.max(1)).map(|_| Share::default()).collect(),
             state: AtomicU64::new(0),
             job: AtomicPtr::default(),
             asleep: AtomicUsize::new(0),
@@ -193,8 +212,14 @@ fn run(team: &Inner, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         (0..tasks).for_each(f);
         return;
     }
-    let job = Job { f, tasks, next: AtomicUsize::new(0), panic: Mutex::new(None) };
     let sh = &team.shared;
+    let parts = sh.shares.len();
+    // No helper is in a loop now (the last one waited for all to leave): the shares are ours.
+    for (p, share) in sh.shares.iter().enumerate() {
+        share.next.store(p * tasks / parts, Relaxed);
+        share.end.store((p + 1) * tasks / parts, Relaxed);
+    }
+    let job = Job { f, shares: &sh.shares, stopped: AtomicBool::new(false), panic: Mutex::new(None) };
     // Helpers reach `job` only after joining its epoch while it is open, and this function
     // returns only after closing the epoch and seeing every joined helper leave: the pointer's
     // erased lifetime is never outlived.
@@ -208,7 +233,7 @@ fn run(team: &Inner, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         }
     }
     IN_TASK.set(true);
-    job.work();
+    job.work(0);
     sh.state.fetch_and(!OPEN, AcqRel);
     let mut spins = 0u32;
     while sh.state.load(Acquire) & JOINED != 0 {
@@ -245,7 +270,8 @@ fn helper(sh: &Shared) {
                 // SAFETY: joined while the epoch is open, so the caller in `run` keeps the job
                 // alive until this helper leaves (the `fetch_sub` below).
                 let job = unsafe { &*sh.job.load(Acquire) };
-                job.work();
+                // The n-th helper in starts at share n (only where to start: any order is correct).
+                job.work(((s & JOINED) as usize + 1) % sh.shares.len());
                 sh.state.fetch_sub(1, Release);
                 idle_since = Instant::now();
             }
