@@ -18,7 +18,7 @@ fn forward_dtype(c: &mut Criterion, dtype: WeightDtype) {
     let prompt: Vec<u32> = (0..50).map(|i| (i * 389 + 11) % 50257).collect();
     // Each forward pass runs with a kernel team installed on the bench's thread, as the
     // engine's do.
-    let pool = inferneo_kernels::Team::new(rayon::current_num_threads()).unwrap();
+    let team = inferneo_kernels::Team::new(rayon::current_num_threads()).unwrap();
     let mut g = c.benchmark_group(format!("gpt2_124m/{dtype}"));
     g.sample_size(10);
     g.throughput(Throughput::Elements(50));
@@ -28,7 +28,7 @@ fn forward_dtype(c: &mut Criterion, dtype: WeightDtype) {
     g.bench_function("prefill_50_tokens", |b| {
         b.iter(|| {
             cache.truncate(0);
-            pool.install(|| model.forward_one(&mut cache, &prompt, Logits::Last).unwrap())
+            team.install(|| model.forward_one(&mut cache, &prompt, Logits::Last).unwrap())
         })
     });
     cache.truncate(0);
@@ -36,7 +36,7 @@ fn forward_dtype(c: &mut Criterion, dtype: WeightDtype) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("decode_1_token_at_50", |b| {
         b.iter(|| {
-            let logits = pool.install(|| model.forward_one(&mut cache, &[464], Logits::Last).unwrap());
+            let logits = team.install(|| model.forward_one(&mut cache, &[464], Logits::Last).unwrap());
             cache.truncate(50);
             logits
         })

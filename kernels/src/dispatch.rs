@@ -421,8 +421,9 @@ impl Kernels {
         };
         let blocks = &mut buf[..];
         if pack_in_parallel(m * k) {
-            let mut blocks: Vec<&mut [f32]> = blocks.chunks_exact_mut(mr * k).collect();
-            team::for_each_mut(&mut blocks, |b, block| NORMED.with_borrow_mut(|normed| pack_block(normed, b, block)));
+            team::for_each_chunk_mut(blocks, mr * k, |b, block| {
+                NORMED.with_borrow_mut(|normed| pack_block(normed, b, block))
+            });
         } else {
             let mut normed = Vec::new();
             blocks.chunks_exact_mut(mr * k).enumerate().for_each(|(b, block)| pack_block(&mut normed, b, block));

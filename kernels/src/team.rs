@@ -105,6 +105,12 @@ thread_local! {
     static IN_TASK: Cell<bool> = const { Cell::new(false) };
 }
 
+impl Inner {
+    fn threads(&self) -> usize {
+        self.helpers.len() + 1
+    }
+}
+
 impl Team {
     /// Starts `threads - 1` helpers (none for 0 or 1).
     pub fn new(threads: usize) -> std::io::Result<Team> {
@@ -133,7 +139,7 @@ impl Team {
 
     /// Threads a loop uses: the caller and its helpers.
     pub fn threads(&self) -> usize {
-        self.inner.helpers.len() + 1
+        self.inner.threads()
     }
 
     /// Runs `f` with this team serving the parallel loops it starts on this thread.
@@ -171,7 +177,7 @@ pub fn threads() -> usize {
     if IN_TASK.get() {
         return 1;
     }
-    CURRENT.with(|c| c.borrow().as_ref().map(|t| t.helpers.len() + 1)).unwrap_or_else(rayon::current_num_threads)
+    CURRENT.with(|c| c.borrow().as_ref().map(|t| t.threads())).unwrap_or_else(rayon::current_num_threads)
 }
 
 /// Runs `f(i)` for every `i` in `0..n`, in parallel, returning when all have run. Panics in
@@ -189,20 +195,29 @@ pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
 
 /// Runs `f(i, &mut items[i])` for every item, in parallel (see [`for_each`]).
 pub fn for_each_mut<T: Send>(items: &mut [T], f: impl Fn(usize, &mut T) + Sync) {
-    /// The items' base pointer, shared by the tasks (each takes only its own index).
+    for_each_chunk_mut(items, 1, |i, one| f(i, &mut one[0]));
+}
+
+/// Runs `f(i, chunk)` for every `len`-long chunk of `data` (the last may be shorter), in
+/// parallel (see [`for_each`]): `data.chunks_mut(len).enumerate()` without collecting the
+/// chunks first.
+pub fn for_each_chunk_mut<T: Send>(data: &mut [T], len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    /// The data's base pointer, shared by the tasks (each takes only its own chunk).
     struct Base<T>(*mut T);
-    // SAFETY: `Base` only lets a task reach item `i`, which no other task touches (below), and
-    // `T: Send` lets that item be used from another thread.
+    // SAFETY: `Base` only lets a task reach chunk `i`, which no other task touches (below), and
+    // `T: Send` lets those items be used from another thread.
     unsafe impl<T: Send> Sync for Base<T> {}
-    let base = &Base(items.as_mut_ptr());
-    let len = items.len();
-    for_each(len, |i| {
-        assert!(i < len);
+    let (total, len) = (data.len(), len.max(1));
+    let base = &Base(data.as_mut_ptr());
+    for_each(total.div_ceil(len), |i| {
+        let start = i * len;
+        assert!(start < total);
         let Base(p) = base;
-        // SAFETY: `for_each` runs each index exactly once, so no two tasks hold the same item,
-        // and `items` stays mutably borrowed until every task has returned.
-        let item = unsafe { &mut *p.add(i) };
-        f(i, item)
+        // SAFETY: `for_each` runs each index exactly once, so no two tasks hold overlapping
+        // chunks, the chunk (`start < total`, at most `total - start` long) lies in `data`, and
+        // `data` stays mutably borrowed until every task has returned.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(p.add(start), len.min(total - start)) };
+        f(i, chunk)
     });
 }
 

@@ -286,8 +286,7 @@ impl Gpt2 {
         let want = team::threads().div_ceil(rows.len().max(1));
         let groups = (1..=nh).find(|&g| nh % g == 0 && g >= want).unwrap_or(nh);
         let per = nh / groups;
-        let mut tasks: Vec<&mut [f32]> = att.chunks_mut(per * hd).collect();
-        team::for_each_mut(&mut tasks, |idx, out| {
+        team::for_each_chunk_mut(att, per * hd, |idx, out| {
             SCORES.with_borrow_mut(|scores| {
                 scores.resize(per * c.n_positions, 0.0);
                 let (r, group) = (idx / groups, idx % groups);

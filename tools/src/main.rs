@@ -232,7 +232,7 @@ fn main() -> ExitCode {
 
 /// Runs `f` with a kernel team as wide as the default pool installed on this thread, as the
 /// engine runs its steps (see `inferneo_kernels::team`).
-fn in_pool<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+fn with_team<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     let team = Team::new(rayon::current_num_threads()).map_err(|e| format!("cannot start the kernel threads: {e}"))?;
     Ok(team.install(f))
 }
@@ -240,7 +240,7 @@ fn in_pool<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 fn run(cli: Cli) -> CliResult {
     let kernels = select_kernels(cli.isa.as_deref())?;
     // One thread per physical core unless RAYON_NUM_THREADS says otherwise (rayon's own default
-    // is every logical CPU). The engine's pools and `in_pool` take the global pool's width.
+    // is every logical CPU). The engines' teams and `with_team` take the global pool's width.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let threads = inferneo_kernels::default_threads();
         rayon::ThreadPoolBuilder::new()
@@ -251,8 +251,8 @@ fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Serve(a) => serve::run(a, kernels),
         Command::Bench(a) => bench::run(*a, kernels),
-        Command::Logits(a) => in_pool(move || logits(a, kernels))?,
-        Command::Generate(a) => in_pool(move || generate_cmd(a, kernels))?,
+        Command::Logits(a) => with_team(move || logits(a, kernels))?,
+        Command::Generate(a) => with_team(move || generate_cmd(a, kernels))?,
         Command::Tokenize(a) => {
             let tok = tokenizer(&a.model.model)?;
             let ids = tok.encode(&a.text).map_err(|e| e.to_string())?;
@@ -269,7 +269,7 @@ fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         // With a kernel team, as the engine calls its kernels.
-        Command::Roofline(a) => in_pool(|| {
+        Command::Roofline(a) => with_team(|| {
             roofline::run(
                 kernels,
                 a.json,

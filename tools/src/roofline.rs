@@ -38,8 +38,7 @@ pub fn read_bandwidth(k: Kernels, bytes: usize, huge_pages: bool) -> f64 {
         small = vec![0.0f32; n];
         &mut small
     };
-    let mut pieces: Vec<&mut [f32]> = buf.chunks_mut(1 << 20).collect();
-    team::for_each_mut(&mut pieces, |i, c| c.fill(i as f32 * 1e-9));
+    team::for_each_chunk_mut(buf, 1 << 20, |i, c| c.fill(i as f32 * 1e-9));
     let buf = &*buf;
     let chunk = n.div_ceil(team::threads() * 8);
     let mut sums = vec![0.0f32; n.div_ceil(chunk)];
