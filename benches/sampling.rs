@@ -15,6 +15,7 @@ fn rows() -> [(&'static str, Vec<f32>); 2] {
 }
 
 fn sampling(c: &mut Criterion) {
+    let k = inferneo_kernels::kernels().expect("kernels for this CPU");
     let mut g = c.benchmark_group("sample_50257");
     let modes = [
         ("greedy", SamplingParams::default()),
@@ -23,7 +24,7 @@ fn sampling(c: &mut Criterion) {
     ];
     for (row_name, row) in rows() {
         for (mode, params) in &modes {
-            let mut s = Sampler::new(params.clone());
+            let mut s = Sampler::new(params.clone(), k);
             g.bench_function(format!("{mode}/{row_name}"), |b| b.iter(|| s.sample(black_box(&row))));
         }
     }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use inferneo_runtime::sampling::argmax;
 use inferneo_runtime::{Gpt2, KvCache, Logits, Preset, WeightDtype};
 
 struct Quality {
@@ -25,7 +24,7 @@ fn compare(reference: &[f32], got: &[f32], vocab: usize) -> Quality {
     let (mut max_abs, mut agree, mut kl) = (0.0f32, 0usize, 0.0f64);
     for (r, g) in reference.chunks(vocab).zip(got.chunks(vocab)) {
         max_abs = r.iter().zip(g).fold(max_abs, |m, (a, b)| m.max((a - b).abs()));
-        agree += (argmax(r) == argmax(g)) as usize;
+        agree += (common::argmax(r) == common::argmax(g)) as usize;
         let (lp, lq) = (log_softmax(r), log_softmax(g));
         kl += lp.iter().zip(&lq).map(|(p, q)| p.exp() * (p - q)).sum::<f64>();
     }

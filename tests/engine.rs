@@ -3,6 +3,7 @@
 //! hits and with cancellations; the scheduler respects its budgets, admits first come first
 //! served and never leaks blocks.
 
+use inferneo_runtime::engine::EventSink;
 use inferneo_runtime::kv_cache::BLOCK_TOKENS;
 use inferneo_runtime::scheduler::{Limits, Scheduler};
 use inferneo_runtime::{
@@ -120,22 +121,95 @@ fn kv_exhaustion_preempts_and_every_request_completes_identically() {
     assert!(stats.preemptions > 0, "6 blocks for 8 x 4 blocks must preempt: {stats:?}");
 }
 
+/// Records every event it is sent. After its first token it can hold the engine's thread
+/// until released (so a test acts at a known step), and it can report its receiver gone after
+/// `gone_after` tokens.
+struct Probe {
+    events: std::sync::Arc<std::sync::Mutex<Vec<Event>>>,
+    hold: Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>,
+    gone_after: usize,
+}
+
+impl EventSink for Probe {
+    fn send(&mut self, event: Event) -> bool {
+        let mut events = self.events.lock().unwrap();
+        events.push(event);
+        let tokens = events.iter().filter(|e| matches!(e, Event::Token { .. })).count();
+        drop(events);
+        if let Some((reached, release)) = self.hold.take() {
+            reached.send(()).unwrap();
+            release.recv().unwrap();
+        }
+        tokens < self.gone_after
+    }
+}
+
+fn tokens_and_finish(events: &[Event]) -> (usize, Option<Finish>) {
+    let tokens = events.iter().filter(|e| matches!(e, Event::Token { .. })).count();
+    let finish = events.iter().find_map(|e| match e {
+        Event::Finished { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    (tokens, finish)
+}
+
+/// Cancellation at a known step: the engine is held inside the long request's first token
+/// event while the test cancels it, so the cancel is handled before the next step, and exactly
+/// one token was generated. A receiver that goes away after three tokens cancels there too.
+/// Neither outcome can happen without cancellation (each asks for 100 tokens).
 #[test]
 fn cancel_frees_blocks_and_others_continue() {
     let engine = Engine::start(model(), None, EngineConfig::default()).expect("engine starts");
-    let long = engine.submit(request(2, 10, 100)).unwrap();
+    let (reached_tx, reached) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let long_events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let probe = Probe { events: long_events.clone(), hold: Some((reached_tx, release_rx)), gone_after: usize::MAX };
+    let long = engine.submit_with(request(2, 10, 100), Box::new(probe)).unwrap();
     let other = engine.submit(request(4, 10, 10)).unwrap();
-    // Wait until the long one is generating, then cancel it.
-    assert!(matches!(long.events.recv().unwrap(), Event::Token { .. }));
-    engine.cancel(long.id);
-    let (_, _, finish) = collect(&long.events);
-    assert_eq!(finish, Finish::Cancelled);
+    reached.recv_timeout(std::time::Duration::from_secs(60)).expect("first token");
+    engine.cancel(long);
+    release.send(()).unwrap();
     assert_eq!(collect(&other.events).0.len(), 10);
-    // A dropped receiver cancels too.
-    drop(engine.submit(request(6, 10, 100)).unwrap());
+    let stats = wait_idle(&engine);
+    assert_eq!(tokens_and_finish(&long_events.lock().unwrap()), (1, Some(Finish::Cancelled)));
+    assert_eq!(stats.kv_blocks_free, stats.kv_blocks_total);
+
+    let gone_events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let probe = Probe { events: gone_events.clone(), hold: None, gone_after: 3 };
+    engine.submit_with(request(6, 10, 100), Box::new(probe)).unwrap();
     let last = engine.submit(request(8, 5, 3)).unwrap();
-    collect(&last.events);
-    wait_idle(&engine);
+    assert_eq!(collect(&last.events).0.len(), 3);
+    let stats = wait_idle(&engine);
+    assert_eq!(tokens_and_finish(&gone_events.lock().unwrap()), (3, Some(Finish::Cancelled)));
+    assert_eq!(stats.kv_blocks_free, stats.kv_blocks_total);
+}
+
+/// Limits that would leave requests waiting forever (or allocate absurdly) are refused when
+/// the engine starts, each naming the limit.
+#[test]
+fn zero_and_absurd_limits_are_refused_at_start() {
+    let cases = [
+        (EngineConfig { limits: Limits { max_seqs: 0, max_batch_tokens: 64 }, ..EngineConfig::default() }, "max_seqs"),
+        (
+            EngineConfig { limits: Limits { max_seqs: 1 << 20, max_batch_tokens: 64 }, ..EngineConfig::default() },
+            "max_seqs",
+        ),
+        (
+            EngineConfig { limits: Limits { max_seqs: 4, max_batch_tokens: 0 }, ..EngineConfig::default() },
+            "max_batch_tokens",
+        ),
+        (EngineConfig { threads: Some(0), ..EngineConfig::default() }, "threads"),
+        (EngineConfig { threads: Some(1 << 20), ..EngineConfig::default() }, "threads"),
+        (EngineConfig { kv_cache_bytes: 0, ..EngineConfig::default() }, "KV cache"),
+        (EngineConfig { kv_cache_bytes: TINY_BLOCK_BYTES - 1, ..EngineConfig::default() }, "KV cache"),
+    ];
+    for (config, name) in cases {
+        let err = Engine::start(model(), None, config).err().expect("refused").to_string();
+        assert!(err.contains(name), "{config:?}: {err}");
+    }
+    // One block is enough to start (and to refuse what cannot fit, at submit).
+    Engine::start(model(), None, EngineConfig { kv_cache_bytes: TINY_BLOCK_BYTES, ..EngineConfig::default() })
+        .expect("one block starts");
 }
 
 #[test]
@@ -159,8 +233,8 @@ enum Op {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
-    /// The scheduler alone, with a stand-in for the model (grow the tables, append a token when
-    /// logits are due): budgets hold every step, blocks are never leaked, and every request
+    /// The scheduler alone, with a stand-in for the model (append a token when logits are
+    /// due): budgets hold every step, blocks are never leaked, and every request
     /// that is not cancelled finishes.
     #[test]
     fn scheduler_respects_budgets_and_finishes_everything(
@@ -173,26 +247,23 @@ proptest! {
         max_seqs in 1usize..6,
     ) {
         let config = Preset::Tiny.config();
-        let mut pool = KvPool::new(&config, 10);
         let limits = Limits { max_batch_tokens: budget, max_seqs };
-        let mut sched = Scheduler::new(limits);
+        let mut sched = Scheduler::new(limits, KvPool::new(&config, 10).unwrap());
         let mut goals: Vec<(u64, usize)> = Vec::new(); // (id, total length when done)
         let mut next = 0u64;
-        let step = |sched: &mut Scheduler, pool: &mut KvPool, goals: &mut Vec<(u64, usize)>| -> Result<(), TestCaseError> {
-            let plan = sched.plan(pool);
-            prop_assert!(plan.iter().map(|p| p.len).sum::<usize>() <= budget);
+        let step = |sched: &mut Scheduler, goals: &mut Vec<(u64, usize)>| -> Result<(), TestCaseError> {
+            let batch = sched.schedule();
+            prop_assert!(batch.tokens() <= budget);
             prop_assert!(sched.n_running() <= max_seqs);
-            for p in &plan {
-                let seq = sched.get_mut(p.id).unwrap();
-                prop_assert_eq!(p.start, seq.computed);
-                let start = pool.grow(seq.table.as_mut().unwrap(), p.len).map_err(|e| TestCaseError::fail(e.to_string()))?;
-                prop_assert_eq!(start, p.start);
-                seq.computed += p.len;
+            for s in &batch.seqs {
+                prop_assert_eq!(s.start, sched.get(s.id).unwrap().computed);
+                prop_assert_eq!(s.table.len(), s.start + s.tokens.len(), "the table holds the step's positions");
             }
+            let logits: Vec<u64> = batch.seqs.iter().filter(|s| s.logits).map(|s| s.id).collect();
             // All-zero prompts: later requests (and preempted ones) reuse cached blocks.
-            sched.commit_blocks(pool, &plan);
-            for p in plan.iter().filter(|p| p.logits) {
-                sched.get_mut(p.id).unwrap().tokens.push(1);
+            sched.complete(batch, true);
+            for id in logits {
+                sched.get_mut(id).unwrap().tokens.push(1);
             }
             goals.retain(|&(id, total)| {
                 let done = sched.get(id).is_some_and(|s| s.tokens.len() >= total);
@@ -207,13 +278,13 @@ proptest! {
             match op {
                 Op::Submit(prompt, gen) => {
                     // Admission control as the engine does it: never more than the pool.
-                    if (prompt + gen).div_ceil(BLOCK_TOKENS) <= pool.total_blocks() {
+                    if (prompt + gen).div_ceil(BLOCK_TOKENS) <= sched.pool().total_blocks() {
                         sched.add(next, vec![0; prompt]);
                         goals.push((next, prompt + gen));
                     }
                     next += 1;
                 }
-                Op::Step => step(&mut sched, &mut pool, &mut goals)?,
+                Op::Step => step(&mut sched, &mut goals)?,
                 Op::Cancel(i) => {
                     if i < goals.len() {
                         let (id, _) = goals.remove(i);
@@ -224,12 +295,12 @@ proptest! {
         }
         let mut steps = 0;
         while !goals.is_empty() {
-            step(&mut sched, &mut pool, &mut goals)?;
+            step(&mut sched, &mut goals)?;
             steps += 1;
             prop_assert!(steps < 10_000, "requests never finish: {:?}", goals);
         }
         prop_assert!(sched.is_idle());
-        prop_assert_eq!(pool.free_blocks(), pool.total_blocks());
+        prop_assert_eq!(sched.pool().free_blocks(), sched.pool().total_blocks());
     }
 }
 
@@ -348,11 +419,11 @@ proptest! {
         let config = Preset::Tiny.config();
         // Small: 4 blocks (one request's most) + 2, any budget, so there is preemption.
         // Otherwise every running sequence gets its whole prompt or a decode each step.
-        let (mut pool, budget) = match small {
-            Some(budget) => (KvPool::new(&config, 6), budget),
-            None => (KvPool::new(&config, 64), 40 * max_seqs),
+        let (pool, budget) = match small {
+            Some(budget) => (KvPool::new(&config, 6).unwrap(), budget),
+            None => (KvPool::new(&config, 64).unwrap(), 40 * max_seqs),
         };
-        let mut sched = Scheduler::new(Limits { max_batch_tokens: budget, max_seqs });
+        let mut sched = Scheduler::new(Limits { max_batch_tokens: budget, max_seqs }, pool);
         let in_flight = max_seqs + extra;
         let g_max = reqs.iter().map(|r| r.1).max().unwrap();
         // Per request: (total length when done, step submitted, step first admitted).
@@ -368,20 +439,18 @@ proptest! {
                 life.push((prompt + gen, step, None));
                 live.push(id);
             }
-            let plan = sched.plan(&pool);
-            for p in &plan {
-                let seq = sched.get_mut(p.id).unwrap();
-                pool.grow(seq.table.as_mut().unwrap(), p.len).map_err(|e| TestCaseError::fail(e.to_string()))?;
-                seq.computed += p.len;
-                let first = &mut life[p.id as usize].2;
+            let batch = sched.schedule();
+            for s in &batch.seqs {
+                let first = &mut life[s.id as usize].2;
                 if first.is_none() {
                     *first = Some(step);
-                    admitted.push(p.id);
+                    admitted.push(s.id);
                 }
             }
-            sched.commit_blocks(&pool, &plan);
-            for p in plan.iter().filter(|p| p.logits) {
-                sched.get_mut(p.id).unwrap().tokens.push(1);
+            let logits: Vec<u64> = batch.seqs.iter().filter(|s| s.logits).map(|s| s.id).collect();
+            sched.complete(batch, true);
+            for id in logits {
+                sched.get_mut(id).unwrap().tokens.push(1);
             }
             live.retain(|&id| {
                 let done = sched.get(id).unwrap().tokens.len() >= life[id as usize].0;
@@ -394,7 +463,7 @@ proptest! {
             prop_assert!(step < 100_000, "requests never finish");
         }
         prop_assert!(admitted.windows(2).all(|w| w[0] < w[1]), "admitted out of order: {:?}", admitted);
-        prop_assert_eq!(pool.free_blocks(), pool.total_blocks());
+        prop_assert_eq!(sched.pool().free_blocks(), sched.pool().total_blocks());
         if small.is_none() {
             prop_assert_eq!(sched.preemptions, 0);
             let bound = (in_flight.div_ceil(max_seqs) + 1) * g_max;

@@ -6,8 +6,19 @@ mod common;
 
 use common::available_kernels;
 use inferneo_runtime::kv_cache::BLOCK_TOKENS;
-use inferneo_runtime::{BlockTable, Gpt2, KvCache, KvDtype, KvPool, Logits, Preset, SeqInput, WeightDtype};
+use inferneo_runtime::{BlockTable, Error, Gpt2, KvCache, KvDtype, KvPool, Logits, Preset, SeqInput, WeightDtype};
 use proptest::prelude::*;
+
+/// Grows each table by its tokens, as the scheduler does for a step, then runs the batch.
+fn step(model: &Gpt2, pool: &mut KvPool, seqs: Vec<(&[u32], &mut BlockTable, Logits)>) -> Result<Vec<f32>, Error> {
+    let mut seqs = seqs;
+    for (tokens, table, _) in seqs.iter_mut() {
+        pool.grow(table, tokens.len())?;
+    }
+    let inputs: Vec<SeqInput> =
+        seqs.iter().map(|(tokens, table, logits)| SeqInput { tokens, cache: table, logits: *logits }).collect();
+    model.forward(pool, &inputs)
+}
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
@@ -47,31 +58,23 @@ fn batched_sequences_equal_each_alone() {
         .iter()
         .map(|p| model.forward_one(&mut KvCache::new(model.config()), p, Logits::Last).unwrap())
         .collect();
-    let mut pool = KvPool::new(model.config(), 64);
+    let mut pool = KvPool::new(model.config(), 64).unwrap();
     let mut tables: Vec<BlockTable> = prompts.iter().map(|_| pool.sequence()).collect();
-    let mut batch: Vec<SeqInput> = prompts
-        .iter()
-        .zip(tables.iter_mut())
-        .map(|(p, c)| SeqInput { tokens: p, cache: c, logits: Logits::Last })
-        .collect();
-    let together = model.forward(&mut pool, &mut batch).unwrap();
+    let batch = prompts.iter().zip(tables.iter_mut()).map(|(p, c)| (&p[..], c, Logits::Last)).collect();
+    let together = step(&model, &mut pool, batch).unwrap();
     let vocab = model.config().vocab_size;
     for (i, a) in alone.iter().enumerate() {
         assert!(bits(a) == bits(&together[i * vocab..][..vocab]), "sequence {i} differs when batched");
     }
     // A decode step mixing sequences at different positions, again equal to each alone.
     let next: Vec<[u32; 1]> = (0..5).map(|i| [1000 + i as u32]).collect();
-    let mut batch: Vec<SeqInput> = next
-        .iter()
-        .zip(tables.iter_mut())
-        .map(|(t, c)| SeqInput { tokens: t, cache: c, logits: Logits::Last })
-        .collect();
-    let step = model.forward(&mut pool, &mut batch).unwrap();
+    let batch = next.iter().zip(tables.iter_mut()).map(|(t, c)| (&t[..], c, Logits::Last)).collect();
+    let decoded = step(&model, &mut pool, batch).unwrap();
     for (i, p) in prompts.iter().enumerate() {
         let mut cache = KvCache::new(model.config());
         model.forward_one(&mut cache, p, Logits::None).unwrap();
         let alone = model.forward_one(&mut cache, &next[i], Logits::Last).unwrap();
-        assert!(bits(&alone) == bits(&step[i * vocab..][..vocab]), "decode of sequence {i} differs when batched");
+        assert!(bits(&alone) == bits(&decoded[i * vocab..][..vocab]), "decode of sequence {i} differs when batched");
     }
 }
 
@@ -79,15 +82,15 @@ fn batched_sequences_equal_each_alone() {
 fn shared_prefix_is_copied_on_write() {
     let model = tiny(8);
     let prompt: Vec<u32> = (0..20).map(|i| i * 31 + 5).collect(); // 1 full block + 4 positions
-    let mut pool = KvPool::new(model.config(), 16);
+    let mut pool = KvPool::new(model.config(), 16).unwrap();
     let mut a = pool.sequence();
-    model.forward(&mut pool, &mut [SeqInput { tokens: &prompt, cache: &mut a, logits: Logits::None }]).unwrap();
+    step(&model, &mut pool, vec![(&prompt, &mut a, Logits::None)]).unwrap();
     let used = pool.total_blocks() - pool.free_blocks();
     let mut b = a.share();
     assert_eq!(pool.total_blocks() - pool.free_blocks(), used, "sharing allocates nothing");
     // Diverge: each writes position 20 into the shared, partly filled second block.
-    let la = model.forward(&mut pool, &mut [SeqInput { tokens: &[7], cache: &mut a, logits: Logits::Last }]).unwrap();
-    let lb = model.forward(&mut pool, &mut [SeqInput { tokens: &[9], cache: &mut b, logits: Logits::Last }]).unwrap();
+    let la = step(&model, &mut pool, vec![(&[7], &mut a, Logits::Last)]).unwrap();
+    let lb = step(&model, &mut pool, vec![(&[9], &mut b, Logits::Last)]).unwrap();
     assert_eq!(a.blocks()[0], b.blocks()[0], "the full first block stays shared");
     assert_ne!(a.blocks()[1], b.blocks()[1], "the written block was copied");
     let alone = |t: u32| {
@@ -103,14 +106,13 @@ fn shared_prefix_is_copied_on_write() {
 #[test]
 fn exhaustion_is_an_error_that_changes_nothing() {
     let model = tiny(9);
-    let mut pool = KvPool::new(model.config(), 2);
+    let mut pool = KvPool::new(model.config(), 2).unwrap();
     let mut a = pool.sequence();
     let tokens: Vec<u32> = (0..(2 * BLOCK_TOKENS as u32 + 1)).collect();
-    let err =
-        model.forward(&mut pool, &mut [SeqInput { tokens: &tokens, cache: &mut a, logits: Logits::Last }]).unwrap_err();
+    let err = step(&model, &mut pool, vec![(&tokens, &mut a, Logits::Last)]).unwrap_err();
     assert!(err.to_string().contains("KV cache exhausted: 3 blocks needed, 2 free"), "{err}");
     assert_eq!((a.len(), pool.free_blocks()), (0, 2));
-    model.forward(&mut pool, &mut [SeqInput { tokens: &tokens[..32], cache: &mut a, logits: Logits::Last }]).unwrap();
+    step(&model, &mut pool, vec![(&tokens[..32], &mut a, Logits::Last)]).unwrap();
     assert_eq!(pool.free_blocks(), 0);
 }
 
@@ -157,7 +159,7 @@ proptest! {
     #[test]
     fn block_allocator_never_leaks(ops in proptest::collection::vec(op(), 1..60)) {
         let config = Preset::Tiny.config();
-        let mut pool = KvPool::new(&config, 12);
+        let mut pool = KvPool::new(&config, 12).unwrap();
         let mut tables: Vec<BlockTable> = Vec::new();
         for op in ops {
             match op {
@@ -205,21 +207,13 @@ fn f16_kv_cache_is_close_to_f32_and_batch_invariant() {
     let prompts: Vec<Vec<u32>> =
         (0..4).map(|s| (0..(9 + 11 * s)).map(|i| ((i * 613 + s * 77) % 50257) as u32).collect()).collect();
     let run = |dtype: KvDtype, which: &[usize]| -> Vec<f32> {
-        let mut pool = KvPool::with_dtype(model.config(), 32, dtype);
+        let mut pool = KvPool::with_dtype(model.config(), 32, dtype).unwrap();
         let mut tables: Vec<BlockTable> = which.iter().map(|_| pool.sequence()).collect();
-        let mut batch: Vec<SeqInput> = which
-            .iter()
-            .zip(tables.iter_mut())
-            .map(|(&i, c)| SeqInput { tokens: &prompts[i], cache: c, logits: Logits::Last })
-            .collect();
-        model.forward(&mut pool, &mut batch).unwrap();
+        let batch = which.iter().zip(tables.iter_mut()).map(|(&i, c)| (&prompts[i][..], c, Logits::Last)).collect();
+        step(&model, &mut pool, batch).unwrap();
         let next: Vec<[u32; 1]> = which.iter().map(|&i| [500 + i as u32]).collect();
-        let mut batch: Vec<SeqInput> = next
-            .iter()
-            .zip(tables.iter_mut())
-            .map(|(t, c)| SeqInput { tokens: t, cache: c, logits: Logits::Last })
-            .collect();
-        model.forward(&mut pool, &mut batch).unwrap()
+        let batch = next.iter().zip(tables.iter_mut()).map(|(t, c)| (&t[..], c, Logits::Last)).collect();
+        step(&model, &mut pool, batch).unwrap()
     };
     let all = [0, 1, 2, 3];
     let (f32_logits, f16_logits) = (run(KvDtype::F32, &all), run(KvDtype::F16, &all));

@@ -172,3 +172,40 @@ fn f16_and_bf16_checkpoints_equal_f32_of_the_rounded_values() {
         assert_eq!(logits(half_dir.path()), logits(f32_dir.path()), "{dtype:?}");
     }
 }
+
+/// A checkpoint rewritten while it loads: read (not mapped), a truncated file is an error
+/// naming the tensor rather than a SIGBUS, and a file whose size or modification time changed
+/// since it was opened is refused rather than loaded as a mix of two versions.
+#[test]
+fn a_file_changed_while_loading_is_refused() {
+    use inferneo_runtime::weights::{SafetensorsFile, WeightSource};
+    let dir = tiny_dir();
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let e = Preset::Tiny.config().n_embd;
+
+    let file = SafetensorsFile::open(&path).unwrap();
+    assert_eq!(file.get("ln_f.weight", &[e]).unwrap().len(), e);
+    file.check_unchanged().unwrap();
+    // Truncated in place (as `cp` over an existing file does), keeping only the header.
+    let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    std::fs::write(&path, &bytes[..header_end]).unwrap();
+    let msg = file.get("wte.weight", &[50257, e]).unwrap_err().to_string();
+    assert!(msg.contains("ends inside tensor") && msg.contains("wte.weight"), "{msg}");
+    assert!(file.check_unchanged().unwrap_err().to_string().contains("changed while it was being loaded"));
+
+    // Same length, new contents: only the modification time tells.
+    std::fs::write(&path, &bytes).unwrap();
+    let file = SafetensorsFile::open(&path).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1)).unwrap();
+    assert!(file.check_unchanged().unwrap_err().to_string().contains("changed while it was being loaded"));
+    // Replaced by a rename, the open file is the old one, whole: nothing to refuse.
+    std::fs::write(&path, &bytes).unwrap();
+    let file = SafetensorsFile::open(&path).unwrap();
+    let fresh = dir.path().join("fresh.safetensors");
+    std::fs::write(&fresh, &bytes[..header_end]).unwrap();
+    std::fs::rename(&fresh, &path).unwrap();
+    assert_eq!(file.get("wte.weight", &[50257, e]).unwrap().len(), 50257 * e);
+    file.check_unchanged().unwrap();
+}

@@ -25,7 +25,7 @@ fn fill(pool: &mut KvPool, table: &mut BlockTable, tokens: &[u32]) {
 #[test]
 fn lookup_reuses_committed_full_blocks_but_not_the_last_tokens_block() {
     let config = Preset::Tiny.config();
-    let mut pool = KvPool::new(&config, 8);
+    let mut pool = KvPool::new(&config, 8).unwrap();
     let tokens: Vec<u32> = (0..50).collect(); // 3 full blocks and 2 positions
     let mut a = pool.sequence();
     fill(&mut pool, &mut a, &tokens);
@@ -60,7 +60,7 @@ fn lookup_reuses_committed_full_blocks_but_not_the_last_tokens_block() {
 #[test]
 fn taking_blocks_evicts_idle_cached_ones_tail_first() {
     let config = Preset::Tiny.config();
-    let mut pool = KvPool::new(&config, 6);
+    let mut pool = KvPool::new(&config, 6).unwrap();
     let tokens: Vec<u32> = (100..165).collect(); // 4 full blocks and 1 position
     let mut a = pool.sequence();
     fill(&mut pool, &mut a, &tokens);
@@ -83,7 +83,7 @@ fn taking_blocks_evicts_idle_cached_ones_tail_first() {
 #[test]
 fn a_prefix_computed_twice_at_once_ends_up_shared() {
     let config = Preset::Tiny.config();
-    let mut pool = KvPool::new(&config, 8);
+    let mut pool = KvPool::new(&config, 8).unwrap();
     let tokens: Vec<u32> = (0..40).collect();
     let (mut a, mut b) = (pool.sequence(), pool.sequence());
     pool.grow(&mut a, 40).unwrap();
@@ -105,7 +105,7 @@ fn a_prefix_computed_twice_at_once_ends_up_shared() {
 #[test]
 fn truncating_into_a_committed_block_and_rewriting_it_keeps_the_cache_exact() {
     let config = Preset::Tiny.config();
-    let mut pool = KvPool::new(&config, 8);
+    let mut pool = KvPool::new(&config, 8).unwrap();
     let tokens: Vec<u32> = (0..33).collect();
     let mut a = pool.sequence();
     fill(&mut pool, &mut a, &tokens);
@@ -129,7 +129,8 @@ fn truncating_into_a_committed_block_and_rewriting_it_keeps_the_cache_exact() {
 /// Runs `tokens` through the model in `pool` from what `table` already holds, then commits.
 fn run(model: &Gpt2, pool: &mut KvPool, table: &mut BlockTable, tokens: &[u32]) -> Vec<f32> {
     let new = &tokens[table.len()..];
-    let logits = model.forward(pool, &mut [SeqInput { tokens: new, cache: table, logits: Logits::Last }]).unwrap();
+    pool.grow(table, new.len()).unwrap();
+    let logits = model.forward(pool, &[SeqInput { tokens: new, cache: table, logits: Logits::Last }]).unwrap();
     pool.commit_full_blocks(table, tokens);
     logits
 }
@@ -139,7 +140,7 @@ fn reused_prefix_blocks_give_the_logits_of_recomputing_bitwise() {
     let model = Gpt2::random(Preset::Tiny, 13, inferneo_kernels::kernels().unwrap(), WeightDtype::F32);
     let prefix: Vec<u32> = (0..40).map(|i| (i * 4099 + 3) % 50257).collect();
     for dtype in [KvDtype::F32, KvDtype::F16] {
-        let mut pool = KvPool::with_dtype(model.config(), 32, dtype);
+        let mut pool = KvPool::with_dtype(model.config(), 32, dtype).unwrap();
         // The first sequence computes the prefix in uneven chunks, then a decode.
         let first: Vec<u32> = [&prefix[..], &[11, 12, 13]].concat();
         let mut a = pool.sequence();
@@ -153,7 +154,7 @@ fn reused_prefix_blocks_give_the_logits_of_recomputing_bitwise() {
             let reused = b.len();
             assert_eq!(reused, 32, "the first sequence's third block was never full");
             let got = run(&model, &mut pool, &mut b, &tokens);
-            let mut fresh = KvPool::with_dtype(model.config(), 32, dtype);
+            let mut fresh = KvPool::with_dtype(model.config(), 32, dtype).unwrap();
             fresh.set_prefix_caching(false);
             let mut c = fresh.sequence();
             let want = run(&model, &mut fresh, &mut c, &tokens);
@@ -167,7 +168,7 @@ fn reused_prefix_blocks_give_the_logits_of_recomputing_bitwise() {
     let mut cache = KvCache::new(model.config());
     let tokens: Vec<u32> = [&prefix[..], &[500]].concat();
     let alone = model.forward_one(&mut cache, &tokens, Logits::Last).unwrap();
-    let mut pool = KvPool::new(model.config(), 16);
+    let mut pool = KvPool::new(model.config(), 16).unwrap();
     let mut a = pool.sequence();
     run(&model, &mut pool, &mut a, &tokens);
     drop(a);
@@ -231,7 +232,7 @@ proptest! {
             .collect();
         let config = Preset::Tiny.config();
         let n_embd = config.n_embd;
-        let mut pool = KvPool::new(&config, 12);
+        let mut pool = KvPool::new(&config, 12).unwrap();
         // Each sequence: its block table and its tokens (what its positions hold, and beyond).
         let mut seqs: Vec<(BlockTable, Vec<u32>)> = Vec::new();
         for op in ops {

@@ -8,6 +8,14 @@ fn params(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> SamplingPara
     SamplingParams { temperature, top_k, top_p, seed, ..SamplingParams::default() }
 }
 
+fn kernels() -> inferneo_kernels::Kernels {
+    inferneo_kernels::kernels().expect("kernels for this CPU")
+}
+
+fn sampler(params: SamplingParams) -> Sampler {
+    Sampler::new(params, kernels())
+}
+
 /// Logits whose softmax at temperature 1 is `probs`.
 fn logits_for(probs: &[f64]) -> Vec<f32> {
     probs.iter().map(|p| p.ln() as f32).collect()
@@ -15,9 +23,9 @@ fn logits_for(probs: &[f64]) -> Vec<f32> {
 
 #[test]
 fn greedy_is_argmax_with_first_index_on_ties() {
-    let mut s = Sampler::new(SamplingParams::default());
+    let mut s = sampler(SamplingParams::default());
     assert_eq!(s.sample(&[0.1, 3.0, -1.0, 3.0]), 1);
-    assert_eq!(argmax(&[5.0, 5.0]), 0);
+    assert_eq!(argmax(kernels(), &[5.0, 5.0]), 0);
 }
 
 #[test]
@@ -41,7 +49,7 @@ fn same_seed_same_tokens_different_seed_different_tokens() {
 fn temperature_sampling_follows_the_distribution() {
     let probs = [0.5, 0.25, 0.125, 0.125];
     let logits = logits_for(&probs);
-    let mut s = Sampler::new(params(1.0, 0, 1.0, 42));
+    let mut s = sampler(params(1.0, 0, 1.0, 42));
     let n = 20_000;
     let mut counts = [0usize; 4];
     for _ in 0..n {
@@ -63,9 +71,9 @@ fn top_k_and_top_p_keep_only_their_candidates() {
         probs[i] = p;
     }
     let logits = logits_for(&probs);
-    let mut k2 = Sampler::new(params(1.0, 2, 1.0, 1));
-    let mut p75 = Sampler::new(params(1.0, 0, 0.75, 2));
-    let mut p50_k3 = Sampler::new(params(1.0, 3, 0.5, 3));
+    let mut k2 = sampler(params(1.0, 2, 1.0, 1));
+    let mut p75 = sampler(params(1.0, 0, 0.75, 2));
+    let mut p50_k3 = sampler(params(1.0, 3, 0.5, 3));
     let mut seen_p75 = std::collections::BTreeSet::new();
     for _ in 0..2000 {
         assert!([10, 20].contains(&k2.sample(&logits)));
@@ -83,7 +91,7 @@ fn top_k_and_top_p_keep_only_their_candidates() {
 fn flat_distribution_top_p_grows_the_candidate_set() {
     // Uniform over 50257: top-p 0.5 needs ~25k candidates, far beyond the first round of 64.
     let logits = vec![0.0f32; 50257];
-    let mut s = Sampler::new(params(1.0, 0, 0.5, 9));
+    let mut s = sampler(params(1.0, 0, 0.5, 9));
     let draws: Vec<u32> = (0..500).map(|_| s.sample(&logits)).collect();
     assert!(draws.iter().all(|&t| t < 25_200), "drew outside the nucleus of the lowest ids");
     assert!(draws.iter().any(|&t| t > 10_000), "nucleus should span ~25k tokens");
@@ -102,13 +110,13 @@ fn invalid_parameters_are_errors() {
 fn penalties_follow_openai_semantics() {
     // Greedy over [3.0, 2.5, 1.0]: token 0 first; a presence penalty of 1 then makes token 1 win.
     let logits = [3.0f32, 2.5, 1.0];
-    let mut s = Sampler::new(SamplingParams { presence_penalty: 1.0, ..SamplingParams::default() });
+    let mut s = sampler(SamplingParams { presence_penalty: 1.0, ..SamplingParams::default() });
     assert_eq!(s.sample(&logits), 0);
     assert_eq!(s.sample(&logits), 1);
     // Both penalised once now (3 - 1 = 2 vs 2.5 - 1 = 1.5): token 0 again.
     assert_eq!(s.sample(&logits), 0);
     // Frequency: token 0 penalised 0.4 per use; after two uses 3 - 0.8 = 2.2 < 2.5.
-    let mut f = Sampler::new(SamplingParams { frequency_penalty: 0.4, ..SamplingParams::default() });
+    let mut f = sampler(SamplingParams { frequency_penalty: 0.4, ..SamplingParams::default() });
     assert_eq!([f.sample(&logits), f.sample(&logits), f.sample(&logits)], [0, 0, 1]);
     assert!(SamplingParams { presence_penalty: 2.5, ..SamplingParams::default() }.validate().is_err());
 }
@@ -166,7 +174,7 @@ proptest::proptest! {
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
         let best: std::collections::BTreeSet<usize> = order[..k.min(logits.len())].iter().copied().collect();
-        let mut s = Sampler::new(params(1.0, k, 1.0, seed));
+        let mut s = sampler(params(1.0, k, 1.0, seed));
         for _ in 0..20 {
             let t = s.sample(&logits) as usize;
             proptest::prop_assert!(best.contains(&t), "top-{} drew {} (logit {})", k, t, logits[t]);
@@ -183,7 +191,7 @@ fn draws_follow_the_distribution_across_blocks() {
         probs[i] = p;
     }
     let logits = logits_for(&probs);
-    let mut s = Sampler::new(params(1.0, 0, 0.999, 5));
+    let mut s = sampler(params(1.0, 0, 0.999, 5));
     let n = 20_000;
     let mut counts = std::collections::BTreeMap::new();
     for _ in 0..n {

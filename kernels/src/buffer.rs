@@ -30,13 +30,52 @@ unsafe impl<T: Zeroed> Send for HugeBuf<T> {}
 // SAFETY: shared access only hands out &[T]; T is Sync.
 unsafe impl<T: Zeroed> Sync for HugeBuf<T> {}
 
+/// Why a [`HugeBuf`] could not be made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocError {
+    /// `len` elements of `size` bytes do not fit in the address space.
+    Overflow { len: usize, size: usize },
+    /// The allocator refused this many bytes.
+    OutOfMemory { bytes: usize, align: usize },
+}
+
+impl std::fmt::Display for AllocError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AllocError::Overflow { len, size } => {
+                write!(f, "{len} elements of {size} bytes overflow the address space")
+            }
+            AllocError::OutOfMemory { bytes, .. } => write!(f, "cannot allocate {} MiB", bytes.div_ceil(1 << 20)),
+        }
+    }
+}
+
+impl std::error::Error for AllocError {}
+
+impl AllocError {
+    /// Ends the process as `Vec` does on the same failures: a capacity-overflow panic, or the
+    /// allocator's out-of-memory handler. For buffers whose failure the caller cannot report.
+    pub fn abort(self) -> ! {
+        match self {
+            AllocError::Overflow { .. } => panic!("{self}"),
+            AllocError::OutOfMemory { bytes, align } => {
+                handle_alloc_error(Layout::from_size_align(bytes, align).expect("a layout that was tried"))
+            }
+        }
+    }
+}
+
 impl<T: Zeroed> HugeBuf<T> {
-    pub fn zeroed(len: usize) -> HugeBuf<T> {
-        let bytes = (len * size_of::<T>()).max(1);
+    /// `len` zeros. Fails, allocating nothing, when `len` elements overflow the address space
+    /// or the allocator refuses them.
+    pub fn zeroed(len: usize) -> Result<HugeBuf<T>, AllocError> {
+        let overflow = AllocError::Overflow { len, size: size_of::<T>() };
+        let bytes = len.checked_mul(size_of::<T>()).ok_or(overflow)?.max(1);
         let huge = bytes >= HUGE_PAGE;
         let align = if huge { HUGE_PAGE } else { 64.max(align_of::<T>()) };
-        let size = if huge { bytes.div_ceil(HUGE_PAGE) * HUGE_PAGE } else { bytes };
-        let layout = Layout::from_size_align(size, align).expect("buffer size fits a Layout");
+        let size = if huge { bytes.checked_next_multiple_of(HUGE_PAGE).ok_or(overflow)? } else { bytes };
+        // Fails when `size` rounded up to `align` exceeds `isize::MAX`.
+        let layout = Layout::from_size_align(size, align).map_err(|_| overflow)?;
         // Huge: advise before the first touch (the zero fill), or the pages are already 4 KiB.
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe {
@@ -47,14 +86,14 @@ impl<T: Zeroed> HugeBuf<T> {
             }
         };
         if ptr.is_null() {
-            handle_alloc_error(layout);
+            return Err(AllocError::OutOfMemory { bytes: size, align });
         }
         if huge {
             advise_huge(ptr, size);
             // SAFETY: ptr is valid for `size` bytes we own.
             unsafe { std::ptr::write_bytes(ptr, 0, size) };
         }
-        HugeBuf { ptr: ptr as *mut T, len, layout }
+        Ok(HugeBuf { ptr: ptr as *mut T, len, layout })
     }
 
     /// Whether the OS was asked for huge pages for this buffer.
@@ -91,7 +130,8 @@ impl<T: Zeroed> DerefMut for HugeBuf<T> {
 
 impl<T: Zeroed> Drop for HugeBuf<T> {
     fn drop(&mut self) {
-        // SAFETY: ptr came from alloc_zeroed with exactly this layout and is freed once.
+        // SAFETY: ptr came from `alloc` or `alloc_zeroed` (both the global allocator) with
+        // exactly this layout, and is freed once.
         unsafe { dealloc(self.ptr as *mut u8, self.layout) }
     }
 }
@@ -109,7 +149,7 @@ mod tests {
     #[test]
     fn zeroed_aligned_and_writable() {
         for len in [0usize, 1, 1000, (4 << 20) / 4 + 3] {
-            let mut b = HugeBuf::<f32>::zeroed(len);
+            let mut b = HugeBuf::<f32>::zeroed(len).unwrap();
             assert_eq!(b.len(), len);
             assert!(b.iter().all(|&v| v == 0.0));
             b.iter_mut().enumerate().for_each(|(i, v)| *v = i as f32);
@@ -119,7 +159,17 @@ mod tests {
                 assert_eq!(b.as_ptr() as usize % HUGE_PAGE, 0);
             }
         }
-        let q = HugeBuf::<i8>::zeroed(5);
+        let q = HugeBuf::<i8>::zeroed(5).unwrap();
         assert_eq!(&q[..], &[0i8; 5]);
+    }
+
+    #[test]
+    fn lengths_past_the_address_space_are_errors_not_small_buffers() {
+        // `len * 4` wraps to a small number in unchecked arithmetic.
+        let wraps = usize::MAX / 4 + 2;
+        assert_eq!(HugeBuf::<f32>::zeroed(wraps).unwrap_err(), AllocError::Overflow { len: wraps, size: 4 });
+        assert!(matches!(HugeBuf::<f32>::zeroed(usize::MAX).unwrap_err(), AllocError::Overflow { .. }));
+        // Fits in usize but not in a Layout (over isize::MAX), or rounds past usize::MAX.
+        assert!(matches!(HugeBuf::<i8>::zeroed(usize::MAX - 10).unwrap_err(), AllocError::Overflow { .. }));
     }
 }

@@ -18,7 +18,7 @@ pub mod reference;
 mod simd;
 pub mod team;
 
-pub use buffer::HugeBuf;
+pub use buffer::{AllocError, HugeBuf};
 pub use cpu::{default_threads, Isa, ISA_ENV};
 pub use dispatch::{kernels, Dims, Epilogue, Kernels, Norm};
 pub use pack::{ActQuant, Layout, PackedKn, Panels, QFormat, WeightDtype};

@@ -12,8 +12,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Storage type of packed weights. Activations and accumulation are always f32.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum WeightDtype {
+    #[default]
     F32,
     F16,
     Bf16,
@@ -157,7 +158,8 @@ impl PackedKn {
         let padded = n.div_ceil(nr) * nr;
         let scale = column_scales(k, n, padded, &at);
         let groups = k.div_ceil(kq);
-        let mut q = HugeBuf::<i8>::zeroed(padded * groups * kq);
+        // As in `fill`: the weights exist, so only an out-of-memory failure can reach here.
+        let mut q = HugeBuf::<i8>::zeroed(padded * groups * kq).unwrap_or_else(|e| e.abort());
         if k > 0 {
             q.par_chunks_mut(groups * nr * kq).enumerate().for_each(|(p, panel)| {
                 for c in 0..(n - p * nr).min(nr) {
@@ -271,7 +273,8 @@ fn quantize(v: f32, scale: f32) -> i8 {
 /// Builds the panel array, one panel per rayon task.
 fn fill<T: Zeroed>(k: usize, n: usize, nr: usize, value: impl Fn(usize, usize) -> T + Sync) -> HugeBuf<T> {
     let panels = n.div_ceil(nr);
-    let mut data = HugeBuf::zeroed(panels * k * nr);
+    // The caller's weights are `k * n` values, so only an out-of-memory failure can reach here.
+    let mut data = HugeBuf::zeroed(panels * k * nr).unwrap_or_else(|e| e.abort());
     if k > 0 {
         data.par_chunks_mut(k * nr).enumerate().for_each(|(p, panel)| {
             let c0 = p * nr;

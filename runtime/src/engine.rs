@@ -8,7 +8,7 @@ use crate::generate::{FinishReason, GenerateRequest};
 use crate::gpt2::{Gpt2, Logits, SeqInput};
 use crate::kv_cache::{KvDtype, KvPool, BLOCK_TOKENS};
 use crate::sampling::Sampler;
-use crate::scheduler::{Limits, Scheduler};
+use crate::scheduler::{Batch, Limits, Scheduler};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 use inferneo_kernels::{team, Team};
 use std::collections::HashMap;
@@ -90,6 +90,41 @@ impl Default for EngineConfig {
     }
 }
 
+/// Largest values [`EngineConfig::validate`] accepts: far beyond any useful setting, so a typo
+/// or a wrapped number is refused instead of allocating or spinning for it.
+const MAX_SEQS: usize = 1 << 16;
+const MAX_BATCH_TOKENS: usize = 1 << 20;
+const MAX_THREADS: usize = 1 << 10;
+
+impl EngineConfig {
+    /// Checks every limit for a model of `config`'s shape: zero sequences, tokens, threads or
+    /// KV blocks would leave requests waiting forever, so each must be at least 1 (and below a
+    /// bound that no machine needs).
+    pub fn validate(&self, config: &crate::config::Config) -> Result<()> {
+        let Limits { max_seqs, max_batch_tokens } = self.limits;
+        let check = |name: &str, v: usize, max: usize| {
+            if (1..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err(Error::Invalid(format!("{name} must be in 1..={max}, got {v}")))
+            }
+        };
+        check("max_seqs", max_seqs, MAX_SEQS)?;
+        check("max_batch_tokens", max_batch_tokens, MAX_BATCH_TOKENS)?;
+        if let Some(t) = self.threads {
+            check("threads", t, MAX_THREADS)?;
+        }
+        let block = KvPool::block_bytes(config, self.kv_dtype);
+        if self.kv_cache_bytes < block {
+            return Err(Error::Invalid(format!(
+                "the KV cache budget of {} bytes holds no block; one block takes {block} bytes",
+                self.kv_cache_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
 enum Command {
     Submit { id: u64, req: GenerateRequest, events: Box<dyn EventSink> },
     Cancel(u64),
@@ -113,9 +148,11 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the engine thread. Errors only if its thread pool cannot be built.
+    /// Starts the engine thread. Errors if a limit is out of range ([`EngineConfig::validate`]),
+    /// the KV cache cannot be allocated, or its threads cannot be started.
     pub fn start(model: Gpt2, tokenizer: Option<Tokenizer>, settings: EngineConfig) -> Result<Engine> {
-        let mut pool = KvPool::with_budget(model.config(), settings.kv_cache_bytes, settings.kv_dtype);
+        settings.validate(model.config())?;
+        let mut pool = KvPool::with_budget(model.config(), settings.kv_cache_bytes, settings.kv_dtype)?;
         pool.set_prefix_caching(settings.prefix_caching);
         let (config_copy, max_blocks) = (model.config().clone(), pool.total_blocks());
         let stats =
@@ -124,8 +161,7 @@ impl Engine {
         let worker = Worker {
             model,
             tokenizer,
-            pool,
-            sched: Scheduler::new(settings.limits),
+            sched: Scheduler::new(settings.limits, pool),
             reqs: HashMap::new(),
             stats: stats.clone(),
             rx,
@@ -206,7 +242,6 @@ struct Live {
 struct Worker {
     model: Gpt2,
     tokenizer: Option<Tokenizer>,
-    pool: KvPool,
     sched: Scheduler,
     reqs: HashMap<u64, Live>,
     stats: Arc<Mutex<Stats>>,
@@ -228,12 +263,12 @@ impl Worker {
                     return;
                 }
             }
-            let plan = self.sched.plan(&self.pool);
-            if !plan.is_empty() {
-                let ids: Vec<u64> = plan.iter().map(|p| p.id).collect();
+            let batch = self.sched.schedule();
+            if !batch.is_empty() {
+                let ids: Vec<u64> = batch.seqs.iter().map(|s| s.id).collect();
                 // A failing (or, through a bug, panicking) step fails the requests in it and
                 // nothing else: the engine keeps serving the others.
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(&plan)));
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(batch)));
                 let error = match outcome {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(e.to_string()),
@@ -255,7 +290,7 @@ impl Worker {
             Command::Submit { id, req, events } => {
                 self.sched.add(id, req.prompt.clone());
                 let live = Live {
-                    sampler: Sampler::new(req.sampling),
+                    sampler: Sampler::new(req.sampling, self.model.kernels()),
                     max_tokens: req.max_tokens,
                     stop: req.stop_tokens,
                     top_logprobs: req.top_logprobs,
@@ -274,39 +309,26 @@ impl Worker {
         true
     }
 
-    fn step(&mut self, plan: &[crate::scheduler::Planned]) -> Result<()> {
-        // Move the tables out while the batch borrows them, then put them back.
-        let mut parts: Vec<(Vec<u32>, crate::kv_cache::BlockTable)> = plan
+    /// Runs one scheduled batch: the forward pass, then a token for each sequence whose chunk
+    /// reached its end. The batch's tables go back to the scheduler whether or not it ran.
+    fn step(&mut self, batch: Batch) -> Result<()> {
+        let inputs: Vec<SeqInput> = batch
+            .seqs
             .iter()
-            .map(|p| {
-                let seq = self.sched.get_mut(p.id).expect("planned sequence exists");
-                (seq.tokens[p.start..p.start + p.len].to_vec(), seq.table.take().expect("admitted"))
+            .map(|s| SeqInput {
+                tokens: &s.tokens,
+                cache: &s.table,
+                logits: if s.logits { Logits::Last } else { Logits::None },
             })
             .collect();
-        let mut inputs: Vec<SeqInput> = parts
-            .iter_mut()
-            .zip(plan)
-            .map(|((tokens, table), p)| SeqInput {
-                tokens,
-                cache: table,
-                logits: if p.logits { Logits::Last } else { Logits::None },
-            })
-            .collect();
-        let result = self.model.forward(&mut self.pool, &mut inputs);
+        let result = self.model.forward(self.sched.pool_mut(), &inputs);
         drop(inputs);
-        for ((_, table), p) in parts.into_iter().zip(plan) {
-            let seq = self.sched.get_mut(p.id).expect("planned sequence exists");
-            seq.table = Some(table);
-            if result.is_ok() {
-                seq.computed += p.len;
-            }
-        }
+        let rows: Vec<u64> = batch.seqs.iter().filter(|s| s.logits).map(|s| s.id).collect();
+        self.sched.complete(batch, result.is_ok());
         let logits = result?;
-        self.sched.commit_blocks(&self.pool, plan);
         let vocab = self.model.config().vocab_size;
         // Sample every sequence in parallel (each has its own RNG, so the order cannot matter),
-        // then send the tokens in plan order.
-        let rows: Vec<u64> = plan.iter().filter(|p| p.logits).map(|p| p.id).collect();
+        // then send the tokens in batch order.
         let mut samplers: Vec<(u64, Sampler)> =
             rows.iter().filter_map(|id| self.reqs.get(id).map(|l| (*id, l.sampler.clone()))).collect();
         let top_n: Vec<usize> =
@@ -372,7 +394,7 @@ impl Worker {
         let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         s.running = self.sched.n_running();
         s.waiting = self.sched.n_waiting();
-        s.kv_blocks_free = self.pool.free_blocks();
+        s.kv_blocks_free = self.sched.pool().free_blocks();
         s.preemptions = self.sched.preemptions;
         s.prefix_cache_queries = self.sched.prefix_queries;
         s.prefix_cache_hits = self.sched.prefix_hits;

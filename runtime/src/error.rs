@@ -31,6 +31,8 @@ pub enum Error {
     Token { id: u32, vocab: usize },
     #[error("KV cache exhausted: {need} blocks needed, {free} free")]
     KvExhausted { need: usize, free: usize },
+    #[error("{what}: {source}")]
+    Memory { what: String, source: inferneo_kernels::AllocError },
     #[error("invalid argument: {0}")]
     Invalid(String),
 }

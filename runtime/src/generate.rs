@@ -60,7 +60,7 @@ impl GenerateRequest {
 pub fn generate(model: &Gpt2, req: &GenerateRequest, mut on_token: impl FnMut(u32)) -> Result<Generation> {
     req.validate(model)?;
     let mut cache = KvCache::new(model.config());
-    let mut sampler = Sampler::new(req.sampling.clone());
+    let mut sampler = Sampler::new(req.sampling.clone(), model.kernels());
     let mut tokens = Vec::with_capacity(req.max_tokens);
     let mut input = req.prompt.clone();
     while tokens.len() < req.max_tokens {

@@ -4,13 +4,14 @@
 //!
 //! `forward` takes a batch of sequences, each with its own tokens (a prefill chunk or one decode
 //! token) and block table in the shared paged KV pool; every linear layer runs once over all
-//! rows of the batch.
+//! rows of the batch. The tables arrive already holding the new positions (the scheduler grows
+//! them); the forward pass writes their keys and values and never allocates blocks.
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::init::{Preset, RandomWeights};
 use crate::kv_cache::{BlockTable, KvCache, KvPool, LayerBlocks};
-use crate::weights::{SafetensorsFile, Tensor, WeightSource};
+use crate::weights::{SafetensorsFile, WeightSource};
 use inferneo_kernels::{team, Attention, Epilogue, Kernels, Layout, Norm, PackedKn, WeightDtype};
 use std::path::Path;
 
@@ -18,8 +19,8 @@ use std::path::Path;
 pub const EMBEDDED_SEED: u64 = 0;
 
 struct LayerNorm {
-    weight: Tensor, // [n_embd]
-    bias: Tensor,   // [n_embd]
+    weight: Vec<f32>, // [n_embd]
+    bias: Vec<f32>,   // [n_embd]
 }
 
 /// A GPT-2 `Conv1D`: `y = x W + b` with `W` stored `[in, out]` (the transpose of `nn.Linear`).
@@ -27,7 +28,7 @@ struct LayerNorm {
 /// packed copy replaces the checkpoint's, so the streaming GEMV reads it contiguously.
 struct Conv1D {
     weight: PackedKn, // [n_in, n_out], packed
-    bias: Tensor,     // [n_out]
+    bias: Vec<f32>,   // [n_out]
 }
 
 struct Block {
@@ -46,7 +47,7 @@ pub struct Gpt2 {
     /// The tied `wte` ([vocab, n_embd]) packed as the lm_head's `[n_embd, vocab]`; embedding
     /// lookups read its columns, so the table is held once.
     lm_head: PackedKn,
-    wpe: Tensor, // [n_positions, n_embd]
+    wpe: Vec<f32>, // [n_positions, n_embd]
     blocks: Vec<Block>,
     ln_f: LayerNorm,
 }
@@ -60,10 +61,11 @@ pub enum Logits {
 }
 
 /// One sequence's part of a batch: its new tokens (a prefill chunk or one decode token), its
-/// block table in the pool, and which rows need logits.
+/// block table in the pool, already grown to hold them (they are its last `tokens.len()`
+/// positions), and which rows need logits.
 pub struct SeqInput<'a> {
     pub tokens: &'a [u32],
-    pub cache: &'a mut BlockTable,
+    pub cache: &'a BlockTable,
     pub logits: Logits,
 }
 
@@ -79,7 +81,10 @@ impl Gpt2 {
                 msg: "only model.safetensors is supported; convert with transformers' save_pretrained(safe_serialization=True)".into(),
             });
         }
-        Gpt2::from_source(config, &SafetensorsFile::open(&st)?, kernels, dtype)
+        let file = SafetensorsFile::open(&st)?;
+        let model = Gpt2::from_source(config, &file, kernels, dtype)?;
+        file.check_unchanged()?;
+        Ok(model)
     }
 
     /// The built-in GPT-2 124M-shape model with deterministic random weights (not a trained model).
@@ -96,16 +101,14 @@ impl Gpt2 {
 
     pub fn from_source(config: Config, src: &dyn WeightSource, kernels: Kernels, dtype: WeightDtype) -> Result<Gpt2> {
         let (e, i) = (config.n_embd, config.n_inner());
-        // Vectors are copied out of the file (about 1% of the bytes) so that, once the matrices
-        // are packed, nothing references the mapping and it is released: no duplicate resident.
-        let vector = |name: &str, len: usize| -> Result<Tensor> { Ok(src.get(name, &[len])?.into_owned()) };
+        let vector = |name: &str, len: usize| src.get(name, &[len]);
         let ln = |name: &str| -> Result<LayerNorm> {
             Ok(LayerNorm { weight: vector(&format!("{name}.weight"), e)?, bias: vector(&format!("{name}.bias"), e)? })
         };
         let conv = |name: &str, n_in: usize, n_out: usize| -> Result<Conv1D> {
             let weight = src.get(&format!("{name}.weight"), &[n_in, n_out])?;
-            let weight = kernels.pack(weight.as_slice(), Layout::KN, n_in, n_out, dtype);
-            src.release(&format!("{name}.weight"));
+            // The source goes as soon as it is packed: one matrix's f32 copy is held at a time.
+            let weight = kernels.pack(&weight, Layout::KN, n_in, n_out, dtype);
             Ok(Conv1D { weight, bias: vector(&format!("{name}.bias"), n_out)? })
         };
         let blocks = (0..config.n_layer)
@@ -121,13 +124,12 @@ impl Gpt2 {
             })
             .collect::<Result<Vec<_>>>()?;
         let wte = src.get("wte.weight", &[config.vocab_size, e])?;
-        let lm_head = kernels.pack(wte.as_slice(), Layout::NK, e, config.vocab_size, dtype);
+        let lm_head = kernels.pack(&wte, Layout::NK, e, config.vocab_size, dtype);
         drop(wte);
-        src.release("wte.weight");
         Ok(Gpt2 {
             lm_head,
             dtype,
-            wpe: src.get("wpe.weight", &[config.n_positions, e])?.into_owned(),
+            wpe: src.get("wpe.weight", &[config.n_positions, e])?,
             ln_f: ln("ln_f")?,
             blocks,
             config,
@@ -160,38 +162,52 @@ impl Gpt2 {
     }
 
     /// One sequence with its own cache: appends `tokens` and returns the requested logits.
+    /// On error the cache is as it was.
     pub fn forward_one(&self, cache: &mut KvCache, tokens: &[u32], logits: Logits) -> Result<Vec<f32>> {
         let KvCache { pool, table } = cache;
-        self.forward(pool, &mut [SeqInput { tokens, cache: table, logits }])
+        let need = table.len() + tokens.len();
+        if need > self.config.n_positions {
+            return Err(Error::Context { need, max: self.config.n_positions });
+        }
+        let start = pool.grow(table, tokens.len())?;
+        let out = self.forward(pool, &[SeqInput { tokens, cache: table, logits }]);
+        if out.is_err() {
+            table.truncate(start);
+        }
+        out
     }
 
-    /// Runs one step over a batch: appends each sequence's tokens to its block table in `pool`
-    /// and returns the requested logits rows (`[rows, vocab]`, sequences in order). Inputs and
-    /// the pool's free blocks are checked before any table is touched, so an error leaves every
-    /// sequence as it was.
-    pub fn forward(&self, pool: &mut KvPool, seqs: &mut [SeqInput]) -> Result<Vec<f32>> {
+    /// Runs one step over a batch: writes each sequence's new positions' keys and values into
+    /// its blocks in `pool` and returns the requested logits rows (`[rows, vocab]`, sequences in
+    /// order). Inputs are checked before anything is written.
+    pub fn forward(&self, pool: &mut KvPool, seqs: &[SeqInput]) -> Result<Vec<f32>> {
         let c = &self.config;
         let (e, vocab) = (c.n_embd, c.vocab_size);
-        for s in seqs.iter() {
+        for s in seqs {
             if s.tokens.is_empty() {
                 return Err(Error::Invalid("a sequence in the batch has no tokens".into()));
             }
-            let need = s.cache.len() + s.tokens.len();
-            if need > c.n_positions {
-                return Err(Error::Context { need, max: c.n_positions });
+            if !pool.holds(s.cache) {
+                return Err(Error::Invalid("a block table from another KV pool".into()));
+            }
+            if s.cache.len() < s.tokens.len() {
+                return Err(Error::Invalid(format!(
+                    "a block table of {} positions cannot hold {} new tokens: grow it first",
+                    s.cache.len(),
+                    s.tokens.len()
+                )));
+            }
+            if s.cache.len() > c.n_positions {
+                return Err(Error::Context { need: s.cache.len(), max: c.n_positions });
             }
             if let Some(&id) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
                 return Err(Error::Token { id, vocab });
             }
         }
-        let need: usize = seqs.iter().map(|s| pool.blocks_needed(s.cache, s.tokens.len())).sum();
-        if need > pool.free_blocks() {
-            return Err(Error::KvExhausted { need, free: pool.free_blocks() });
-        }
         // rows[r] = (sequence index, position) of row r of every activation buffer.
         let mut rows = Vec::new();
-        for (si, s) in seqs.iter_mut().enumerate() {
-            let start = pool.grow(s.cache, s.tokens.len())?;
+        for (si, s) in seqs.iter().enumerate() {
+            let start = s.cache.len() - s.tokens.len();
             rows.extend((0..s.tokens.len()).map(|t| (si, start + t)));
         }
         let m = rows.len();

@@ -14,7 +14,7 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::weights::{Tensor, WeightSource};
+use crate::weights::WeightSource;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
@@ -156,13 +156,13 @@ impl RandomWeights {
 }
 
 impl WeightSource for RandomWeights {
-    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let want = self
             .shapes
             .get(name)
             .ok_or_else(|| Error::MissingTensor { path: "<random weights>".into(), name: name.into() })?;
         debug_assert_eq!(want.as_slice(), shape);
-        Ok(Tensor::Owned(tensor_values(self.seed, name, shape.iter().product())))
+        Ok(tensor_values(self.seed, name, shape.iter().product()))
     }
 }
 

@@ -18,7 +18,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use half::f16;
-use inferneo_kernels::{HugeBuf, KvView};
+use inferneo_kernels::{AllocError, HugeBuf, KvView};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -143,6 +143,37 @@ pub enum KvDtype {
     F16,
 }
 
+impl KvDtype {
+    /// Bytes per stored value.
+    pub fn size(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+}
+
+impl std::str::FromStr for KvDtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<KvDtype, String> {
+        match s {
+            "f32" => Ok(KvDtype::F32),
+            "f16" => Ok(KvDtype::F16),
+            other => Err(format!("unknown KV dtype '{other}' (expected f32 or f16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for KvDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvDtype::F32 => "f32",
+            KvDtype::F16 => "f16",
+        })
+    }
+}
+
 /// On 2 MiB pages and touched at creation: attention streams the cache like the weights, and a
 /// lazily faulted pool made the first requests after start-up pay the page faults (7% of a
 /// 32-sequence run's time). The whole budget is resident from the start, as stated.
@@ -178,34 +209,41 @@ pub struct BlockTable {
 
 impl KvPool {
     /// A pool of `n_blocks` f32 blocks for `config`'s shape.
-    pub fn new(config: &Config, n_blocks: usize) -> KvPool {
+    pub fn new(config: &Config, n_blocks: usize) -> Result<KvPool> {
         KvPool::with_dtype(config, n_blocks, KvDtype::F32)
     }
 
-    /// A pool of `n_blocks` blocks stored as `dtype`.
-    pub fn with_dtype(config: &Config, n_blocks: usize, dtype: KvDtype) -> KvPool {
+    /// A pool of `n_blocks` blocks stored as `dtype`. Fails, holding nothing, when the memory
+    /// cannot be had.
+    pub fn with_dtype(config: &Config, n_blocks: usize, dtype: KvDtype) -> Result<KvPool> {
+        KvPool::allocate(config, n_blocks, dtype)
+            .map_err(|source| Error::Memory { what: format!("a KV cache of {n_blocks} blocks"), source })
+    }
+
+    fn allocate(config: &Config, n_blocks: usize, dtype: KvDtype) -> std::result::Result<KvPool, AllocError> {
         let block_len = config.n_layer * 2 * BLOCK_TOKENS * config.n_embd;
-        KvPool {
+        let len = n_blocks.checked_mul(block_len).ok_or(AllocError::Overflow { len: n_blocks, size: block_len })?;
+        Ok(KvPool {
             n_embd: config.n_embd,
             block_len,
             n_blocks,
             storage: match dtype {
-                KvDtype::F32 => Storage::F32(HugeBuf::zeroed(n_blocks * block_len)),
-                KvDtype::F16 => Storage::F16(HugeBuf::zeroed(n_blocks * block_len)),
+                KvDtype::F32 => Storage::F32(HugeBuf::zeroed(len)?),
+                KvDtype::F16 => Storage::F16(HugeBuf::zeroed(len)?),
             },
             alloc: Arc::new(Mutex::new(Allocator::new(n_blocks))),
             prefix_caching: true,
-        }
+        })
+    }
+
+    /// Bytes one block takes for `config`'s shape stored as `dtype`.
+    pub fn block_bytes(config: &Config, dtype: KvDtype) -> usize {
+        config.n_layer * 2 * BLOCK_TOKENS * config.n_embd * dtype.size()
     }
 
     /// A pool sized from a memory budget in bytes.
-    pub fn with_budget(config: &Config, bytes: usize, dtype: KvDtype) -> KvPool {
-        let size = match dtype {
-            KvDtype::F32 => 4,
-            KvDtype::F16 => 2,
-        };
-        let block_bytes = config.n_layer * 2 * BLOCK_TOKENS * config.n_embd * size;
-        KvPool::with_dtype(config, bytes / block_bytes, dtype)
+    pub fn with_budget(config: &Config, bytes: usize, dtype: KvDtype) -> Result<KvPool> {
+        KvPool::with_dtype(config, bytes / KvPool::block_bytes(config, dtype), dtype)
     }
 
     pub fn dtype(&self) -> KvDtype {
@@ -245,6 +283,11 @@ impl KvPool {
         // A panic elsewhere cannot leave the allocator half-updated (every method is a few
         // plain assignments), so a poisoned lock is still consistent.
         self.alloc.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `table` is one of this pool's.
+    pub fn holds(&self, table: &BlockTable) -> bool {
+        Arc::ptr_eq(&self.alloc, &table.alloc)
     }
 
     /// An empty block table for a new sequence.
@@ -455,7 +498,10 @@ pub struct KvCache {
 impl KvCache {
     /// A cache able to hold the model's whole context.
     pub fn new(config: &Config) -> KvCache {
-        let pool = KvPool::new(config, config.n_positions.div_ceil(BLOCK_TOKENS));
+        // As `Vec` does, a cache that cannot be allocated ends the process: a few MB per
+        // sequence for the models this holds, and no caller could do better than report it.
+        let pool = KvPool::allocate(config, config.n_positions.div_ceil(BLOCK_TOKENS), KvDtype::F32)
+            .unwrap_or_else(|e| e.abort());
         let table = pool.sequence();
         KvCache { pool, table }
     }

@@ -6,7 +6,7 @@
 //! vocabulary).
 
 use crate::error::{Error, Result};
-use inferneo_kernels::{Isa, Kernels};
+use inferneo_kernels::Kernels;
 use std::cell::RefCell;
 
 /// How to pick the next token. `temperature == 0` means greedy.
@@ -96,24 +96,21 @@ impl Rng {
     }
 }
 
-/// A sequence's sampler: its parameters and RNG state.
-#[derive(Clone, Debug)]
+/// A sequence's sampler: its parameters, RNG state and the kernels it runs on (the model's, so
+/// a forced ISA reaches sampling too).
+#[derive(Clone)]
 pub struct Sampler {
     params: SamplingParams,
+    kernels: Kernels,
     rng: Rng,
     /// How often each token was generated so far (for the penalties).
     counts: std::collections::HashMap<u32, u32>,
 }
 
 /// Index of the largest logit (the first one on ties; 0 if there is none, e.g. all NaN).
-pub fn argmax(logits: &[f32]) -> u32 {
-    let max = kernels().max(logits);
+pub fn argmax(kernels: Kernels, logits: &[f32]) -> u32 {
+    let max = kernels.max(logits);
     logits.iter().position(|&v| v == max).unwrap_or(0) as u32
-}
-
-/// The process's kernels (SIMD max and exp); scalar ones if `INFERNEO_ISA` is unusable.
-fn kernels() -> Kernels {
-    inferneo_kernels::kernels().unwrap_or_else(|_| Kernels::for_isa(Isa::Scalar).expect("scalar kernels always exist"))
 }
 
 thread_local! {
@@ -123,9 +120,9 @@ thread_local! {
 }
 
 impl Sampler {
-    pub fn new(params: SamplingParams) -> Sampler {
+    pub fn new(params: SamplingParams, kernels: Kernels) -> Sampler {
         let rng = Rng::new(params.seed);
-        Sampler { params, rng, counts: Default::default() }
+        Sampler { params, kernels, rng, counts: Default::default() }
     }
 
     /// Picks the next token from one row of logits (and remembers it for the penalties).
@@ -158,10 +155,10 @@ impl Sampler {
     fn pick(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         if p.temperature == 0.0 || p.top_k == 1 {
-            return argmax(logits);
+            return argmax(self.kernels, logits);
         }
         let inv_t = 1.0 / p.temperature;
-        let k = kernels();
+        let k = self.kernels;
         let max = k.max(logits);
         // Candidates: the top k (by a bounded selection, O(vocab)), or every token.
         let cand = (p.top_k > 0 && p.top_k < logits.len()).then(|| top_k(logits, p.top_k));

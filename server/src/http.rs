@@ -81,9 +81,9 @@ pub struct Server {
 
 impl Server {
     /// Binds the address and starts loading the models.
-    pub async fn bind(config: ServerConfig, kernels: inferneo_kernels::Kernels) -> std::io::Result<Server> {
+    pub async fn bind(config: ServerConfig) -> std::io::Result<Server> {
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
-        let registry = Registry::load(config.models.clone(), kernels);
+        let registry = Registry::load(config.models.clone());
         let app = Arc::new(App { config, registry, metrics: Arc::default(), draining: AtomicBool::new(false) });
         Ok(Server { listener, app })
     }
@@ -162,7 +162,7 @@ impl Server {
 
 /// Builds a runtime, serves until SIGINT or SIGTERM, drains and returns. Prints where it
 /// listens and when it is ready.
-pub fn run_blocking(config: ServerConfig, kernels: inferneo_kernels::Kernels) -> Result<(), String> {
+pub fn run_blocking(config: ServerConfig) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("inferneo-http")
@@ -171,7 +171,7 @@ pub fn run_blocking(config: ServerConfig, kernels: inferneo_kernels::Kernels) ->
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     rt.block_on(async move {
         let (host, port) = (config.host.clone(), config.port);
-        let server = Server::bind(config, kernels).await.map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+        let server = Server::bind(config).await.map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
         let addr = server.local_addr().map_err(|e| e.to_string())?;
         eprintln!("listening on http://{addr} (GET /health, /ready, /metrics; POST /v1/completions)");
         let app = server.app.clone();

@@ -6,7 +6,7 @@
 //! Reading order: `http.rs` (accept loop, routing, limits, drain) → `api.rs` (request parsing)
 //! → `completions.rs` (engine sequences to OpenAI choices) → `stop.rs`, `metrics.rs`,
 //! `models.rs` (loading and admission), `error.rs`.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod api;
 mod completions;
@@ -17,4 +17,4 @@ mod models;
 pub mod stop;
 
 pub use http::{run_blocking, Server, ServerConfig};
-pub use models::{ModelSource, ModelSpec};
+pub use models::ModelSpec;

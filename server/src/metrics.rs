@@ -69,6 +69,8 @@ impl Default for ModelSeries {
 pub struct Gauges {
     pub model: String,
     pub ready: bool,
+    /// Threads the model's engine runs its kernels on (0 while not loaded).
+    pub threads: usize,
     /// Requests admitted by the server and not finished (running or queued).
     pub in_flight: usize,
     pub waiting: usize,
@@ -170,8 +172,11 @@ impl Metrics {
             }
         }
         type Gauge = fn(&Gauges) -> f64;
-        let series: [(&str, &str, &str, Gauge); 9] = [
+        let series: [(&str, &str, &str, Gauge); 10] = [
             ("inferneo_model_ready", "gauge", "1 when the model is loaded and serving.", |g| g.ready as u8 as f64),
+            ("inferneo_engine_threads", "gauge", "Threads the model's engine runs its kernels on.", |g| {
+                g.threads as f64
+            }),
             ("inferneo_requests_in_flight", "gauge", "Requests admitted and not finished.", |g| g.in_flight as f64),
             ("inferneo_queue_depth", "gauge", "Sequences waiting for admission to the engine.", |g| g.waiting as f64),
             ("inferneo_running_sequences", "gauge", "Sequences in the running batch.", |g| g.running as f64),

@@ -5,25 +5,16 @@
 
 use crate::error::ApiError;
 use crate::metrics::Gauges;
-use inferneo_runtime::{Config, Engine, EngineConfig, Gpt2, Tokenizer, WeightDtype};
-use std::path::PathBuf;
+use inferneo_runtime::{Config, Engine, EngineConfig, Isa, LoadOptions, ModelSource, Tokenizer};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 #[derive(Clone, Debug)]
-pub enum ModelSource {
-    /// The built-in GPT-2 124M shape with random weights and the real tokenizer.
-    Embedded,
-    /// A HuggingFace model directory.
-    Dir(PathBuf),
-}
-
-#[derive(Clone, Debug)]
 pub struct ModelSpec {
     pub name: String,
     pub source: ModelSource,
-    pub dtype: WeightDtype,
+    pub load: LoadOptions,
     pub engine: EngineConfig,
     /// Sequences that may wait for the engine beyond those it runs (`--max-queue`).
     pub max_queue: usize,
@@ -35,6 +26,9 @@ pub struct Served {
     pub engine: Engine,
     pub tokenizer: Option<Tokenizer>,
     pub created: u64,
+    /// The kernel set and thread count its engine runs on.
+    pub isa: Isa,
+    pub threads: usize,
     capacity: usize,
     in_flight: AtomicUsize,
 }
@@ -63,6 +57,7 @@ impl Served {
         Gauges {
             model: self.name.clone(),
             ready: true,
+            threads: self.threads,
             in_flight: self.in_flight.load(Ordering::Relaxed),
             waiting: s.waiting,
             running: s.running,
@@ -105,29 +100,35 @@ pub struct Registry {
 
 impl Registry {
     /// Starts loading every model in the background.
-    pub fn load(specs: Vec<ModelSpec>, kernels: inferneo_kernels::Kernels) -> Arc<Registry> {
+    pub fn load(specs: Vec<ModelSpec>) -> Arc<Registry> {
         let slots = specs.iter().map(|s| Slot { name: s.name.clone(), state: RwLock::new(State::Loading) }).collect();
         let reg = Arc::new(Registry { slots });
         for (i, spec) in specs.into_iter().enumerate() {
             let reg = reg.clone();
             std::thread::spawn(move || {
                 let t0 = Instant::now();
-                eprintln!("loading model '{}' from {} ({} weights) ...", spec.name, describe(&spec.source), spec.dtype);
+                eprintln!(
+                    "loading model '{}' from {} ({} weights) ...",
+                    spec.name,
+                    spec.source.describe(),
+                    spec.load.dtype
+                );
                 let ticker = Ticker::start(&spec.name);
-                let loaded = load(&spec, kernels);
+                let loaded = load(&spec);
                 drop(ticker);
                 let state = match loaded {
                     Ok(served) => {
                         let c = served.config();
                         eprintln!(
-                            "loaded '{}' in {:.1} s: {} layers x {} wide, vocab {}, context {}, kernels {}",
+                            "loaded '{}' in {:.1} s: {} layers x {} wide, vocab {}, context {}, kernels {}, {} threads",
                             spec.name,
                             t0.elapsed().as_secs_f64(),
                             c.n_layer,
                             c.n_embd,
                             c.vocab_size,
                             c.n_positions,
-                            kernels.isa()
+                            served.isa,
+                            served.threads,
                         );
                         State::Ready(Arc::new(served))
                     }
@@ -193,27 +194,26 @@ impl Registry {
     }
 }
 
-fn describe(source: &ModelSource) -> String {
-    match source {
-        ModelSource::Embedded => "the embedded GPT-2 (124M shape, random weights)".into(),
-        ModelSource::Dir(d) => d.display().to_string(),
-    }
-}
-
-fn load(spec: &ModelSpec, kernels: inferneo_kernels::Kernels) -> Result<Served, String> {
-    let (model, tokenizer) = match &spec.source {
-        ModelSource::Embedded => (Gpt2::embedded(kernels, spec.dtype), Some(Tokenizer::gpt2())),
-        ModelSource::Dir(d) => (
-            Gpt2::load(d, kernels, spec.dtype).map_err(|e| e.to_string())?,
-            Tokenizer::from_dir(d).map_err(|e| e.to_string())?,
-        ),
-    };
+fn load(spec: &ModelSpec) -> Result<Served, String> {
+    let loaded = inferneo_runtime::load(&spec.source, &spec.load).map_err(|e| e.to_string())?;
+    let (isa, threads) = (loaded.model.kernels().isa(), loaded.threads);
     let capacity = spec.engine.limits.max_seqs + spec.max_queue;
     // The engine thread gets its own copy (for incremental text decoding), so prompts are
     // tokenized here without sharing anything with it.
-    let engine = Engine::start(model, tokenizer.clone(), spec.engine).map_err(|e| e.to_string())?;
+    let tokenizer = loaded.tokenizer.clone();
+    let settings = EngineConfig { threads: Some(threads), ..spec.engine };
+    let engine = Engine::start(loaded.model, loaded.tokenizer, settings).map_err(|e| e.to_string())?;
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    Ok(Served { name: spec.name.clone(), engine, tokenizer, created, capacity, in_flight: AtomicUsize::new(0) })
+    Ok(Served {
+        name: spec.name.clone(),
+        engine,
+        tokenizer,
+        created,
+        isa,
+        threads,
+        capacity,
+        in_flight: AtomicUsize::new(0),
+    })
 }
 
 /// On a terminal, a live "loading ... N s" line while a model loads (large checkpoints take

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use inferneo_runtime::{generate, GenerateRequest, Gpt2, SamplingParams, Tokenizer, WeightDtype};
+use inferneo_runtime::{generate, GenerateRequest, LoadOptions, ModelSource, SamplingParams, Tokenizer};
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 
@@ -19,8 +19,7 @@ fn text(v: &Value, i: usize) -> String {
 
 /// The greedy continuation computed directly by the runtime, decoded.
 fn direct_greedy(prompt: &str, max_tokens: usize) -> String {
-    let kernels = inferneo_runtime::kernels().unwrap();
-    let model = Gpt2::load(&tiny_dir(0), kernels, WeightDtype::F32).unwrap();
+    let model = inferneo_runtime::load(&ModelSource::Dir(tiny_dir(0)), &LoadOptions::default()).unwrap().model;
     let tok = Tokenizer::gpt2();
     let req = GenerateRequest {
         prompt: tok.encode(prompt).unwrap(),

@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use inferneo_server::{ModelSource, ServerConfig};
+use inferneo_runtime::ModelSource;
+use inferneo_server::ServerConfig;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -147,7 +148,7 @@ fn one_sequence_at_a_time(max_queue: usize) -> TestServer {
     let mut spec = spec("gpt2", ModelSource::Embedded);
     spec.engine.limits.max_seqs = 1;
     spec.engine.kv_cache_bytes = 64 << 20;
-    spec.engine.threads = None;
+    spec.load.threads = None;
     spec.max_queue = max_queue;
     TestServer::start(ServerConfig { models: vec![spec], ..config() }, true)
 }

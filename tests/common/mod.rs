@@ -60,6 +60,11 @@ impl Golden {
     }
 }
 
+/// Index of the largest value, the first on ties: a plain loop, independent of the kernels.
+pub fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
+}
+
 /// Compares `[rows, vocab]` logits with the golden: max abs diff within `tol` at every position
 /// and identical argmax. Panics at the first failing row with its index, the first few pairs and
 /// the max diff; returns the max abs diff.
@@ -83,7 +88,7 @@ pub fn check_logits(label: &str, got: &[f32], want: &[f32], vocab: usize, tol: f
             w[idx],
             pairs.join(" ")
         );
-        let (ga, wa) = (inferneo_runtime::sampling::argmax(g), inferneo_runtime::sampling::argmax(w));
+        let (ga, wa) = (argmax(g), argmax(w));
         assert_eq!(ga, wa, "{label}: position {row}: argmax {ga} differs from HF's {wa}");
     }
     worst

@@ -1,5 +1,6 @@
 //! The `inferneo` command line: argument parsing and one function per subcommand.
 //! No model math here; everything runs through `inferneo_runtime`.
+#![forbid(unsafe_code)]
 
 mod bench;
 mod npy;
@@ -8,12 +9,13 @@ mod serve;
 mod throughput;
 
 use clap::{Args, Parser, Subcommand};
-use inferneo_kernels::{Isa, Kernels, Team};
+use inferneo_kernels::{Isa, Team};
 use inferneo_runtime::init::{self, Preset, StoreDtype};
 use inferneo_runtime::scheduler::Limits;
 use inferneo_runtime::tokenizer::IncrementalDecoder;
 use inferneo_runtime::{
-    generate, EngineConfig, GenerateRequest, Gpt2, KvDtype, Logits, SamplingParams, Tokenizer, WeightDtype,
+    generate, EngineConfig, GenerateRequest, KvDtype, LoadOptions, Loaded, Logits, ModelSource, SamplingParams,
+    Tokenizer, WeightDtype,
 };
 use std::io::Write;
 use std::path::PathBuf;
@@ -76,7 +78,7 @@ struct ThroughputArgs {
     kv_cache_mb: usize,
     /// KV cache storage: f32 or f16.
     #[arg(long, default_value = "f32")]
-    kv_dtype: String,
+    kv_dtype: KvDtype,
     /// Compute every prompt in full instead of sharing cached prefix blocks.
     #[arg(long)]
     no_prefix_cache: bool,
@@ -114,7 +116,17 @@ struct ModelArg {
     /// Weight storage at run time: f32, f16, bf16, int8 (weight-only, per-channel scales) or w8a8
     /// (the same int8 weights with int8 activations and integer dot products: fastest, least exact).
     #[arg(long, default_value = "f32")]
-    dtype: String,
+    dtype: WeightDtype,
+}
+
+impl ModelArg {
+    fn source(&self) -> ModelSource {
+        ModelSource::from_path(self.model.clone())
+    }
+
+    fn options(&self, isa: Option<Isa>) -> LoadOptions {
+        LoadOptions { dtype: self.dtype, isa, threads: None }
+    }
 }
 
 #[derive(Args)]
@@ -216,8 +228,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let text = e.render().to_string();
-            eprintln!("{} (see --help)", text.lines().next().unwrap_or("error: invalid arguments"));
+            eprintln!("{} (see --help)", one_line(&e.render().to_string()));
             return ExitCode::from(2);
         }
     };
@@ -230,6 +241,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// clap's message as one line. Its first line alone can end in a colon, with what it refers to
+/// (the missing arguments, say) on the lines below, so those are joined in up to the usage.
+fn one_line(text: &str) -> String {
+    let lines: Vec<&str> =
+        text.lines().map(str::trim).take_while(|l| !l.starts_with("Usage:")).filter(|l| !l.is_empty()).collect();
+    if lines.is_empty() {
+        return "error: invalid arguments".into();
+    }
+    lines.join(" ")
+}
+
 /// Runs `f` with a kernel team as wide as the default pool installed on this thread, as the
 /// engine runs its steps (see `inferneo_kernels::team`).
 fn with_team<T>(f: impl FnOnce() -> T) -> Result<T, String> {
@@ -238,7 +260,7 @@ fn with_team<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 }
 
 fn run(cli: Cli) -> CliResult {
-    let kernels = select_kernels(cli.isa.as_deref())?;
+    let isa = select_isa(cli.isa.as_deref())?;
     // One thread per physical core unless RAYON_NUM_THREADS says otherwise (rayon's own default
     // is every logical CPU). The engines' teams and `with_team` take the global pool's width.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
@@ -249,18 +271,18 @@ fn run(cli: Cli) -> CliResult {
             .map_err(|e| format!("cannot start {threads} threads: {e}"))?;
     }
     match cli.command {
-        Command::Serve(a) => serve::run(a, kernels),
-        Command::Bench(a) => bench::run(*a, kernels),
-        Command::Logits(a) => with_team(move || logits(a, kernels))?,
-        Command::Generate(a) => with_team(move || generate_cmd(a, kernels))?,
+        Command::Serve(a) => serve::run(a, isa),
+        Command::Bench(a) => bench::run(*a, isa),
+        Command::Logits(a) => with_team(move || logits(a, isa))?,
+        Command::Generate(a) => with_team(move || generate_cmd(a, isa))?,
         Command::Tokenize(a) => {
-            let tok = tokenizer(&a.model.model)?;
+            let tok = inferneo_runtime::load_tokenizer(&a.model.source()).map_err(|e| e.to_string())?;
             let ids = tok.encode(&a.text).map_err(|e| e.to_string())?;
             println!("{}", join_ids(&ids));
             Ok(())
         }
         Command::Detokenize(a) => {
-            let tok = tokenizer(&a.model.model)?;
+            let tok = inferneo_runtime::load_tokenizer(&a.model.source()).map_err(|e| e.to_string())?;
             let ids = parse_ids(&a.ids)?;
             if let Some(&bad) = ids.iter().find(|&&i| i as usize >= tok.vocab_size()) {
                 return Err(format!("token id {bad} is outside the vocabulary (size {})", tok.vocab_size()));
@@ -270,6 +292,7 @@ fn run(cli: Cli) -> CliResult {
         }
         // With a kernel team, as the engine calls its kernels.
         Command::Roofline(a) => with_team(|| {
+            let kernels = LoadOptions { isa, ..LoadOptions::default() }.kernels().map_err(|e| e.to_string())?;
             roofline::run(
                 kernels,
                 a.json,
@@ -295,19 +318,15 @@ fn run(cli: Cli) -> CliResult {
                     max_seqs: levels.iter().copied().max().unwrap_or(1),
                 },
                 kv_cache_bytes: a.kv_cache_mb << 20,
-                kv_dtype: match a.kv_dtype.as_str() {
-                    "f32" => KvDtype::F32,
-                    "f16" => KvDtype::F16,
-                    other => return Err(format!("--kv-dtype '{other}': expected f32 or f16")),
-                },
+                kv_dtype: a.kv_dtype,
                 threads: None,
                 prefix_caching: !a.no_prefix_cache,
             };
-            let (probe, _) = load_model(&a.model, kernels)?;
-            drop(probe);
+            drop(load_model(&a.model, isa)?);
             let workload = throughput::Workload { prompt_tokens: a.prompt_tokens, max_tokens: a.max_tokens };
+            let (source, options) = (a.model.source(), a.model.options(isa));
             throughput::run(
-                || load_model_quiet(&a.model, kernels).expect("loaded once already").0,
+                || inferneo_runtime::load(&source, &options).expect("loaded once already").model,
                 &levels,
                 a.rounds,
                 &workload,
@@ -329,26 +348,35 @@ fn run(cli: Cli) -> CliResult {
     }
 }
 
-fn select_kernels(flag: Option<&str>) -> CliResult<Kernels> {
+/// `--isa`: `None` (or `auto`) leaves the choice to `INFERNEO_ISA` or the CPU.
+fn select_isa(flag: Option<&str>) -> CliResult<Option<Isa>> {
     match flag {
-        None | Some("auto") => inferneo_kernels::kernels(),
+        None | Some("auto") => Ok(None),
         Some(name) => {
-            let isa: Isa = name.parse()?;
-            Kernels::for_isa(isa).ok_or_else(|| format!("--isa {name}: this CPU does not support {name}"))
+            let isa: Isa = name.parse().map_err(|e| format!("--isa: {e}"))?;
+            if !isa.available() {
+                return Err(format!("--isa {name}: this CPU does not support {name}"));
+            }
+            Ok(Some(isa))
         }
     }
 }
 
-fn load_model(arg: &ModelArg, kernels: Kernels) -> CliResult<(Gpt2, Option<Tokenizer>)> {
-    let loaded = load_model_quiet(arg, kernels)?;
-    let m = &loaded.0;
+/// Loads the model and prints one line about it: shape, dtype, size, kernels, threads, memory.
+fn load_model(arg: &ModelArg, isa: Option<Isa>) -> CliResult<Loaded> {
+    if arg.model.is_none() {
+        eprintln!("note: using the embedded GPT-2 (124M shape, random weights; text is not meaningful)");
+    }
+    let loaded = inferneo_runtime::load(&arg.source(), &arg.options(isa)).map_err(|e| e.to_string())?;
+    let m = &loaded.model;
     eprintln!(
-        "note: loaded {} layers x {} wide, {} weights ({:.0} MB packed), kernels {}, resident {}",
+        "note: loaded {} layers x {} wide, {} weights ({:.0} MB packed), kernels {}, {} threads, resident {}",
         m.config().n_layer,
         m.config().n_embd,
         m.dtype(),
         m.packed_bytes() as f64 / 1e6,
-        kernels.isa(),
+        m.kernels().isa(),
+        loaded.threads,
         resident_mb().map_or("unknown".into(), |mb| format!("{mb:.0} MB")),
     );
     Ok(loaded)
@@ -359,30 +387,6 @@ fn resident_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
-}
-
-fn load_model_quiet(arg: &ModelArg, kernels: Kernels) -> CliResult<(Gpt2, Option<Tokenizer>)> {
-    let dtype: WeightDtype = arg.dtype.parse()?;
-    match &arg.model {
-        None => {
-            eprintln!("note: using the embedded GPT-2 (124M shape, random weights; text is not meaningful)");
-            Ok((Gpt2::embedded(kernels, dtype), Some(Tokenizer::gpt2())))
-        }
-        Some(d) => {
-            let model = Gpt2::load(d, kernels, dtype).map_err(|e| e.to_string())?;
-            let tok = Tokenizer::from_dir(d).map_err(|e| e.to_string())?;
-            Ok((model, tok))
-        }
-    }
-}
-
-fn tokenizer(dir: &Option<PathBuf>) -> CliResult<Tokenizer> {
-    match dir {
-        None => Ok(Tokenizer::gpt2()),
-        Some(d) => Tokenizer::from_dir(d)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{}: no tokenizer.json or vocab.json + merges.txt", d.display())),
-    }
 }
 
 fn prompt_ids(
@@ -406,8 +410,8 @@ fn prompt_ids(
     }
 }
 
-fn logits(a: LogitsArgs, kernels: Kernels) -> CliResult {
-    let (model, tok) = load_model(&a.model, kernels)?;
+fn logits(a: LogitsArgs, isa: Option<Isa>) -> CliResult {
+    let Loaded { model, tokenizer: tok, .. } = load_model(&a.model, isa)?;
     let ids = prompt_ids(tok.as_ref(), &a.model.model, &a.prompt, &a.tokens)?;
     if ids.is_empty() {
         return Err("no tokens to score".into());
@@ -420,8 +424,8 @@ fn logits(a: LogitsArgs, kernels: Kernels) -> CliResult {
     Ok(())
 }
 
-fn generate_cmd(a: GenerateArgs, kernels: Kernels) -> CliResult {
-    let (model, tok) = load_model(&a.model, kernels)?;
+fn generate_cmd(a: GenerateArgs, isa: Option<Isa>) -> CliResult {
+    let Loaded { model, tokenizer: tok, .. } = load_model(&a.model, isa)?;
     let prompt = prompt_ids(tok.as_ref(), &a.model.model, &a.prompt, &a.tokens)?;
     let eos = tok.as_ref().and_then(|t| t.eos_id()).or(model.config().eos_token_id);
     let req = GenerateRequest {

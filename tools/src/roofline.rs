@@ -32,7 +32,7 @@ pub fn read_bandwidth(k: Kernels, bytes: usize, huge_pages: bool) -> f64 {
     let mut huge;
     let mut small;
     let buf: &mut [f32] = if huge_pages {
-        huge = HugeBuf::<f32>::zeroed(n);
+        huge = HugeBuf::<f32>::zeroed(n).unwrap_or_else(|e| e.abort());
         &mut huge
     } else {
         small = vec![0.0f32; n];

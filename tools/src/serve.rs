@@ -1,10 +1,9 @@
 //! `inferneo serve`: flags to a [`ServerConfig`], then the server until SIGINT/SIGTERM.
 
 use clap::Args;
-use inferneo_kernels::Kernels;
 use inferneo_runtime::scheduler::Limits;
-use inferneo_runtime::{EngineConfig, KvDtype, WeightDtype};
-use inferneo_server::{ModelSource, ModelSpec, ServerConfig};
+use inferneo_runtime::{EngineConfig, Isa, KvDtype, LoadOptions, ModelSource, WeightDtype};
+use inferneo_server::{ModelSpec, ServerConfig};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,13 +26,13 @@ pub struct ServeArgs {
     /// Weight storage: f32, f16, bf16, int8 (weight-only, per output channel) or w8a8 (int8
     /// weights and activations, integer dot products).
     #[arg(long, default_value = "f32")]
-    dtype: String,
+    dtype: WeightDtype,
     /// KV cache budget per model, in MB.
     #[arg(long, default_value_t = 512)]
     kv_cache_mb: usize,
     /// KV cache storage: f32 or f16.
     #[arg(long, default_value = "f32")]
-    kv_dtype: String,
+    kv_dtype: KvDtype,
     /// Sequences one engine runs at once.
     #[arg(long, default_value_t = 64)]
     max_seqs: usize,
@@ -110,13 +109,7 @@ fn parse_threads(specs: &[String], names: &[&str]) -> Result<Vec<(String, usize)
         .collect()
 }
 
-pub fn config(a: &ServeArgs) -> Result<ServerConfig, String> {
-    let dtype: WeightDtype = a.dtype.parse()?;
-    let kv_dtype = match a.kv_dtype.as_str() {
-        "f32" => KvDtype::F32,
-        "f16" => KvDtype::F16,
-        other => return Err(format!("--kv-dtype '{other}': expected f32 or f16")),
-    };
+pub fn config(a: &ServeArgs, isa: Option<Isa>) -> Result<ServerConfig, String> {
     if a.max_seqs == 0 || a.max_batch_tokens == 0 {
         return Err("--max-seqs and --max-batch-tokens must be > 0".into());
     }
@@ -128,12 +121,16 @@ pub fn config(a: &ServeArgs) -> Result<ServerConfig, String> {
         .map(|(name, source)| ModelSpec {
             name: name.clone(),
             source: source.clone(),
-            dtype,
+            load: LoadOptions {
+                dtype: a.dtype,
+                isa,
+                threads: threads.iter().find(|(n, _)| n == name).map(|&(_, t)| t),
+            },
             engine: EngineConfig {
                 limits: Limits { max_batch_tokens: a.max_batch_tokens, max_seqs: a.max_seqs },
                 kv_cache_bytes: a.kv_cache_mb << 20,
-                kv_dtype,
-                threads: threads.iter().find(|(n, _)| n == name).map(|&(_, t)| t),
+                kv_dtype: a.kv_dtype,
+                threads: None,
                 prefix_caching: !a.no_prefix_cache,
             },
             max_queue: a.max_queue,
@@ -151,6 +148,6 @@ pub fn config(a: &ServeArgs) -> Result<ServerConfig, String> {
     })
 }
 
-pub fn run(a: ServeArgs, kernels: Kernels) -> Result<(), String> {
-    inferneo_server::run_blocking(config(&a)?, kernels)
+pub fn run(a: ServeArgs, isa: Option<Isa>) -> Result<(), String> {
+    inferneo_server::run_blocking(config(&a, isa)?)
 }

@@ -147,17 +147,48 @@ fn bad_input_is_a_one_line_error() {
     fails(&["init", "--preset", "gpt5", "--out", out], "unknown preset");
     fails(&["detokenize", "70000"], "outside the vocabulary");
     fails(&["generate", "--isa", "avx9000", "--tokens", "1"], "unknown ISA");
+    // Missing or malformed arguments are named.
+    fails(&["logits", "--tokens", "1,2"], "--out");
+    fails(&["init", "--out", out], "--preset");
+    fails(&["generate", "--tokens", "1", "--dtype", "int3"], "--dtype");
+    fails(&["throughput", "--kv-dtype", "f8"], "--kv-dtype");
 }
 
+/// `--isa` reaches every kernel the command runs, sampling included. The process-wide table
+/// follows `INFERNEO_ISA`; set to a name no CPU has, it fails any command that reads it (shown
+/// first). With `--isa` given, the same command succeeds, so nothing consulted that table, and
+/// the load note names the kernels that ran.
 #[test]
-fn forced_scalar_isa_gives_the_same_greedy_tokens() {
+fn forced_isa_reaches_every_kernel_and_gives_the_same_tokens() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny(tmp.path());
-    let args = ["generate", "--model", &model, "--tokens", "464,2068,7586", "--max-tokens", "10", "--ids"];
-    let auto = ok(&args);
-    let mut scalar_args = args.to_vec();
-    scalar_args.extend(["--isa", "scalar"]);
-    assert_eq!(ok(&scalar_args), auto);
+    // Sampled (top-k, top-p: the sampler's SIMD max and exp) and greedy.
+    let sampled = ["--temperature", "0.9", "--top-k", "40", "--top-p", "0.9", "--seed", "5"];
+    for extra in [&[][..], &sampled[..]] {
+        let mut args = vec!["generate", "--model", &model, "--tokens", "464,2068,7586", "--max-tokens", "10", "--ids"];
+        args.extend(extra);
+        let auto = ok(&args);
+        let run = |env_isa: &str, flag: Option<&str>| {
+            let mut a = args.clone();
+            if let Some(isa) = flag {
+                a.extend(["--isa", isa]);
+            }
+            Command::new(env!("CARGO_BIN_EXE_inferneo")).args(&a).env("INFERNEO_ISA", env_isa).output().unwrap()
+        };
+        let unread = run("no-such-isa", None);
+        assert!(!unread.status.success(), "INFERNEO_ISA=no-such-isa must fail a command that reads it");
+        for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+            let out = run("no-such-isa", Some(isa.name()));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "--isa {isa} read the process-wide table: {err}");
+            assert!(err.contains(&format!("kernels {isa},")), "--isa {isa}: the load note names other kernels: {err}");
+            // Greedy tokens agree across ISAs. Sampled ones need not: each ISA's `exp` rounds
+            // differently, which can move a top-p boundary.
+            if extra.is_empty() {
+                assert_eq!(String::from_utf8_lossy(&out.stdout), auto, "--isa {isa}");
+            }
+        }
+    }
 }
 
 #[test]

@@ -4,8 +4,8 @@
 
 use inferneo_runtime::init::{write_model_dir, StoreDtype};
 use inferneo_runtime::scheduler::Limits;
-use inferneo_runtime::{EngineConfig, Preset, WeightDtype};
-use inferneo_server::{ModelSource, ModelSpec, Server, ServerConfig};
+use inferneo_runtime::{EngineConfig, LoadOptions, ModelSource, Preset};
+use inferneo_server::{ModelSpec, Server, ServerConfig};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -31,11 +31,10 @@ pub fn spec(name: &str, source: ModelSource) -> ModelSpec {
     ModelSpec {
         name: name.into(),
         source,
-        dtype: WeightDtype::F32,
+        load: LoadOptions { threads: Some(1), ..LoadOptions::default() },
         engine: EngineConfig {
             limits: Limits { max_batch_tokens: 256, max_seqs: 16 },
             kv_cache_bytes: 16 << 20,
-            threads: Some(1),
             ..EngineConfig::default()
         },
         max_queue: 64,
@@ -64,13 +63,12 @@ pub struct TestServer {
 impl TestServer {
     /// Starts the server and waits until `/ready` (or, with `wait_ready` false, only listening).
     pub fn start(config: ServerConfig, wait_ready: bool) -> TestServer {
-        let kernels = inferneo_runtime::kernels().expect("kernels");
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
-                let server = Server::bind(config, kernels).await.expect("bind");
+                let server = Server::bind(config).await.expect("bind");
                 addr_tx.send(server.local_addr().unwrap()).unwrap();
                 server
                     .run(async {

@@ -10,10 +10,9 @@ mod stats;
 use crate::throughput;
 use clap::Args;
 use client::Target;
-use inferneo_kernels::Kernels;
 use inferneo_runtime::scheduler::Limits;
-use inferneo_runtime::{EngineConfig, Gpt2, WeightDtype};
-use inferneo_server::{ModelSource, ModelSpec, Server, ServerConfig};
+use inferneo_runtime::{EngineConfig, Isa, LoadOptions, ModelSource, WeightDtype};
+use inferneo_server::{ModelSpec, Server, ServerConfig};
 use run::{Driver, Level, Load, Shape};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -35,7 +34,7 @@ pub struct BenchArgs {
     model: Option<PathBuf>,
     /// Local server only: weight storage (f32, f16, bf16, int8, w8a8).
     #[arg(long, default_value = "f32")]
-    dtype: String,
+    dtype: WeightDtype,
     /// Local server only: sequences per engine step.
     #[arg(long, default_value_t = 64)]
     max_seqs: usize,
@@ -116,7 +115,7 @@ fn secs(flag: &str, v: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(v).map_err(|_| format!("--{flag} {v}: expected seconds >= 0"))
 }
 
-pub fn run(mut a: BenchArgs, kernels: Kernels) -> Result<(), String> {
+pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
     if a.quick {
         (a.requests, a.duration, a.warmup, a.soak) = (3, 1.0, 0.0, 2.0);
         (a.rates, a.concurrency, a.batch_sizes) = ("2,4".into(), "1,2".into(), "1,2".into());
@@ -143,7 +142,8 @@ pub fn run(mut a: BenchArgs, kernels: Kernels) -> Result<(), String> {
     let (duration, warmup, soak, timeout) =
         (secs("duration", a.duration)?, secs("warmup", a.warmup)?, secs("soak", a.soak)?, secs("timeout", a.timeout)?);
     let drain = secs("drain", a.drain)?;
-    let dtype: WeightDtype = a.dtype.parse()?;
+    let load = LoadOptions { dtype: a.dtype, isa, threads: None };
+    let kernels = load.kernels().map_err(|e| e.to_string())?;
     let local_name =
         a.model.as_ref().and_then(|d| d.file_name()).map_or("gpt2".into(), |n| n.to_string_lossy().into_owned());
     let model_name = a.model_name.clone().unwrap_or(local_name.clone());
@@ -152,7 +152,7 @@ pub fn run(mut a: BenchArgs, kernels: Kernels) -> Result<(), String> {
         kv_cache_bytes: a.kv_cache_mb << 20,
         ..EngineConfig::default()
     };
-    let source = a.model.clone().map_or(ModelSource::Embedded, ModelSource::Dir);
+    let source = ModelSource::from_path(a.model.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -176,10 +176,9 @@ pub fn run(mut a: BenchArgs, kernels: Kernels) -> Result<(), String> {
             Some(u) => (u.clone(), None),
             None => {
                 let spec =
-                    ModelSpec { name: local_name.clone(), source: source.clone(), dtype, engine, max_queue: 4096 };
+                    ModelSpec { name: local_name.clone(), source: source.clone(), load, engine, max_queue: 4096 };
                 let config = ServerConfig { port: 0, models: vec![spec], ..ServerConfig::default() };
-                let server =
-                    Server::bind(config, kernels).await.map_err(|e| format!("cannot start the server: {e}"))?;
+                let server = Server::bind(config).await.map_err(|e| format!("cannot start the server: {e}"))?;
                 let addr = server.local_addr().map_err(|e| e.to_string())?;
                 while !server.ready() {
                     if let Some(e) = server.failure() {
@@ -242,10 +241,7 @@ pub fn run(mut a: BenchArgs, kernels: Kernels) -> Result<(), String> {
                     }
                     let w = throughput::Workload { prompt_tokens: a.prompt_tokens, max_tokens: a.max_tokens };
                     for &n in &batches {
-                        let model = match &source {
-                            ModelSource::Embedded => Gpt2::embedded(kernels, dtype),
-                            ModelSource::Dir(d) => Gpt2::load(d, kernels, dtype).map_err(|e| e.to_string())?,
-                        };
+                        let model = inferneo_runtime::load(&source, &load).map_err(|e| e.to_string())?.model;
                         let config =
                             EngineConfig { limits: Limits { max_seqs: n.max(a.max_seqs), ..engine.limits }, ..engine };
                         let f = tokio::task::block_in_place(|| throughput::measure(model, n, &w, config))?;
@@ -326,7 +322,7 @@ pub fn run(mut a: BenchArgs, kernels: Kernels) -> Result<(), String> {
     if let Some(path) = &a.json {
         let doc = json!({
             "machine": report::machine(&kernels.isa().to_string()),
-            "target": {"url": a.url, "model": model_name, "local": a.url.is_none(), "dtype": a.dtype},
+            "target": {"url": a.url, "model": model_name, "local": a.url.is_none(), "dtype": a.dtype.name()},
             "workload": {"prompt_tokens": a.prompt_tokens, "max_tokens": a.max_tokens, "temperature": a.temperature,
                          "top_p": a.top_p, "seed": a.seed, "duration_s": a.duration, "warmup_s": a.warmup,
                          "soak_s": a.soak, "production_rate": a.production_rate},

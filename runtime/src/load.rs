@@ -1,0 +1,93 @@
+//! The one way in for every front (the CLI, the server, the benches): a model source and load
+//! options to a loaded model, its tokenizer and the kernels and threads it runs on.
+//!
+//! Fronts never build a [`Gpt2`] or a [`Tokenizer`] themselves, so the choice of kernels, the
+//! embedded-vs-directory rule and the error messages live here once.
+
+use crate::error::{Error, Result};
+use crate::gpt2::Gpt2;
+use crate::tokenizer::Tokenizer;
+use inferneo_kernels::{Isa, Kernels, WeightDtype};
+use std::path::PathBuf;
+
+/// Where a model's weights and tokenizer come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelSource {
+    /// The built-in GPT-2 of the 124M shape with deterministic random weights (seed
+    /// [`crate::gpt2::EMBEDDED_SEED`]) and the real GPT-2 tokenizer: works offline, but its text
+    /// is not meaningful language.
+    Embedded,
+    /// A HuggingFace GPT-2 directory (`config.json`, `model.safetensors`, tokenizer files).
+    Dir(PathBuf),
+}
+
+impl ModelSource {
+    /// `None` is the embedded model.
+    pub fn from_path(path: Option<PathBuf>) -> ModelSource {
+        path.map_or(ModelSource::Embedded, ModelSource::Dir)
+    }
+
+    /// For log lines.
+    pub fn describe(&self) -> String {
+        match self {
+            ModelSource::Embedded => "the embedded GPT-2 (124M shape, random weights)".into(),
+            ModelSource::Dir(d) => d.display().to_string(),
+        }
+    }
+}
+
+/// How to load a model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// How the weights are held at run time (converted or quantized once, at load).
+    pub dtype: WeightDtype,
+    /// The kernel set; `None`: the process default (`INFERNEO_ISA`, else the best the CPU has).
+    pub isa: Option<Isa>,
+    /// Threads the model's kernels run on; `None`: as many as rayon's process-wide pool.
+    pub threads: Option<usize>,
+}
+
+impl LoadOptions {
+    /// The kernels these options name; an error if the CPU cannot run them.
+    pub fn kernels(&self) -> Result<Kernels> {
+        match self.isa {
+            None => inferneo_kernels::kernels().map_err(Error::Invalid),
+            Some(isa) => {
+                Kernels::for_isa(isa).ok_or_else(|| Error::Invalid(format!("this CPU does not support {isa}")))
+            }
+        }
+    }
+}
+
+/// A loaded model: the graph (which carries its kernels), its tokenizer if the source has one,
+/// and the thread count to run it with.
+pub struct Loaded {
+    pub model: Gpt2,
+    pub tokenizer: Option<Tokenizer>,
+    pub threads: usize,
+}
+
+/// Loads `source` as `options` say.
+pub fn load(source: &ModelSource, options: &LoadOptions) -> Result<Loaded> {
+    let kernels = options.kernels()?;
+    let threads = match options.threads {
+        Some(0) => return Err(Error::Invalid("threads must be > 0".into())),
+        Some(n) => n,
+        None => rayon::current_num_threads(),
+    };
+    let (model, tokenizer) = match source {
+        ModelSource::Embedded => (Gpt2::embedded(kernels, options.dtype), Some(Tokenizer::gpt2())),
+        ModelSource::Dir(dir) => (Gpt2::load(dir, kernels, options.dtype)?, Tokenizer::from_dir(dir)?),
+    };
+    Ok(Loaded { model, tokenizer, threads })
+}
+
+/// The tokenizer of `source` alone, without its weights; an error if it has none.
+pub fn load_tokenizer(source: &ModelSource) -> Result<Tokenizer> {
+    match source {
+        ModelSource::Embedded => Ok(Tokenizer::gpt2()),
+        ModelSource::Dir(dir) => Tokenizer::from_dir(dir)?.ok_or_else(|| {
+            Error::Tokenizer(format!("{}: no tokenizer.json or vocab.json + merges.txt", dir.display()))
+        }),
+    }
+}
