@@ -1,15 +1,15 @@
 //! The one place kernels are chosen: a [`Kernels`] value is a table of function pointers for an
 //! ISA the running CPU supports, built once per process (or per test) and then called without
-//! further checks. Its methods are the safe public API; they validate shapes and split work
-//! across the rayon pool.
+//! further checks. Its methods are the safe public API: they validate shapes, prepare the
+//! activations (`rows.rs`) and split each product over the team (`grid.rs`).
 
 use crate::cpu::Isa;
+use crate::grid::{balanced_tile, for_chunks, Cuts, Dims};
 use crate::isa::{self, Table};
+use crate::rows::{pack_in_parallel, Norm, Spare, SPARE_WORDS};
 use crate::team;
 use crate::{ActQuant, Attention, Layout, MatmulKn, MatmulQ, PackedKn, Panels, QFormat, WeightDtype};
-use std::cell::RefCell;
 use std::sync::OnceLock;
-use std::thread::LocalKey;
 
 /// Kernels bound to one ISA. Cheap to copy.
 #[derive(Clone, Copy)]
@@ -25,19 +25,6 @@ static GLOBAL: OnceLock<Result<Kernels, String>> = OnceLock::new();
 pub fn kernels() -> Result<Kernels, String> {
     GLOBAL.get_or_init(|| Isa::from_env().map(|isa| Kernels::for_isa(isa).expect("available ISA"))).clone()
 }
-
-/// Below this many multiply-adds a product runs on the calling thread: a rayon fork costs
-/// microseconds, more than the work itself.
-const PAR_MIN_FLOPS: usize = 1 << 17;
-/// Rows of a product are cut into groups of this many or more on average, since each reads its
-/// panels' weights again. Cut into three groups of one register tile, a decode step's 32 rows
-/// ran 1.2-1.6x slower from memory on 16 threads than two-panel chunks of all 32 rows (two
-/// device runs, not side by side).
-const MIN_GROUP_ROWS: usize = 64;
-/// Column chunks are at least this wide (two AVX-512 panels), so a chunk amortises its
-/// start-up: one-panel chunks of a 768 x 768 product took 1.3-1.7x as long in cache on 16
-/// threads (two device runs, not side by side).
-const MIN_CHUNK: usize = 64;
 
 impl Kernels {
     /// The table for `isa`, or `None` if this CPU cannot run it.
@@ -139,9 +126,7 @@ impl Kernels {
             Some(p) => (&p[..], if m > 1 { mr } else { 0 }),
             None => (x, 0),
         };
-        // One row: chunks of whole decode tiles, so every chunk streams several panels at once.
-        let align = if m == 1 { self.table.kn_decode_cols } else { self.table.kn_nr };
-        let cuts = Cuts { align, panel: self.table.kn_nr, row_block: x_mr };
+        let cuts = Cuts::for_product(m, self.table.kn_nr, self.table.kn_decode_cols, x_mr);
         for_chunks(&mut out[..m * n], dims, cuts, |c| {
             // A chunk's rows start on a block of `x_mr` rows: block `row0 / x_mr` is at `row0 * k`.
             let x = &x[c.row0 * k..];
@@ -306,21 +291,6 @@ impl Epilogue {
     pub const ACCUMULATE: Epilogue = Epilogue { gelu: false, accumulate: true };
 }
 
-/// Shape of a product: `x` is `[m, k]`, the result `[m, n]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dims {
-    pub m: usize,
-    pub k: usize,
-    pub n: usize,
-}
-
-/// Tile height for `m` rows: as many tiles as `max_mr` needs, rows spread evenly over them (50
-/// rows as 5 x 10 rather than 4 x 12 + 2: a 2-row tile has too few accumulators to keep the
-/// FMA units busy). Which rows share a tile never changes a result (batch invariance).
-fn balanced_tile(m: usize, max_mr: usize) -> usize {
-    m.div_ceil(m.div_ceil(max_mr))
-}
-
 /// An integer-dot matrix's packed parts.
 struct QPanels<'a> {
     q: &'a [i8],
@@ -362,9 +332,8 @@ impl Kernels {
         } else {
             quantize(x, &mut words, &mut x_scale);
         }
-        let align = if m == 1 { decode_cols } else { w.format.nr };
-        // Rows are split only in whole blocks of `mr` (one row never is: see `grid`).
-        for_chunks(&mut out[..m * n], dims, Cuts { align, panel: w.format.nr, row_block: mr }, |c| {
+        // Rows are split only in whole blocks of `mr` (one row never is: see `grid::chunk_shape`).
+        for_chunks(&mut out[..m * n], dims, Cuts::for_product(m, w.format.nr, decode_cols, mr), |c| {
             let a = MatmulQ {
                 x: &words[c.row0 * groups * run..],
                 x_mr: mr,
@@ -382,239 +351,5 @@ impl Kernels {
             // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
             unsafe { matmul(&a, &mut c.rows) }
         });
-    }
-}
-
-/// The layer norm fused into a product's activation packing
-/// ([`Kernels::matmul_kn_normed`]): `(x - mean) / sqrt(var + eps) * gamma + beta` per row.
-#[derive(Clone, Copy)]
-pub struct Norm<'a> {
-    pub gamma: &'a [f32],
-    pub beta: &'a [f32],
-    pub eps: f32,
-}
-
-impl Kernels {
-    /// `[m, k]` rows (layer-normed first if `norm` says so) interleaved in blocks of `mr`:
-    /// block `b` is `[k][mr]` holding rows `b*mr .. b*mr+mr` (zeros past `m`). Blocks are
-    /// packed in parallel when there are enough of them: a serial pack of 512 x 3072 took 2.2 ms,
-    /// a quarter of the two-thread product.
-    fn pack_rows(&self, x: &[f32], k: usize, mr: usize, norm: Option<Norm>) -> Spare<f32> {
-        let m = x.len() / k.max(1);
-        let len = m.div_ceil(mr) * mr * k;
-        let mut buf = Spare::take(&SPARE_ROWS, len);
-        let pack_block = |normed: &mut Vec<f32>, b: usize, block: &mut [f32]| {
-            let rows = mr.min(m - b * mr);
-            let src = &x[b * mr * k..][..rows * k];
-            match norm {
-                // One-row blocks (w8a8's and M = 1's normed rows) are the normed row itself.
-                Some(Norm { gamma, beta, eps }) if mr == 1 => self.layernorm(src, gamma, beta, eps, block),
-                Some(Norm { gamma, beta, eps }) => {
-                    normed.resize(rows * k, 0.0);
-                    for (row, dst) in src.chunks_exact(k).zip(normed.chunks_exact_mut(k)) {
-                        self.layernorm(row, gamma, beta, eps, dst);
-                    }
-                    interleave(&normed[..rows * k], k, mr, block);
-                }
-                None => interleave(src, k, mr, block),
-            }
-        };
-        let blocks = &mut buf[..];
-        if pack_in_parallel(m * k) {
-            team::for_each_chunk_mut(blocks, mr * k, |b, block| {
-                NORMED.with_borrow_mut(|normed| pack_block(normed, b, block))
-            });
-        } else {
-            let mut normed = Vec::new();
-            blocks.chunks_exact_mut(mr * k).enumerate().for_each(|(b, block)| pack_block(&mut normed, b, block));
-        }
-        buf
-    }
-}
-
-/// Whether `values` activations are enough to pack (or quantize) in parallel: below 2^16 the
-/// fork costs more than it saves.
-fn pack_in_parallel(values: usize) -> bool {
-    values >= 1 << 16 && team::threads() > 1
-}
-
-/// Largest buffer (elements) a thread keeps for its next product.
-const SPARE_MAX: usize = 8 << 20;
-
-thread_local! {
-    /// This thread's packed-rows buffer between products: a fresh multi-MiB allocation per
-    /// product costs page faults or a memset.
-    static SPARE_ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// The same for `w8a8`'s quantized activation words.
-    static SPARE_WORDS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
-    /// A block's layer-normed rows before they are interleaved (a parallel pack's scratch).
-    static NORMED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The first `len` values of a buffer borrowed from one of this thread's spares, handed back
-/// when dropped. Its contents are stale: the user writes every value it reads.
-struct Spare<T: 'static> {
-    buf: Vec<T>,
-    len: usize,
-    home: &'static LocalKey<RefCell<Vec<T>>>,
-}
-
-impl<T: Copy + Default> Spare<T> {
-    fn take(home: &'static LocalKey<RefCell<Vec<T>>>, len: usize) -> Self {
-        let mut buf = home.with(|c| c.take());
-        if buf.len() < len {
-            // Grows to the largest product's size once; smaller products reuse it, no memset.
-            buf.resize(len, T::default());
-        }
-        Spare { buf, len, home }
-    }
-}
-
-impl<T> std::ops::Deref for Spare<T> {
-    type Target = [T];
-    fn deref(&self) -> &[T] {
-        &self.buf[..self.len]
-    }
-}
-
-impl<T> std::ops::DerefMut for Spare<T> {
-    fn deref_mut(&mut self) -> &mut [T] {
-        &mut self.buf[..self.len]
-    }
-}
-
-impl<T> Drop for Spare<T> {
-    fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.buf);
-        if buf.len() <= SPARE_MAX {
-            self.home.with(|c| c.replace(buf));
-        }
-    }
-}
-
-/// `block[kk * mr + r] = src[r * k + kk]` for the rows of `src` (`[rows, k]`, `rows <= mr`),
-/// zeros past them. One k at a time: the writes are contiguous and the `rows` source lines stay
-/// in L1 (row by row, a block deeper than L1 missed on every store).
-fn interleave(src: &[f32], k: usize, mr: usize, block: &mut [f32]) {
-    let rows = src.len() / k;
-    for (kk, d) in block.chunks_exact_mut(mr).enumerate() {
-        for (r, v) in d[..rows].iter_mut().enumerate() {
-            *v = src[r * k + kk];
-        }
-        d[rows..].fill(0.0);
-    }
-}
-
-/// How a product's output may be cut into chunks: columns at multiples of `align` (the tile
-/// width the kernel prefers: several panels for one row), or of `panel` when that leaves
-/// threads idle; rows at multiples of `row_block` (the packed activations' block height; 0:
-/// rows are not split).
-#[derive(Clone, Copy)]
-struct Cuts {
-    align: usize,
-    panel: usize,
-    row_block: usize,
-}
-
-/// One chunk of a product's output: its first row and column, and its rows' sub-slices.
-struct Chunk<'a> {
-    row0: usize,
-    col0: usize,
-    rows: Vec<&'a mut [f32]>,
-}
-
-/// Splits `out` (`[m, n]` row-major) into a grid of chunks and hands each to `f`, in parallel
-/// when the product is big enough. Columns are cut first (each weight panel is then read by
-/// one thread); rows too when there are too few columns to keep every thread busy (many cores,
-/// a narrow product: 768 columns are 24 panels of 32 for 16 threads). Chunk boundaries never
-/// change the arithmetic (see the batch-invariance contract in `ops/matmul.rs`).
-fn for_chunks(out: &mut [f32], dims: Dims, cuts: Cuts, f: impl Fn(&mut Chunk) + Sync) {
-    let Dims { m, k, n } = dims;
-    if m == 0 || n == 0 {
-        return;
-    }
-    let threads = team::threads();
-    let (width, height) = if m * n * k < PAR_MIN_FLOPS || threads == 1 { (n, m) } else { grid(m, n, threads, cuts) };
-    let cols = n.div_ceil(width);
-    let mut chunks: Vec<Chunk> = (0..m.div_ceil(height) * cols)
-        .map(|c| Chunk { row0: c / cols * height, col0: c % cols * width, rows: Vec::with_capacity(height.min(m)) })
-        .collect();
-    for (r, row) in out.chunks_mut(n).enumerate() {
-        for (c, piece) in row.chunks_mut(width).enumerate() {
-            chunks[r / height * cols + c].rows.push(piece);
-        }
-    }
-    team::for_each_mut(&mut chunks, |_, c| f(c));
-}
-
-/// `(columns, rows)` of each chunk for `threads` threads: about four chunks a thread (so a
-/// late thread costs little) of at least `MIN_CHUNK` columns, `align`-wide; narrower (whole
-/// panels) when whole decode tiles would leave threads without a chunk; and groups of rows
-/// when the columns alone give too few chunks.
-fn grid(m: usize, n: usize, threads: usize, cuts: Cuts) -> (usize, usize) {
-    let Cuts { align, panel, row_block } = cuts;
-    let target = threads * 4;
-    let width_for = |a: usize| n.div_ceil(target.min(n.div_ceil(MIN_CHUNK))).div_ceil(a) * a;
-    let mut width = width_for(align);
-    if n.div_ceil(width) < threads {
-        width = width_for(panel);
-    }
-    let cols = n.div_ceil(width);
-    if row_block == 0 || cols >= 2 * threads {
-        return (width, m);
-    }
-    // Every group of rows reads all its panels' weights again: `MIN_GROUP_ROWS` or more each, on average.
-    let blocks = m.div_ceil(row_block);
-    match blocks.min(target.div_ceil(cols)).min(m / MIN_GROUP_ROWS) {
-        0 | 1 => (width, m),
-        groups => (width, blocks.div_ceil(groups) * row_block),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// AVX-512's shapes: 32-column panels, decode tiles of 128 columns, blocks of up to 12 rows.
-    fn cuts(m: usize) -> Cuts {
-        let row_block = if m > 1 { balanced_tile(m, 12) } else { 0 };
-        Cuts { align: if m == 1 { 128 } else { 32 }, panel: 32, row_block }
-    }
-
-    fn chunks(m: usize, n: usize, threads: usize) -> usize {
-        let (w, h) = grid(m, n, threads, cuts(m));
-        n.div_ceil(w) * m.div_ceil(h)
-    }
-
-    #[test]
-    fn two_threads_cut_gpt2_products_by_columns_only() {
-        for n in [768, 2304, 3072, 50257] {
-            for m in [1, 8, 32, 512] {
-                let (w, h) = grid(m, n, 2, cuts(m));
-                assert_eq!(h, m, "M = {m}, N = {n}");
-                assert!(n.div_ceil(w) >= 6, "M = {m}, N = {n}: {} column chunks", n.div_ceil(w));
-                // As before the grid could cut rows: about eight chunks, of whole decode tiles
-                // for one row.
-                let align = cuts(m).align;
-                assert_eq!(w, n.div_ceil(8.min(n.div_ceil(64))).div_ceil(align) * align);
-            }
-        }
-    }
-
-    #[test]
-    fn sixteen_threads_get_work_from_narrow_products() {
-        // 768 columns are 24 panels: one row drops to two-panel chunks, more rows add row groups.
-        assert_eq!(grid(1, 768, 16, cuts(1)), (64, 1));
-        // 72 panels make 18 decode tiles: enough to keep whole tiles.
-        assert_eq!(grid(1, 2304, 16, cuts(1)), (128, 1));
-        assert_eq!(grid(32, 768, 16, cuts(32)), (64, 32));
-        assert_eq!(chunks(128, 768, 16), 24);
-        assert_eq!(chunks(512, 768, 16), 72);
-        // Wide products are cut by columns only.
-        assert_eq!(grid(512, 3072, 16, cuts(512)).1, 512);
-        // Row groups are whole blocks (here 17 blocks of 12 rows: 6, 6 and 5 of them), and
-        // none is cut below 64 rows.
-        assert_eq!(grid(200, 96, 16, cuts(200)), (64, 72));
-        assert_eq!(grid(127, 96, 16, cuts(127)).1, 127);
     }
 }

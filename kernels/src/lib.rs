@@ -1,27 +1,35 @@
 //! Inferneo's compute kernels: the only crate with `unsafe` and intrinsics.
 //!
 //! Reading order: [`reference`] (the naive oracle every fast kernel is tested against) →
-//! `dispatch.rs` ([`Kernels`], chosen once per process from [`Isa`]) → `ops/` (bodies written once,
-//! generic over `simd::Simd`) → `isa/` (one file per ISA instantiating the bodies).
+//! `dispatch.rs` ([`Kernels`], chosen once per process from [`Isa`]) → `rows.rs` (activations
+//! packed for a product) and `grid.rs` (a product's output cut for the threads) → `ops/`
+//! (bodies written once, generic over `simd::Simd`) → `isa/` (one file per ISA instantiating
+//! the bodies and naming its block sizes).
 //! No model knowledge lives here: only shapes, slices and arithmetic.
 
 // Kernels index several arrays with one counter (rows, lanes, k); iterator zips would hide that.
 #![allow(clippy::needless_range_loop)]
 
+mod attention_split;
 pub mod buffer;
 pub mod cpu;
 mod dispatch;
+mod grid;
 mod isa;
 mod ops;
 mod pack;
 pub mod reference;
+mod rows;
 mod simd;
 pub mod team;
 
+pub use attention_split::{AttentionRows, LayerKv};
 pub use buffer::{AllocError, HugeBuf};
 pub use cpu::{default_threads, Isa, ISA_ENV};
-pub use dispatch::{kernels, Dims, Epilogue, Kernels, Norm};
+pub use dispatch::{kernels, Epilogue, Kernels};
+pub use grid::Dims;
 pub use pack::{ActQuant, Layout, PackedKn, Panels, QFormat, WeightDtype};
+pub use rows::Norm;
 pub use team::Team;
 
 /// Arguments of one column chunk of `y = x · W (+ b) (+ y)`, `W` packed (see [`PackedKn`]).

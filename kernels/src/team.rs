@@ -7,8 +7,8 @@
 //! tens of microseconds of work, and a worker that finished its chunks early is asleep by the
 //! next one: `perf` put 6% of a batch-1 f32 decode in the scheduler. A team's helpers spin for
 //! [`SPIN`] after their last task before they park, so within a forward pass every loop finds
-//! them awake (the choice the issue asks for between rayon and a spinning pool, made from those
-//! figures; llama.cpp's and ONNX Runtime's pools spin likewise).
+//! them awake (rayon or a spinning pool was chosen from those figures; llama.cpp's and ONNX
+//! Runtime's pools spin likewise).
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};

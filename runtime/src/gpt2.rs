@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::init::{Preset, RandomWeights};
 use crate::kv_cache::{BlockTable, KvCache, KvPool, LayerBlocks};
 use crate::weights::{SafetensorsFile, WeightSource};
-use inferneo_kernels::{team, Attention, Epilogue, Kernels, Layout, Norm, PackedKn, WeightDtype};
+use inferneo_kernels::{AttentionRows, Epilogue, Kernels, LayerKv, Layout, Norm, PackedKn, WeightDtype};
 use std::path::Path;
 
 /// Seed of the embedded default model's random weights.
@@ -288,47 +288,18 @@ impl Gpt2 {
         qkv: &[f32],
         att: &mut [f32],
     ) {
-        let c = &self.config;
-        let (e, nh, hd) = (c.n_embd, c.n_head, c.head_dim());
-        let scale = 1.0 / (hd as f32).sqrt();
         let blocks: Vec<(LayerBlocks, LayerBlocks)> =
             seqs.iter().map(|s| (pool.layer_blocks(s.cache, layer, 0), pool.layer_blocks(s.cache, layer, 1))).collect();
-        let k = self.kernels;
-        // One task per row and group of heads: all heads of a group read each cached K/V row
-        // once, contiguously. Rows alone give enough tasks for batches; a lone sequence's
-        // row is split into head groups, as few as give every thread one: the longer each
-        // token's contiguous run, the faster the cache streams. (Two groups a thread, 3 heads
-        // each on 2 threads, made batch-1 w8a8 decode 1.03-1.74x slower at 500-950 positions.)
-        let want = team::threads().div_ceil(rows.len().max(1));
-        let groups = (1..=nh).find(|&g| nh % g == 0 && g >= want).unwrap_or(nh);
-        let per = nh / groups;
-        team::for_each_chunk_mut(att, per * hd, |idx, out| {
-            SCORES.with_borrow_mut(|scores| {
-                scores.resize(per * c.n_positions, 0.0);
-                let (r, group) = (idx / groups, idx % groups);
-                let (si, pos) = rows[r];
-                let head_offset = group * per * hd;
-                let q = &qkv[r * 3 * e + head_offset..][..per * hd];
-                let len = pos + 1;
-                match &blocks[si] {
-                    (LayerBlocks::F32(kb), LayerBlocks::F32(vb)) => {
-                        let (k_view, v_view) = (pool.view(kb), pool.view(vb));
-                        let a = Attention { q, k: k_view, v: v_view, head_offset, head_dim: hd, len, scale };
-                        k.attend_heads(&a, per, out, scores);
-                    }
-                    (LayerBlocks::F16(kb), LayerBlocks::F16(vb)) => {
-                        let (k_view, v_view) = (pool.view(kb), pool.view(vb));
-                        let a = Attention { q, k: k_view, v: v_view, head_offset, head_dim: hd, len, scale };
-                        k.attend_heads_f16(&a, per, out, scores);
-                    }
-                    _ => unreachable!("keys and values share the pool's dtype"),
-                }
+        let kv: Vec<LayerKv> = blocks
+            .iter()
+            .map(|b| match b {
+                (LayerBlocks::F32(k), LayerBlocks::F32(v)) => LayerKv::F32 { k: pool.view(k), v: pool.view(v) },
+                (LayerBlocks::F16(k), LayerBlocks::F16(v)) => LayerKv::F16 { k: pool.view(k), v: pool.view(v) },
+                _ => unreachable!("keys and values share the pool's dtype"),
             })
-        });
+            .collect();
+        let c = &self.config;
+        let a = AttentionRows { qkv, rows, kv: &kv, n_head: c.n_head, head_dim: c.head_dim() };
+        self.kernels.attention(&a, att);
     }
-}
-
-thread_local! {
-    /// A thread's attention scores for one task's heads (its size: heads x the context).
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }

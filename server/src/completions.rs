@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// A request checked against its model: token ids in range, context long enough.
-pub struct Prepared {
+pub struct Validated {
     pub req: CompletionRequest,
     pub served: Arc<Served>,
     pub prompts: Vec<Vec<u32>>,
 }
 
-pub fn prepare(registry: &Registry, req: CompletionRequest) -> Result<Prepared, ApiError> {
+pub fn validate(registry: &Registry, req: CompletionRequest) -> Result<Validated, ApiError> {
     let served = registry.get(req.model.as_deref())?;
     let (vocab, context) = (served.config().vocab_size, served.config().n_positions);
     let prompts = req
@@ -66,7 +66,7 @@ pub fn prepare(registry: &Registry, req: CompletionRequest) -> Result<Prepared, 
     if req.echo && req.logprobs.is_some() {
         return Err(ApiError::invalid("echo", "'echo' together with 'logprobs' (prompt logprobs) is not supported"));
     }
-    Ok(Prepared { req, served, prompts })
+    Ok(Validated { req, served, prompts })
 }
 
 /// Delivers a choice's engine events into the request's async channel.
@@ -152,7 +152,7 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn start(p: Prepared, arrival: Instant, timeout: Duration, metrics: Arc<Metrics>) -> Result<Run, ApiError> {
+    pub fn start(p: Validated, arrival: Instant, timeout: Duration, metrics: Arc<Metrics>) -> Result<Run, ApiError> {
         let n_choices = p.prompts.len() * p.req.n;
         let admission = p.served.admit(n_choices)?;
         let (tx, rx) = unbounded_channel();

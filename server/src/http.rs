@@ -2,7 +2,7 @@
 //! body limits, panic isolation per request, and graceful drain on shutdown.
 
 use crate::api::CompletionRequest;
-use crate::completions::{prepare, Run};
+use crate::completions::{validate, Run};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::models::{ModelSpec, Registry};
@@ -367,9 +367,9 @@ async fn completions(app: &App, req: Request<Incoming>, arrival: Instant) -> Res
     let v = read_json(app, req).await?;
     let parsed = CompletionRequest::parse(&v)?;
     let (stream, include_usage) = (parsed.stream, parsed.include_usage);
-    let prepared = prepare(&app.registry, parsed)?;
-    let model = prepared.served.name.clone();
-    let mut run = match Run::start(prepared, arrival, app.config.request_timeout, app.metrics.clone()) {
+    let validated = validate(&app.registry, parsed)?;
+    let model = validated.served.name.clone();
+    let mut run = match Run::start(validated, arrival, app.config.request_timeout, app.metrics.clone()) {
         Ok(r) => r,
         Err(e) => {
             app.metrics.request(&model, e.status.as_u16());

@@ -217,7 +217,7 @@ fn load(spec: &ModelSpec) -> Result<Served, String> {
 }
 
 /// On a terminal, a live "loading ... N s" line while a model loads (large checkpoints take
-/// seconds to map, convert and pack); nothing when stderr is a file or pipe.
+/// seconds to read, convert and pack); nothing when stderr is a file or pipe.
 struct Ticker {
     done: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,

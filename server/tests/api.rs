@@ -273,6 +273,8 @@ fn metrics_are_valid_prometheus_text_and_count_requests() {
     assert!(value("inferneo_time_to_first_token_seconds_count{model=\"tiny\"}").unwrap() >= 1.0);
     assert!(value("inferneo_inter_token_latency_seconds_count{model=\"tiny\"}").unwrap() >= 2.0);
     assert_eq!(value("inferneo_model_ready{model=\"tiny\"}"), Some(1.0));
+    // The test spec gives the engine one thread.
+    assert_eq!(value("inferneo_engine_threads{model=\"tiny\"}"), Some(1.0));
     for g in
         ["inferneo_queue_depth", "inferneo_running_sequences", "inferneo_kv_blocks_used", "inferneo_kv_blocks_free"]
     {

@@ -1,4 +1,14 @@
 //! AVX2 + FMA instantiation.
+//!
+//! Block sizes (BLIS names; see the microkernel contract in `ops/matmul.rs`):
+//!
+//! | parameter | f32 / f16 / bf16 / int8 weight-only | w8a8 (`vpmaddwd`) | cache it targets |
+//! |---|---|---|---|
+//! | MR (tile rows) | 6 (BLIS's Haswell/Zen 3 sgemm shape) | 4 | registers: 12 (8) of 16 ymm accumulate |
+//! | NR (panel width) | 16 (2 ymm) | 16, 2-deep k groups | registers; a panel row is one 64-byte line |
+//! | MC (rows per block) | `MC_BYTES` / (4 K): 384 KiB of activations | same | L2 (512 KiB per core on Zen 3) |
+//! | one-row decode tile | 64 columns (4 panels) | 64 | keeps 8 FMA chains in flight; the panels stream from memory |
+//! | two-row decode tile | 32 columns (2 panels) | (row tiles) | as above |
 
 super::instantiate!(
     #[target_feature(enable = "avx2,fma,f16c")]

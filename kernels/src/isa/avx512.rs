@@ -1,4 +1,14 @@
 //! AVX-512F instantiation.
+//!
+//! Block sizes (BLIS names; see the microkernel contract in `ops/matmul.rs`):
+//!
+//! | parameter | f32 / f16 / bf16 / int8 weight-only | w8a8 (VNNI) | int8 on 24-bit activations | cache it targets |
+//! |---|---|---|---|---|
+//! | MR (tile rows) | 12 | 12 | 4 (x 3 digit rows) | registers: 24 of 32 zmm accumulate |
+//! | NR (panel width) | 32 (2 zmm) | 32, 4-deep k groups | 32 | registers; a panel row is 128 bytes, two cache lines |
+//! | MC (rows per block) | `MC_BYTES` / (4 K): 384 KiB of activations | same | same | L2 (2 MiB per core here) |
+//! | one-row decode tile | 128 columns (4 panels) | 128 | 96 (3 panels) | keeps 8 FMA chains in flight; the panels stream from memory |
+//! | two-row decode tile | 64 columns (2 panels) | (row tiles) | (row tiles) | as above |
 
 super::instantiate!(
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]

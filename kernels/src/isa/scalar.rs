@@ -1,4 +1,8 @@
 //! Scalar instantiation: runs everywhere; the dispatch fallback.
+//!
+//! Block sizes: MR 4, NR 16 (one "vector" is one lane), MC as for the SIMD ISAs (L2), one-row
+//! decode tile = one panel. Chosen for the compiler to keep 16 independent FMA chains per row,
+//! not for any cache: the scalar kernels are the portable fallback, not a target.
 
 super::instantiate!(
     simd: crate::simd::scalar::Scalar,

@@ -6,9 +6,27 @@
 //! FMA per k, in order, from zero; then scale, bias, residual), never dependent on M, on which
 //! rows share a tile, or on how columns are split across threads. Row `i` of a product is therefore bitwise identical
 //! to the product of row `i` alone.
+//!
+//! Microkernel contract (the float tile `kn_tile` and the integer tiles of `matmul_q.rs`):
+//! - it computes an `R x NR` block (R <= MR rows of one MR-row activation block, one panel;
+//!   decode tiles: one or two rows over several panels), holding every accumulator in
+//!   registers for the whole K (R and the panel count are constants, fully unrolled);
+//! - its accumulators start at zero and it reads the output only to accumulate (the residual
+//!   epilogue), never for a plain store;
+//! - it writes only its own rows and columns: the last panel's padding columns are computed
+//!   but never stored, and rows past M are zero activations that are never stored;
+//! - it fuses the epilogue (scales, bias, GELU, residual) into the single store.
+//!
+//! Why no KC or NC loop (BLIS's LOOP 5 and 4): the weights are packed once, at load, into
+//! panels that run over the whole of K, so there is no per-call packing of B to bound in L3
+//! (NC), and a tile accumulates over all of K in registers and stores once, so C is never read
+//! back for partial sums (KC). A panel of K x NR is walked once per MC block, streaming from
+//! memory or L3, while the block's activations stay in L2: at GPT-2's K (768 to 3072) an MR-row
+//! slice of them (at most 12 x 3072 x 4 = 144 KiB) is what the tile rereads, and the panel's
+//! current k rows are what it streams.
 
 use super::elementwise::gelu_vec;
-use super::Elem;
+use super::{with_tile_rows, Elem};
 use crate::pack::Panels;
 use crate::simd::Simd;
 use crate::MatmulKn;
@@ -91,20 +109,7 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize,
                 // chunk's last panel, the next in memory is the next chunk's first, which this
                 // thread usually runs next (rayon splits the chunk range in order).
                 let at = At { r0, j, ahead: LookAhead::for_tile(r0 - mc0, mr, tiles) };
-                match rows {
-                    12 => kn_tile::<S, E, C, 12, C>(s, a, w, scale, out, at),
-                    11 => kn_tile::<S, E, C, 11, C>(s, a, w, scale, out, at),
-                    10 => kn_tile::<S, E, C, 10, C>(s, a, w, scale, out, at),
-                    9 => kn_tile::<S, E, C, 9, C>(s, a, w, scale, out, at),
-                    8 => kn_tile::<S, E, C, 8, C>(s, a, w, scale, out, at),
-                    7 => kn_tile::<S, E, C, 7, C>(s, a, w, scale, out, at),
-                    6 => kn_tile::<S, E, C, 6, C>(s, a, w, scale, out, at),
-                    5 => kn_tile::<S, E, C, 5, C>(s, a, w, scale, out, at),
-                    4 => kn_tile::<S, E, C, 4, C>(s, a, w, scale, out, at),
-                    3 => kn_tile::<S, E, C, 3, C>(s, a, w, scale, out, at),
-                    2 => kn_tile::<S, E, C, 2, C>(s, a, w, scale, out, at),
-                    _ => kn_tile::<S, E, C, 1, C>(s, a, w, scale, out, at),
-                }
+                with_tile_rows!(rows, R => kn_tile::<S, E, C, R, C>(s, a, w, scale, out, at));
                 r0 += rows;
             }
         }

@@ -7,6 +7,7 @@
 //! cross-ISA equality of the integer sums follow.
 
 use super::matmul::{finish_panel, row_blocking, At, Finish, LookAhead, MAX_VECS};
+use super::with_tile_rows;
 use crate::simd::{IntDot, IntDot24, Simd};
 use crate::MatmulQ;
 
@@ -208,20 +209,7 @@ impl<D: IntDot> Acts<D> for Bytes {
 
     #[inline(always)]
     fn tile<const C: usize>(d: D, a: &MatmulQ, out: &mut [&mut [f32]], rows: usize, at: At) {
-        match rows {
-            12 => row_tile::<D, Self, C, 12>(d, a, out, at),
-            11 => row_tile::<D, Self, C, 11>(d, a, out, at),
-            10 => row_tile::<D, Self, C, 10>(d, a, out, at),
-            9 => row_tile::<D, Self, C, 9>(d, a, out, at),
-            8 => row_tile::<D, Self, C, 8>(d, a, out, at),
-            7 => row_tile::<D, Self, C, 7>(d, a, out, at),
-            6 => row_tile::<D, Self, C, 6>(d, a, out, at),
-            5 => row_tile::<D, Self, C, 5>(d, a, out, at),
-            4 => row_tile::<D, Self, C, 4>(d, a, out, at),
-            3 => row_tile::<D, Self, C, 3>(d, a, out, at),
-            2 => row_tile::<D, Self, C, 2>(d, a, out, at),
-            _ => row_tile::<D, Self, C, 1>(d, a, out, at),
-        }
+        with_tile_rows!(rows, R => row_tile::<D, Self, C, R>(d, a, out, at))
     }
 
     #[inline(always)]

@@ -16,6 +16,66 @@ use crate::simd::Simd;
 // are big) every intrinsic inside becomes a call. A macro pastes the body into the caller.
 // Both expect the caller's `Simd` type parameter to be named `S`.
 
+/// Runs `body` with the constant `$r` equal to the run-time tile height `$rows` (1 to 12, the
+/// largest `MR`; 1 for anything else). A register tile needs its height as a constant, so that
+/// its accumulators are an array the compiler keeps in registers; this one match instantiates
+/// every height for the float and the integer products alike.
+macro_rules! with_tile_rows {
+    ($rows:expr, $r:ident => $body:expr) => {
+        match $rows {
+            12 => {
+                const $r: usize = 12;
+                $body
+            }
+            11 => {
+                const $r: usize = 11;
+                $body
+            }
+            10 => {
+                const $r: usize = 10;
+                $body
+            }
+            9 => {
+                const $r: usize = 9;
+                $body
+            }
+            8 => {
+                const $r: usize = 8;
+                $body
+            }
+            7 => {
+                const $r: usize = 7;
+                $body
+            }
+            6 => {
+                const $r: usize = 6;
+                $body
+            }
+            5 => {
+                const $r: usize = 5;
+                $body
+            }
+            4 => {
+                const $r: usize = 4;
+                $body
+            }
+            3 => {
+                const $r: usize = 3;
+                $body
+            }
+            2 => {
+                const $r: usize = 2;
+                $body
+            }
+            _ => {
+                const $r: usize = 1;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_tile_rows;
+
 /// Applies `|v| body` to `x` one vector at a time; the ragged tail goes through the same vector
 /// code via a padded copy, so every element sees exactly the same arithmetic.
 macro_rules! map_vectors {
