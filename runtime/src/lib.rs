@@ -29,6 +29,6 @@ pub use gpt2::{Gpt2, Logits, SeqInput};
 pub use inferneo_kernels::{Isa, WeightDtype};
 pub use init::Preset;
 pub use kv_cache::{BlockTable, KvCache, KvDtype, KvPool};
-pub use load::{load, load_tokenizer, LoadOptions, Loaded, ModelSource};
+pub use load::{load, load_config, load_tokenizer, LoadOptions, Loaded, ModelSource};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;

@@ -4,6 +4,7 @@
 //! Fronts never build a [`Gpt2`] or a [`Tokenizer`] themselves, so the choice of kernels, the
 //! embedded-vs-directory rule and the error messages live here once.
 
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gpt2::Gpt2;
 use crate::tokenizer::Tokenizer;
@@ -80,6 +81,14 @@ pub fn load(source: &ModelSource, options: &LoadOptions) -> Result<Loaded> {
         ModelSource::Dir(dir) => (Gpt2::load(dir, kernels, options.dtype)?, Tokenizer::from_dir(dir)?),
     };
     Ok(Loaded { model, tokenizer, threads })
+}
+
+/// The configuration of `source` alone, without its weights (cheap: one small file).
+pub fn load_config(source: &ModelSource) -> Result<Config> {
+    match source {
+        ModelSource::Embedded => Ok(crate::init::Preset::Gpt2.config()),
+        ModelSource::Dir(dir) => Config::from_file(&dir.join("config.json")),
+    }
 }
 
 /// The tokenizer of `source` alone, without its weights; an error if it has none.

@@ -169,6 +169,17 @@ fn logit_bias(o: &Map<String, Value>) -> Parsed<Vec<(i64, f32)>> {
 impl CompletionRequest {
     pub fn parse(v: &Value) -> Parsed<CompletionRequest> {
         let o = v.as_object().ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
+        // Documented by OpenAI but not implemented here: refused by name rather than ignored,
+        // so a client never gets an answer that silently differs from what it asked for.
+        if integer(o, "best_of")?.is_some_and(|b| b != 1) {
+            return Err(ApiError::invalid(
+                "best_of",
+                "'best_of' is not supported (only 1); use 'n' for several choices",
+            ));
+        }
+        if field(o, "suffix").is_some_and(|s| s.as_str() != Some("")) {
+            return Err(ApiError::invalid("suffix", "'suffix' (insertion) is not supported"));
+        }
         let model = match field(o, "model") {
             None => None,
             Some(m) => {

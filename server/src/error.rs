@@ -80,6 +80,14 @@ impl ApiError {
         )
     }
 
+    pub fn unsupported_encoding(got: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            format!("content-encoding '{got}' is not supported; send the body uncompressed"),
+        )
+    }
+
     pub fn body_timeout() -> ApiError {
         ApiError::new(StatusCode::REQUEST_TIMEOUT, "invalid_request_error", "timed out reading the request body")
     }

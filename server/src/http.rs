@@ -9,7 +9,9 @@ use crate::models::{ModelSpec, Registry};
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
@@ -82,6 +84,12 @@ pub struct Server {
 impl Server {
     /// Binds the address and starts loading the models.
     pub async fn bind(config: ServerConfig) -> std::io::Result<Server> {
+        if config.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+            // An empty key would either lock everyone out or, treated as "no key", turn auth off
+            // without a word; neither is what the operator meant.
+            let msg = "the API key is empty; give a key or leave it unset";
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg));
+        }
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         let registry = Registry::load(config.models.clone());
         let app = Arc::new(App { config, registry, metrics: Arc::default(), draining: AtomicBool::new(false) });
@@ -175,19 +183,35 @@ pub fn run_blocking(config: ServerConfig) -> Result<(), String> {
         let addr = server.local_addr().map_err(|e| e.to_string())?;
         eprintln!("listening on http://{addr} (GET /health, /ready, /metrics; POST /v1/completions)");
         let app = server.app.clone();
+        // Ready, or every model failed: then nothing can ever be served, so the process stops
+        // and exits non-zero for its supervisor to see. With some models loaded the others'
+        // failures are reported in /v1/models and /ready stays 503.
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             loop {
                 if app.registry.ready() {
                     eprintln!("ready: serving {}", app.registry.names().collect::<Vec<_>>().join(", "));
                     return;
                 }
-                if app.registry.failure().is_some() {
+                if app.registry.all_failed() {
+                    let _ = failed_tx.send(());
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
-        server.run(shutdown_signal()).await.map_err(|e| e.to_string())?;
+        let all_failed = Arc::new(AtomicBool::new(false));
+        let flag = all_failed.clone();
+        let stop = async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                Ok(()) = failed_rx => flag.store(true, Ordering::SeqCst),
+            }
+        };
+        server.run(stop).await.map_err(|e| e.to_string())?;
+        if all_failed.load(Ordering::SeqCst) {
+            return Err("every configured model failed to load (see above); exiting".into());
+        }
         eprintln!("stopped");
         Ok(())
     })
@@ -222,9 +246,15 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let route = ROUTES.iter().find(|(p, _)| *p == path);
     let label = route.map_or("other", |(p, _)| *p);
+    // HEAD is GET without the body (RFC 9110 9.3.2); hyper sends no body for it.
+    let head_of_get = |m: &Method| *m == Method::GET && req.method() == Method::HEAD;
     let resp = match route {
+        // RFC 9112 3.2: a server must answer 400 to an HTTP/1.1 request without Host.
+        _ if req.version() == hyper::Version::HTTP_11 && !req.headers().contains_key(HOST) => {
+            error(&ApiError::bad_request("HTTP/1.1 requests must carry a Host header"))
+        }
         None => error(&ApiError::not_found(&path)),
-        Some((_, m)) if m != req.method() => {
+        Some((_, m)) if m != req.method() && !head_of_get(m) => {
             let mut r = error(&ApiError::method_not_allowed(req.method().as_str(), &path));
             r.headers_mut().insert(ALLOW, HeaderValue::from_static(m.as_str()));
             r
@@ -277,9 +307,15 @@ async fn dispatch(app: Arc<App>, route: &'static str, req: Request<Incoming>, ar
     result.unwrap_or_else(|e| error(&e))
 }
 
-/// Compares without an early exit, so response timing does not reveal the key.
+/// `Bearer <key>`, the scheme in any case (RFC 7235 2.1) and one or more spaces after it.
+/// Compares the key without an early exit, so response timing does not reveal it.
 fn authorized(header: Option<&HeaderValue>, key: &str) -> bool {
-    let Some(given) = header.and_then(|h| h.as_bytes().strip_prefix(b"Bearer ")) else { return false };
+    let Some(value) = header.map(HeaderValue::as_bytes) else { return false };
+    let Some((scheme, given)) = value.split_at_checked(6) else { return false };
+    if !scheme.eq_ignore_ascii_case(b"Bearer") || !given.starts_with(b" ") {
+        return false;
+    }
+    let given = given.trim_ascii_start();
     let want = key.as_bytes();
     given.len() == want.len() && given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
@@ -304,19 +340,34 @@ fn metrics(app: &App) -> Response<Body> {
     r
 }
 
+/// Every configured model, OpenAI-shaped, with its state beside the OpenAI fields: `ready`,
+/// `loading`, or `failed` with the reason (a supervisor restarts the process, or fixes the
+/// model directory, when one it needs has failed).
 fn models(app: &App) -> Response<Body> {
     let data: Vec<Value> = app
         .registry
-        .loaded()
-        .iter()
-        .map(|m| {
-            json!({
+        .states()
+        .into_iter()
+        .map(|(name, state)| match state {
+            Ok(m) => json!({
                 "id": m.name,
                 "object": "model",
                 "created": m.created,
                 "owned_by": "inferneo",
                 "max_model_len": m.config().n_positions,
-            })
+                "state": "ready",
+            }),
+            Err(state) => {
+                let (state, error) = match state.strip_prefix("failed: ") {
+                    Some(reason) => ("failed", Some(reason.to_string())),
+                    None => (state.as_str(), None),
+                };
+                let mut v = json!({"id": name, "object": "model", "owned_by": "inferneo", "state": state});
+                if let Some(e) = error {
+                    v["error"] = json!(e);
+                }
+                v
+            }
         })
         .collect();
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
@@ -441,8 +492,14 @@ async fn read_json(app: &App, req: Request<Incoming>) -> Result<Value, ApiError>
     let limit = app.config.max_body_bytes;
     if let Some(ct) = req.headers().get(CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
-        if !ct.to_ascii_lowercase().contains("json") {
+        if !is_json_media_type(ct) {
             return Err(ApiError::unsupported_media(ct));
+        }
+    }
+    if let Some(enc) = req.headers().get(CONTENT_ENCODING) {
+        let enc = enc.to_str().unwrap_or("?");
+        if !enc.trim().eq_ignore_ascii_case("identity") {
+            return Err(ApiError::unsupported_encoding(enc));
         }
     }
     let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -457,6 +514,14 @@ async fn read_json(app: &App, req: Request<Incoming>) -> Result<Value, ApiError>
         Ok(Ok(c)) => c.to_bytes(),
     };
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
+}
+
+/// Whether a Content-Type names JSON: the media type before any parameters (RFC 9110 8.3.1),
+/// case-insensitive, is `application/json` or a `+json` structured syntax (`application/x+json`).
+fn is_json_media_type(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let Some((kind, subtype)) = media.split_once('/') else { return false };
+    kind == "application" && (subtype == "json" || (subtype.ends_with("+json") && subtype.len() > 5))
 }
 
 fn full(body: impl Into<Bytes>) -> Body {
@@ -505,5 +570,34 @@ impl hyper::body::Body for ChannelBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.get_mut().rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_media_types_are_parsed_not_searched() {
+        for ok in
+            ["application/json", "Application/JSON; charset=utf-8", " application/json ;x=y", "application/vnd.a+json"]
+        {
+            assert!(is_json_media_type(ok), "{ok}");
+        }
+        for bad in ["text/json", "application/jsonp", "text/plain; note=json", "application/+json", "json", ""] {
+            assert!(!is_json_media_type(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_the_key_is_not() {
+        let ok = |h: &str| authorized(Some(&HeaderValue::from_str(h).unwrap()), "s3cret");
+        for good in ["Bearer s3cret", "bearer s3cret", "BEARER  s3cret"] {
+            assert!(ok(good), "{good}");
+        }
+        for bad in ["Bearer S3CRET", "Bearers3cret", "Basic s3cret", "Bearer s3cre", "Bearer s3cret2", "Bearer", ""] {
+            assert!(!ok(bad), "{bad}");
+        }
+        assert!(!authorized(None, "s3cret"));
     }
 }

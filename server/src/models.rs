@@ -38,8 +38,18 @@ impl Served {
         self.engine.config()
     }
 
-    /// Reserves room for `n` sequences, or refuses with 429.
+    /// Reserves room for `n` sequences, or refuses: 429 (retry later) when the room is taken,
+    /// 400 when `n` exceeds the whole capacity, which no retry can change.
     pub fn admit(self: &Arc<Self>, n: usize) -> Result<Admission, ApiError> {
+        if n > self.capacity {
+            return Err(ApiError::invalid(
+                "n",
+                format!(
+                    "this request needs {n} sequences (prompts x n); model '{}' admits at most {} at once (--max-seqs + --max-queue)",
+                    self.name, self.capacity
+                ),
+            ));
+        }
         let mut cur = self.in_flight.load(Ordering::Relaxed);
         loop {
             if cur + n > self.capacity {
@@ -152,6 +162,27 @@ impl Registry {
         self.slots.iter().all(|s| matches!(*s.state.read().unwrap_or_else(|p| p.into_inner()), State::Ready(_)))
     }
 
+    /// Every configured model failed to load: nothing can ever be served.
+    pub fn all_failed(&self) -> bool {
+        self.slots.iter().all(|s| matches!(*s.state.read().unwrap_or_else(|p| p.into_inner()), State::Failed(_)))
+    }
+
+    /// Each model's name and state: `Ok(served)` once loaded, else `Err("loading")` or
+    /// `Err("failed: <reason>")`.
+    pub fn states(&self) -> Vec<(String, Result<Arc<Served>, String>)> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let state = match &*s.state.read().unwrap_or_else(|p| p.into_inner()) {
+                    State::Ready(m) => Ok(m.clone()),
+                    State::Loading => Err("loading".to_string()),
+                    State::Failed(e) => Err(format!("failed: {e}")),
+                };
+                (s.name.clone(), state)
+            })
+            .collect()
+    }
+
     /// Some model failed to load (the server cannot become ready).
     pub fn failure(&self) -> Option<String> {
         self.slots.iter().find_map(|s| match &*s.state.read().unwrap_or_else(|p| p.into_inner()) {
@@ -171,16 +202,6 @@ impl Registry {
             State::Loading => Err(ApiError::unavailable(format!("the model '{}' is still loading", slot.name))),
             State::Failed(e) => Err(ApiError::unavailable(format!("the model '{}' failed to load: {e}", slot.name))),
         }
-    }
-
-    pub fn loaded(&self) -> Vec<Arc<Served>> {
-        self.slots
-            .iter()
-            .filter_map(|s| match &*s.state.read().unwrap_or_else(|p| p.into_inner()) {
-                State::Ready(s) => Some(s.clone()),
-                _ => None,
-            })
-            .collect()
     }
 
     pub fn gauges(&self) -> Vec<Gauges> {

@@ -95,6 +95,10 @@ fn api_key_is_required_on_api_routes_only() {
     request(s.addr, "GET", "/v1/models", &[], b"").error(401);
     let ok = request(s.addr, "POST", "/v1/completions", &[ct, ("Authorization", "Bearer sekrit")], body.as_bytes());
     assert_eq!(ok.status, 200, "{}", ok.body);
+    // The scheme is case-insensitive (RFC 7235); the key is not.
+    let ok = request(s.addr, "POST", "/v1/completions", &[ct, ("Authorization", "bearer sekrit")], body.as_bytes());
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    request(s.addr, "POST", "/v1/completions", &[ct, ("Authorization", "Bearer SEKRIT")], body.as_bytes()).error(401);
     for open in ["/health", "/ready", "/metrics"] {
         assert_eq!(get(s.addr, open).status, 200, "{open}");
     }
@@ -296,4 +300,68 @@ fn a_queued_request_whose_client_leaves_is_cancelled_before_it_runs() {
     // The first request is still streaming.
     assert_eq!(metric(s.addr, "inferneo_running_sequences{model=\"gpt2\"}"), Some(1.0));
     drop(running);
+}
+
+/// HTTP conformance: Host is required on HTTP/1.1 (RFC 9112), HEAD answers GET routes without
+/// a body, compressed bodies and non-JSON media types are 415 (the media type is parsed, not
+/// searched for "json"), and documented but unimplemented parameters are 400s naming them.
+#[test]
+fn http_conformance_and_unimplemented_parameters() {
+    let s = TestServer::start(config(), true);
+    raw(s.addr, b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n").error(400);
+    assert_eq!(raw(s.addr, b"GET /health HTTP/1.0\r\n\r\n").status, 200);
+    for path in ["/health", "/ready", "/metrics", "/v1/models"] {
+        let r = request(s.addr, "HEAD", path, &[], b"");
+        assert_eq!((r.status, r.body.as_str()), (200, ""), "HEAD {path}");
+    }
+    assert_eq!(request(s.addr, "HEAD", "/v1/completions", &[], b"").status, 405);
+    let body = json!({"prompt": "x", "max_tokens": 1}).to_string();
+    let send = |headers: &[(&str, &str)]| request(s.addr, "POST", "/v1/completions", headers, body.as_bytes());
+    let e = send(&[("Content-Type", "application/json"), ("Content-Encoding", "gzip")]).error(415);
+    assert!(e["message"].as_str().unwrap().contains("content-encoding 'gzip'"), "{e}");
+    assert_eq!(send(&[("Content-Type", "application/json"), ("Content-Encoding", "identity")]).status, 200);
+    send(&[("Content-Type", "text/plain; note=json")]).error(415);
+    send(&[("Content-Type", "application/jsonp")]).error(415);
+    assert_eq!(send(&[("Content-Type", "Application/JSON; charset=utf-8")]).status, 200);
+    for (param, value) in [("best_of", json!(2)), ("suffix", json!("tail"))] {
+        let r = post(s.addr, "/v1/completions", &json!({"prompt": "x", "max_tokens": 1, param: value}));
+        assert_eq!(r.error(400)["param"], param);
+    }
+    assert_eq!(post(s.addr, "/v1/completions", &json!({"prompt": "x", "max_tokens": 1, "best_of": 1})).status, 200);
+}
+
+/// A request that needs more sequences than the model can ever admit (prompts x n beyond
+/// --max-seqs + --max-queue) is a 400 that no retry can change, not a 429 to retry forever.
+#[test]
+fn a_request_beyond_capacity_is_400_not_429() {
+    let s = TestServer::start(config(), true);
+    // The test spec admits 16 + 64 = 80 sequences; 6 prompts x n 16 = 96.
+    let prompts: Vec<&str> = vec!["a"; 6];
+    let r = post(s.addr, "/v1/completions", &json!({"prompt": prompts, "n": 16, "max_tokens": 1}));
+    let e = r.error(400);
+    assert_eq!(e["param"], "n");
+    assert!(r.header("retry-after").is_none());
+    assert!(e["message"].as_str().unwrap().contains("at most 80"), "{e}");
+}
+
+/// `/v1/models` lists every configured model with its state, the failed ones with the reason.
+#[test]
+fn models_list_says_which_failed() {
+    let models =
+        vec![spec("good", ModelSource::Dir(tiny_dir(0))), spec("broken", ModelSource::Dir("/nonexistent/m".into()))];
+    let s = TestServer::start(ServerConfig { models, ..config() }, false);
+    let t0 = Instant::now();
+    loop {
+        let data = get(s.addr, "/v1/models").json()["data"].clone();
+        let state = |id: &str| data.as_array().unwrap().iter().find(|m| m["id"] == id).map(|m| m["state"].clone());
+        if state("good") == Some(json!("ready")) && state("broken") == Some(json!("failed")) {
+            let broken = data.as_array().unwrap().iter().find(|m| m["id"] == "broken").unwrap().clone();
+            assert!(broken["error"].as_str().unwrap().contains("/nonexistent/m"), "{broken}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{data}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(post(s.addr, "/v1/completions", &json!({"model": "good", "prompt": "x", "max_tokens": 1})).status, 200);
+    post(s.addr, "/v1/completions", &json!({"model": "broken", "prompt": "x"})).error(503);
 }

@@ -317,7 +317,7 @@ fn run(cli: Cli) -> CliResult {
                     max_batch_tokens: a.max_batch_tokens.max(1),
                     max_seqs: levels.iter().copied().max().unwrap_or(1),
                 },
-                kv_cache_bytes: a.kv_cache_mb << 20,
+                kv_cache_bytes: a.kv_cache_mb.checked_mul(1 << 20).ok_or("--kv-cache-mb: too large")?,
                 kv_dtype: a.kv_dtype,
                 threads: None,
                 prefix_caching: !a.no_prefix_cache,

@@ -1,8 +1,9 @@
 //! `inferneo serve`: flags to a [`ServerConfig`], then the server until SIGINT/SIGTERM.
 
 use clap::Args;
+use inferneo_runtime::kv_cache::BLOCK_TOKENS;
 use inferneo_runtime::scheduler::Limits;
-use inferneo_runtime::{EngineConfig, Isa, KvDtype, LoadOptions, ModelSource, WeightDtype};
+use inferneo_runtime::{EngineConfig, Isa, KvDtype, KvPool, LoadOptions, ModelSource, WeightDtype};
 use inferneo_server::{ModelSpec, ServerConfig};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -59,11 +60,31 @@ pub struct ServeArgs {
     max_body_bytes: usize,
 }
 
+/// Longest accepted timeout (about 11.6 days): far past any request, and far from the
+/// overflow of `Instant` arithmetic that an unbounded value reaches.
+const MAX_SECONDS: f64 = 1e6;
+
 fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(v)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{flag} {v}: expected seconds > 0"))
+    if !(v > 0.0 && v <= MAX_SECONDS) {
+        return Err(format!("{flag} {v}: expected seconds in (0, {MAX_SECONDS}]"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// `v` if it lies in `lo..=hi`, else a one-line error naming the flag.
+fn in_range(flag: &str, v: usize, lo: usize, hi: usize) -> Result<usize, String> {
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{flag} {v}: expected {lo}..={hi}"))
+    }
+}
+
+/// This machine's memory in MB (`MemTotal`), if Linux says.
+fn memory_mb() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: usize = info.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
 }
 
 fn parse_models(specs: &[String]) -> Result<Vec<(String, ModelSource)>, String> {
@@ -99,8 +120,11 @@ fn parse_threads(specs: &[String], names: &[&str]) -> Result<Vec<(String, usize)
         .iter()
         .map(|s| {
             let (name, n) = s.split_once('=').ok_or_else(|| format!("--threads '{s}': expected NAME=N"))?;
-            let n =
-                n.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| format!("--threads '{s}': N must be > 0"))?;
+            let n = n
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_THREADS).contains(n))
+                .ok_or_else(|| format!("--threads '{s}': N must be in 1..={MAX_THREADS}"))?;
             if !names.contains(&name) {
                 return Err(format!("--threads '{s}': no model named '{name}'"));
             }
@@ -109,11 +133,60 @@ fn parse_threads(specs: &[String], names: &[&str]) -> Result<Vec<(String, usize)
         .collect()
 }
 
+/// Bounds of the count flags: far past any useful setting, so a typo or a wrapped number is
+/// refused instead of allocating or spinning for it (the engine checks the same bounds).
+const MAX_SEQS: usize = 1 << 16;
+const MAX_BATCH_TOKENS: usize = 1 << 20;
+const MAX_QUEUE: usize = 1 << 20;
+const MAX_THREADS: usize = 1 << 10;
+const MAX_BODY_BYTES: usize = 1 << 30;
+
+/// Every flag checked, before anything is allocated or bound; each error is one line naming
+/// its flag.
 pub fn config(a: &ServeArgs, isa: Option<Isa>) -> Result<ServerConfig, String> {
-    if a.max_seqs == 0 || a.max_batch_tokens == 0 {
-        return Err("--max-seqs and --max-batch-tokens must be > 0".into());
-    }
+    in_range("--max-seqs", a.max_seqs, 1, MAX_SEQS)?;
+    in_range("--max-batch-tokens", a.max_batch_tokens, 1, MAX_BATCH_TOKENS)?;
+    in_range("--max-queue", a.max_queue, 0, MAX_QUEUE)?;
+    in_range("--max-body-bytes", a.max_body_bytes, 1, MAX_BODY_BYTES)?;
+    let memory = memory_mb().unwrap_or(usize::MAX >> 20);
+    in_range("--kv-cache-mb", a.kv_cache_mb, 1, memory)?;
+    let request_timeout = seconds("--request-timeout", a.request_timeout)?;
+    let drain_timeout = seconds("--drain-timeout", a.drain_timeout)?;
+    // clap may treat an empty environment variable as unset; an operator who set it meant a key.
+    let empty_env = std::env::var_os("INFERNEO_API_KEY").is_some_and(|v| v.is_empty());
+    let api_key = match &a.api_key {
+        None if empty_env => {
+            return Err("--api-key (or INFERNEO_API_KEY) is empty: give a key, or unset it to serve without one".into())
+        }
+        Some(k) if k.trim().is_empty() => {
+            return Err("--api-key (or INFERNEO_API_KEY) is empty: give a key, or unset it to serve without one".into())
+        }
+        k => k.clone(),
+    };
     let models = parse_models(&a.models)?;
+    // Each model gets its own pool of --kv-cache-mb, allocated and touched at load.
+    if a.kv_cache_mb.saturating_mul(models.len()) > memory {
+        return Err(format!(
+            "--kv-cache-mb {}: {} models x {} MB exceeds this machine's {memory} MB",
+            a.kv_cache_mb,
+            models.len(),
+            a.kv_cache_mb
+        ));
+    }
+    for (name, source) in &models {
+        // A directory whose config cannot be read fails its load, reported then.
+        let Ok(c) = inferneo_runtime::load_config(source) else { continue };
+        let need = KvPool::block_bytes(&c, a.kv_dtype) * c.n_positions.div_ceil(BLOCK_TOKENS);
+        if a.kv_cache_mb << 20 < need {
+            return Err(format!(
+                "--kv-cache-mb {}: model '{name}' needs at least {} MB ({} KV) for one sequence of its full {}-token context",
+                a.kv_cache_mb,
+                need.div_ceil(1 << 20),
+                a.kv_dtype,
+                c.n_positions
+            ));
+        }
+    }
     let names: Vec<&str> = models.iter().map(|(n, _)| n.as_str()).collect();
     let threads = parse_threads(&a.threads, &names)?;
     let specs = models
@@ -140,9 +213,9 @@ pub fn config(a: &ServeArgs, isa: Option<Isa>) -> Result<ServerConfig, String> {
         host: a.host.clone(),
         port: a.port,
         models: specs,
-        api_key: a.api_key.clone().filter(|k| !k.is_empty()),
-        request_timeout: seconds("--request-timeout", a.request_timeout)?,
-        drain_timeout: seconds("--drain-timeout", a.drain_timeout)?,
+        api_key,
+        request_timeout,
+        drain_timeout,
         max_body_bytes: a.max_body_bytes,
         ..ServerConfig::default()
     })

@@ -61,21 +61,89 @@ fn tiny_model(dir: &std::path::Path) -> String {
     format!("tiny={}", d.display())
 }
 
+/// Runs `inferneo serve ARGS` with `env`, killing it after 20 s (a flag that slipped through
+/// would leave it serving); returns whether it exited by itself with success, and its stderr.
+fn serve_bounded(args: &[&str], env: &[(&str, &str)]) -> (Option<bool>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inferneo"))
+        .arg("serve")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s.success());
+        }
+        if t0.elapsed().as_secs() > 20 {
+            child.kill().unwrap();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (status, err)
+}
+
+/// Every numeric flag has a range, checked before anything is allocated or bound: each bad
+/// value is a one-line error naming its flag, and the process exits at once without listening.
 #[test]
 fn bad_serve_flags_are_one_line_errors() {
+    let huge = u64::MAX.to_string();
     for (args, needle) in [
-        (vec!["serve", "--model", "/nonexistent/dir"], "not a directory"),
-        (vec!["serve", "--threads", "nope=2"], "no model named 'nope'"),
-        (vec!["serve", "--dtype", "int3"], "int3"),
-        (vec!["serve", "--kv-dtype", "f8"], "f8"),
-        (vec!["serve", "--request-timeout", "0"], "--request-timeout"),
+        (vec!["--model", "/nonexistent/dir"], "not a directory"),
+        (vec!["--threads", "nope=2"], "no model named 'nope'"),
+        (vec!["--threads", "gpt2=0"], "--threads"),
+        (vec!["--threads", "gpt2=100000"], "--threads"),
+        (vec!["--dtype", "int3"], "--dtype"),
+        (vec!["--kv-dtype", "f8"], "--kv-dtype"),
+        (vec!["--request-timeout", "0"], "--request-timeout"),
+        (vec!["--request-timeout", "1e300"], "--request-timeout"),
+        (vec!["--request-timeout", "NaN"], "--request-timeout"),
+        (vec!["--drain-timeout=-1"], "--drain-timeout"),
+        (vec!["--max-seqs", "0"], "--max-seqs"),
+        (vec!["--max-seqs", "10000000"], "--max-seqs"),
+        (vec!["--max-batch-tokens", "0"], "--max-batch-tokens"),
+        (vec!["--max-queue", "100000000"], "--max-queue"),
+        (vec!["--max-body-bytes", "0"], "--max-body-bytes"),
+        (vec!["--kv-cache-mb", "0"], "--kv-cache-mb"),
+        // Larger than the machine's memory, and a value whose bytes overflow 64 bits.
+        (vec!["--kv-cache-mb", "100000000"], "--kv-cache-mb"),
+        (vec!["--kv-cache-mb", &huge], "--kv-cache-mb"),
+        // Too small for one full-context sequence of the embedded model (72 MB with f32 KV).
+        (vec!["--kv-cache-mb", "8"], "needs at least 72 MB"),
+        (vec!["--kv-cache-mb", "30", "--kv-dtype", "f16"], "needs at least 36 MB"),
+        (vec!["--port", "70000"], "--port"),
+        (vec!["--api-key", ""], "--api-key"),
+        (vec!["--api-key", "  "], "--api-key"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_inferneo")).args(&args).output().unwrap();
-        assert!(!out.status.success(), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let mut full = vec!["--port", "0"];
+        full.extend(&args);
+        let (status, err) = serve_bounded(&full, &[]);
+        assert_eq!(status, Some(false), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+    // The environment's key is checked like the flag's.
+    let (status, err) = serve_bounded(&["--port", "0"], &[("INFERNEO_API_KEY", "")]);
+    assert_eq!(status, Some(false), "{err}");
+    assert!(err.contains("INFERNEO_API_KEY"), "{err}");
+}
+
+/// When every configured model fails to load nothing can ever be served: the process exits
+/// non-zero (for its supervisor) instead of answering /health forever.
+#[test]
+fn every_model_failing_to_load_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), "{ not json").unwrap();
+    let model = format!("broken={}", dir.path().display());
+    let (status, err) = serve_bounded(&["--port", "0", "--model", &model], &[]);
+    assert_eq!(status, Some(false), "serve must exit, non-zero: {err}");
+    assert!(err.contains("every configured model failed to load"), "{err}");
 }
 
 /// SIGTERM while a stream is running: no new connections, the stream still finishes, exit 0.

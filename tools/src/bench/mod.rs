@@ -149,7 +149,7 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
     let model_name = a.model_name.clone().unwrap_or(local_name.clone());
     let engine = EngineConfig {
         limits: Limits { max_batch_tokens: a.max_batch_tokens, max_seqs: a.max_seqs },
-        kv_cache_bytes: a.kv_cache_mb << 20,
+        kv_cache_bytes: a.kv_cache_mb.checked_mul(1 << 20).ok_or("--kv-cache-mb: too large")?,
         ..EngineConfig::default()
     };
     let source = ModelSource::from_path(a.model.clone());
