@@ -71,3 +71,19 @@ fn incremental_decoding_never_splits_characters() {
         assert_eq!(streamed, text);
     }
 }
+
+/// `min_tokens` is a true lower bound (on the corpus, on runs of the characters that merge
+/// into the longest tokens, and on text of multi-byte characters), and it is tight enough to
+/// refuse a megabyte prompt for a 1024-token context without tokenizing it.
+#[test]
+fn min_tokens_is_a_lower_bound_that_refuses_huge_prompts() {
+    let tok = Tokenizer::gpt2();
+    let mut texts: Vec<String> = corpus().into_iter().map(|(t, _)| t).collect();
+    texts.extend(["-".repeat(5000), " ".repeat(5000), "=".repeat(3000), "é".repeat(2000), "\u{1F600}".repeat(500)]);
+    texts.push("abc".repeat(1000));
+    for t in &texts {
+        let n = tok.encode(t).unwrap().len();
+        assert!(tok.min_tokens(t) <= n, "{} bytes: bound {} > {n} tokens", t.len(), tok.min_tokens(t));
+    }
+    assert!(tok.min_tokens(&"x".repeat(2 << 20)) > 1024);
+}

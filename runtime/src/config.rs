@@ -84,6 +84,10 @@ impl Config {
             ));
         }
         let bad = |msg: String| Err(Error::Config { path: path.into(), msg });
+        // `n_inner()` defaults to 4 * n_embd, which must not overflow.
+        if self.n_inner.is_none() && self.n_embd.checked_mul(4).is_none() {
+            return bad(format!("n_embd {} is too large", self.n_embd));
+        }
         for (name, v) in [
             ("vocab_size", self.vocab_size),
             ("n_positions", self.n_positions),
@@ -99,14 +103,15 @@ impl Config {
         if !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head));
         }
-        if self.layer_norm_epsilon.is_nan() || self.layer_norm_epsilon <= 0.0 {
-            return bad(format!("layer_norm_epsilon {} must be positive", self.layer_norm_epsilon));
+        if !self.layer_norm_epsilon.is_finite() || self.layer_norm_epsilon <= 0.0 {
+            return bad(format!("layer_norm_epsilon {} must be positive and finite", self.layer_norm_epsilon));
         }
         Ok(())
     }
 
     pub fn n_inner(&self) -> usize {
-        self.n_inner.unwrap_or(4 * self.n_embd)
+        // Lazily: with `n_inner` set, `n_embd` may be too large to multiply.
+        self.n_inner.unwrap_or_else(|| 4 * self.n_embd)
     }
 
     pub fn head_dim(&self) -> usize {

@@ -150,7 +150,9 @@ pub struct Engine {
 impl Engine {
     /// Starts the engine thread. Errors if a limit is out of range ([`EngineConfig::validate`]),
     /// the KV cache cannot be allocated, or its threads cannot be started.
-    pub fn start(model: Gpt2, tokenizer: Option<Tokenizer>, settings: EngineConfig) -> Result<Engine> {
+    /// The model may be shared (an `Arc`) with other engines or callers: it is only read.
+    pub fn start(model: impl Into<Arc<Gpt2>>, tokenizer: Option<Tokenizer>, settings: EngineConfig) -> Result<Engine> {
+        let model: Arc<Gpt2> = model.into();
         settings.validate(model.config())?;
         let mut pool = KvPool::with_budget(model.config(), settings.kv_cache_bytes, settings.kv_dtype)?;
         pool.set_prefix_caching(settings.prefix_caching);
@@ -240,7 +242,7 @@ struct Live {
 }
 
 struct Worker {
-    model: Gpt2,
+    model: Arc<Gpt2>,
     tokenizer: Option<Tokenizer>,
     sched: Scheduler,
     reqs: HashMap<u64, Live>,

@@ -33,6 +33,8 @@ pub enum Error {
     KvExhausted { need: usize, free: usize },
     #[error("{what}: {source}")]
     Memory { what: String, source: inferneo_kernels::AllocError },
+    #[error("cancelled")]
+    Cancelled,
     #[error("invalid argument: {0}")]
     Invalid(String),
 }

@@ -1,5 +1,6 @@
 //! Single-sequence generation: prefill the prompt, then decode token by token over the KV cache.
 
+use crate::engine::{log_sum_exp, top_logprobs};
 use crate::error::{Error, Result};
 use crate::gpt2::{Gpt2, Logits};
 use crate::kv_cache::KvCache;
@@ -56,18 +57,47 @@ impl GenerateRequest {
     }
 }
 
+/// One generated token as [`generate_steps`] reports it: its id, its log-probability under the
+/// model and, when the request asks (`top_logprobs`), the most likely tokens and theirs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub id: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
 /// Generates up to `req.max_tokens` tokens, calling `on_token` with each as it is chosen.
 pub fn generate(model: &Gpt2, req: &GenerateRequest, mut on_token: impl FnMut(u32)) -> Result<Generation> {
+    generate_steps(model, req, |step| {
+        on_token(step.id);
+        true
+    })
+}
+
+/// [`generate`], reporting each token with its log-probabilities (computed as the engine
+/// computes them, so both report the same bits). `on_step` returning `false` stops the
+/// generation there with [`Error::Cancelled`].
+pub fn generate_steps(
+    model: &Gpt2,
+    req: &GenerateRequest,
+    mut on_step: impl FnMut(&Step) -> bool,
+) -> Result<Generation> {
     req.validate(model)?;
+    let kernels = model.kernels();
     let mut cache = KvCache::new(model.config());
-    let mut sampler = Sampler::new(req.sampling.clone(), model.kernels());
+    let mut sampler = Sampler::new(req.sampling.clone(), kernels);
     let mut tokens = Vec::with_capacity(req.max_tokens);
     let mut input = req.prompt.clone();
     while tokens.len() < req.max_tokens {
         let logits = model.forward_one(&mut cache, &input, Logits::Last)?;
         let next = sampler.sample(&logits);
+        let lse = log_sum_exp(kernels, &logits);
+        let step =
+            Step { id: next, logprob: logits[next as usize] - lse, top: top_logprobs(&logits, req.top_logprobs, lse) };
         tokens.push(next);
-        on_token(next);
+        if !on_step(&step) {
+            return Err(Error::Cancelled);
+        }
         if req.stop_tokens.contains(&next) {
             return Ok(Generation { tokens, finish: FinishReason::Stop });
         }

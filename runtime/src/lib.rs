@@ -24,7 +24,7 @@ pub mod weights;
 pub use config::Config;
 pub use engine::{Engine, EngineConfig, Event, Finish, RequestHandle, Stats};
 pub use error::{Error, Result};
-pub use generate::{generate, FinishReason, GenerateRequest, Generation};
+pub use generate::{generate, generate_steps, FinishReason, GenerateRequest, Generation, Step};
 pub use gpt2::{Gpt2, Logits, SeqInput};
 pub use inferneo_kernels::{Isa, WeightDtype};
 pub use init::Preset;

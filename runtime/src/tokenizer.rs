@@ -18,14 +18,44 @@ pub const GPT2_TOKENIZER_FILES: [(&str, &[u8]); 5] = [
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// No token covers more bytes of input text than this; 0 when that cannot be known.
+    max_token_bytes: usize,
+    /// Kept: the `tokenizers` crate rebuilds its whole vocabulary map to count it.
+    vocab_size: usize,
 }
 
 impl Tokenizer {
+    fn new(inner: tokenizers::Tokenizer) -> Tokenizer {
+        // A normalizer may shrink the text before the model sees it (NFKC turns 3-byte
+        // ligatures into 2 letters), which would break the bound; GPT-2's pipeline has none. A
+        // vocabulary entry's UTF-8 length is at least the bytes it covers: byte-level BPE writes
+        // each input byte as one character of one or two UTF-8 bytes.
+        let max_token_bytes = if inner.get_normalizer().is_none() {
+            inner.get_vocab(true).keys().map(String::len).max().unwrap_or(0)
+        } else {
+            0
+        };
+        let vocab_size = inner.get_vocab_size(true);
+        Tokenizer { inner, max_token_bytes, vocab_size }
+    }
+
     /// The embedded GPT-2 tokenizer.
     pub fn gpt2() -> Tokenizer {
-        let inner =
-            tokenizers::Tokenizer::from_bytes(GPT2_TOKENIZER_FILES[0].1).expect("embedded tokenizer.json parses");
-        Tokenizer { inner }
+        Tokenizer::new(
+            tokenizers::Tokenizer::from_bytes(GPT2_TOKENIZER_FILES[0].1).expect("embedded tokenizer.json parses"),
+        )
+    }
+
+    /// A lower bound on `encode(text).len()`, in O(1): every token covers at most the longest
+    /// vocabulary entry's bytes. Lets a server refuse a prompt that cannot fit the context
+    /// before paying for its tokenization (seconds of CPU for megabytes of text). 0 when the
+    /// tokenizer's normalizer makes the bound unknowable.
+    pub fn min_tokens(&self, text: &str) -> usize {
+        if self.max_token_bytes == 0 {
+            0
+        } else {
+            text.len().div_ceil(self.max_token_bytes)
+        }
     }
 
     /// From a model directory: `tokenizer.json`, else `vocab.json` + `merges.txt`.
@@ -35,7 +65,7 @@ impl Tokenizer {
         if json.exists() {
             let inner = tokenizers::Tokenizer::from_file(&json)
                 .map_err(|e| Error::Tokenizer(format!("{}: {e}", json.display())))?;
-            return Ok(Some(Tokenizer { inner }));
+            return Ok(Some(Tokenizer::new(inner)));
         }
         let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
         if !vocab.exists() || !merges.exists() {
@@ -49,11 +79,11 @@ impl Tokenizer {
         inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         inner.with_decoder(Some(ByteLevel::default()));
         inner.add_special_tokens(&[tokenizers::AddedToken::from("<|endoftext|>", true)]);
-        Ok(Some(Tokenizer { inner }))
+        Ok(Some(Tokenizer::new(inner)))
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {

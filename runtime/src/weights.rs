@@ -167,6 +167,11 @@ impl WeightSource for SafetensorsFile {
                 want: shape.to_vec(),
             });
         }
+        // Only a dtype this converts had its shape checked against its bytes by `open`: for
+        // another, the shape's element count may overflow, so it is refused first.
+        let Some(size) = dtype_size(&entry.dtype) else {
+            return Err(Error::Dtype { path: self.path.clone(), name: entry.name.clone(), dtype: entry.dtype.clone() });
+        };
         let elements: usize = shape.iter().product();
         let read = |buf: &mut [u8]| {
             self.file.read_exact_at(buf, entry.start).map_err(|e| match e.kind() {
@@ -177,7 +182,7 @@ impl WeightSource for SafetensorsFile {
                 _ => Error::io(&self.path, e),
             })
         };
-        debug_assert_eq!(entry.end - entry.start, (elements * dtype_size(&entry.dtype).unwrap_or(0) as usize) as u64);
+        debug_assert_eq!(entry.end - entry.start, elements as u64 * size);
         match entry.dtype.as_str() {
             "F32" => {
                 let mut values = vec![0.0f32; elements];

@@ -4,6 +4,7 @@
 //! plain JSON response and the server-sent-event stream.
 
 use crate::api::{CompletionRequest, Prompt};
+use crate::cpu_pool::CpuPool;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::models::{Admission, Registry, Served};
@@ -22,43 +23,69 @@ pub struct Validated {
     pub prompts: Vec<Vec<u32>>,
 }
 
-pub fn validate(registry: &Registry, req: CompletionRequest) -> Result<Validated, ApiError> {
+fn context_error(context: usize, prompt: &str, prompt_tokens: usize, max_tokens: usize) -> ApiError {
+    ApiError::invalid(
+        "max_tokens",
+        format!(
+            "this model's maximum context length is {context} tokens, but {prompt}{} were requested ({prompt}{} \
+             in the prompt, {max_tokens} for the completion)",
+            prompt_tokens + max_tokens,
+            prompt_tokens,
+        ),
+    )
+}
+
+/// Checks `req` against its model. Text prompts that cannot fit the context even at the
+/// fewest tokens their length allows are refused before tokenizing; the others are tokenized
+/// on `cpu`, off the async workers.
+pub async fn validate(registry: &Registry, req: CompletionRequest, cpu: &CpuPool) -> Result<Validated, ApiError> {
     let served = registry.get(req.model.as_deref())?;
     let (vocab, context) = (served.config().vocab_size, served.config().n_positions);
-    let prompts = req
-        .prompts
-        .iter()
-        .map(|p| match p {
-            Prompt::Text(text) => {
-                let tok = served.tokenizer.as_ref().ok_or_else(|| {
-                    ApiError::invalid("prompt", "this model has no tokenizer; send the prompt as token ids")
-                })?;
-                tok.encode(text).map_err(|e| ApiError::invalid("prompt", e.to_string()))
+    if let Some(tok) = &served.tokenizer {
+        for p in &req.prompts {
+            if let Prompt::Text(text) = p {
+                let least = tok.min_tokens(text);
+                if least + req.max_tokens > context {
+                    return Err(context_error(context, "at least ", least, req.max_tokens));
+                }
             }
-            Prompt::Tokens(ids) => ids
+        }
+    }
+    let tokenizer = served.tokenizer.clone();
+    let (req, prompts) = cpu
+        .run(move || {
+            let prompts = req
+                .prompts
                 .iter()
-                .map(|&t| {
-                    u32::try_from(t).ok().filter(|&t| (t as usize) < vocab).ok_or_else(|| {
-                        ApiError::invalid("prompt", format!("token id {t} is outside the vocabulary (0..{vocab})"))
-                    })
+                .map(|p| match p {
+                    Prompt::Text(text) => {
+                        let tok = tokenizer.as_ref().ok_or_else(|| {
+                            ApiError::invalid("prompt", "this model has no tokenizer; send the prompt as token ids")
+                        })?;
+                        tok.encode(text).map_err(|e| ApiError::invalid("prompt", e.to_string()))
+                    }
+                    Prompt::Tokens(ids) => ids
+                        .iter()
+                        .map(|&t| {
+                            u32::try_from(t).ok().filter(|&t| (t as usize) < vocab).ok_or_else(|| {
+                                ApiError::invalid(
+                                    "prompt",
+                                    format!("token id {t} is outside the vocabulary (0..{vocab})"),
+                                )
+                            })
+                        })
+                        .collect(),
                 })
-                .collect(),
+                .collect::<Result<Vec<Vec<u32>>, _>>();
+            (req, prompts)
         })
-        .collect::<Result<Vec<Vec<u32>>, _>>()?;
+        .await;
+    let prompts = prompts?;
     if prompts.iter().any(Vec::is_empty) {
         return Err(ApiError::invalid("prompt", "the prompt encodes to no tokens"));
     }
     if let Some(p) = prompts.iter().find(|p| p.len() + req.max_tokens > context) {
-        return Err(ApiError::invalid(
-            "max_tokens",
-            format!(
-                "this model's maximum context length is {context} tokens, but {} were requested ({} in the \
-                 prompt, {} for the completion)",
-                p.len() + req.max_tokens,
-                p.len(),
-                req.max_tokens
-            ),
-        ));
+        return Err(context_error(context, "", p.len(), req.max_tokens));
     }
     if let Some((t, _)) = req.logit_bias.iter().find(|(t, _)| !(0..vocab as i64).contains(t)) {
         return Err(ApiError::invalid("logit_bias", format!("token id {t} is outside the vocabulary (0..{vocab})")));
@@ -149,6 +176,9 @@ pub struct Run {
     timeout: Duration,
     first_token_seen: bool,
     metrics: Arc<Metrics>,
+    /// Its final status has been counted: every run counts exactly one, 499 if it is dropped
+    /// before anything else was recorded (the client went away mid-request).
+    recorded: bool,
 }
 
 impl Run {
@@ -224,6 +254,7 @@ impl Run {
             timeout,
             first_token_seen: false,
             metrics,
+            recorded: false,
         })
     }
 
@@ -318,7 +349,11 @@ impl Run {
     }
 
     /// Records the request's end-to-end figures.
-    pub fn record(&self, status: u16) {
+    /// Counts the request's final status (once: later calls do nothing).
+    pub fn record(&mut self, status: u16) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
         self.metrics.request(&self.model, status);
         self.metrics.tokens(&self.model, self.prompt_tokens, self.completion_tokens());
         if status == 200 {
@@ -414,6 +449,8 @@ impl Drop for Run {
         for c in self.choices.iter().filter(|c| c.finish.is_none()) {
             self.served.engine.cancel(c.engine_id);
         }
+        // Dropped unrecorded: hyper dropped the handler because the client disconnected.
+        self.record(499);
     }
 }
 

@@ -3,6 +3,8 @@
 
 use crate::api::CompletionRequest;
 use crate::completions::{validate, Run};
+use crate::conns::{Admitted, Busy, ConnTable};
+use crate::cpu_pool::CpuPool;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::models::{ModelSpec, Registry};
@@ -43,7 +45,14 @@ pub struct ServerConfig {
     /// ... and its body within this time.
     pub body_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Open connections at most; at the cap a newcomer replaces the oldest idle connection
+    /// (see `conns.rs`).
     pub max_connections: usize,
+    /// Open connections from one client address at most (0: no such limit; keep it off
+    /// behind a load balancer, whose connections all come from a few addresses).
+    pub max_connections_per_ip: usize,
+    /// A new connection that sends nothing for this long is closed.
+    pub first_byte_timeout: Duration,
     /// On shutdown, in-flight requests get this long to finish.
     pub drain_timeout: Duration,
     /// Test hook: a request with the header `x-inferneo-fault: panic` panics in its handler.
@@ -62,6 +71,8 @@ impl Default for ServerConfig {
             body_timeout: Duration::from_secs(30),
             max_body_bytes: 2 << 20,
             max_connections: 1024,
+            max_connections_per_ip: 0,
+            first_byte_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             fault_injection: false,
         }
@@ -71,6 +82,8 @@ impl Default for ServerConfig {
 struct App {
     config: ServerConfig,
     registry: Arc<Registry>,
+    /// Tokenizing and detokenizing, off the async workers.
+    cpu: CpuPool,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
 }
@@ -92,7 +105,13 @@ impl Server {
         }
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
         let registry = Registry::load(config.models.clone());
-        let app = Arc::new(App { config, registry, metrics: Arc::default(), draining: AtomicBool::new(false) });
+        let app = Arc::new(App {
+            config,
+            registry,
+            cpu: CpuPool::per_core(),
+            metrics: Arc::default(),
+            draining: AtomicBool::new(false),
+        });
         Ok(Server { listener, app })
     }
 
@@ -114,18 +133,15 @@ impl Server {
     /// (bounded by the drain timeout) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let Server { listener, app } = self;
-        let max = app.config.max_connections;
-        let slots = Arc::new(Semaphore::new(max));
+        // One permit per connection task, so the drain can wait for all of them; admission is
+        // the connection table's (`conns.rs`), which never stops the accept loop.
+        const TRACKED: u32 = 1 << 20;
+        let live = Arc::new(Semaphore::new(TRACKED as usize));
+        let conns = Arc::new(ConnTable::default());
         let (drain_tx, drain_rx) = watch::channel(false);
         tokio::pin!(shutdown);
         loop {
-            // At the connection cap, stop accepting (the kernel's backlog holds newcomers)
-            // rather than accepting and dropping.
-            let permit = tokio::select! {
-                p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
-                _ = &mut shutdown => break,
-            };
-            let (stream, _) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 a = listener.accept() => match a {
                     Ok(a) => a,
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -133,38 +149,92 @@ impl Server {
                 },
                 _ = &mut shutdown => break,
             };
+            let config = &app.config;
+            let Some(admitted) = conns.admit(peer.ip(), config.max_connections, config.max_connections_per_ip) else {
+                // Every connection is serving a request: shed the newcomer.
+                drop(stream);
+                continue;
+            };
+            let Ok(permit) = live.clone().try_acquire_owned() else { continue };
             let _ = stream.set_nodelay(true);
-            let (app, mut drain) = (app.clone(), drain_rx.clone());
+            let (app, conns, mut drain) = (app.clone(), conns.clone(), drain_rx.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                let svc_app = app.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    let app = svc_app.clone();
-                    async move { Ok::<_, Infallible>(handle(app, req).await) }
-                });
-                let mut builder = hyper::server::conn::http1::Builder::new();
-                builder.timer(TokioTimer::new()).header_read_timeout(app.config.header_timeout);
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                let draining = tokio::select! {
-                    _ = conn.as_mut() => false,
-                    d = drain.wait_for(|d| *d) => d.is_ok(),
-                };
-                if draining {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+                serve_connection(&app, stream, &admitted, &mut drain).await;
+                conns.remove(admitted.id);
             });
         }
         drop(listener);
         app.draining.store(true, Ordering::SeqCst);
         let _ = drain_tx.send(true);
-        let all = u32::try_from(max).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(app.config.drain_timeout, slots.acquire_many(all)).await.is_ok();
+        let drained = tokio::time::timeout(app.config.drain_timeout, live.acquire_many(TRACKED)).await.is_ok();
         if !drained {
             eprintln!("drain timeout: closing the connections still open");
         }
         Ok(())
+    }
+}
+
+/// One connection, from its first byte to its close: closed early if no byte arrives within the
+/// first-byte timeout, when the connection table evicts it (idle, to make room), or, gracefully,
+/// on drain.
+async fn serve_connection(
+    app: &Arc<App>,
+    stream: tokio::net::TcpStream,
+    admitted: &Admitted,
+    drain: &mut watch::Receiver<bool>,
+) {
+    let mut first = [0u8; 1];
+    let arrived = tokio::select! {
+        r = tokio::time::timeout(app.config.first_byte_timeout, stream.peek(&mut first)) => matches!(r, Ok(Ok(n)) if n > 0),
+        _ = admitted.close.notified() => false,
+        _ = drain.wait_for(|d| *d) => false,
+    };
+    if !arrived {
+        return;
+    }
+    let (svc_app, busy) = (app.clone(), admitted.busy.clone());
+    let service = hyper::service::service_fn(move |req| {
+        let app = svc_app.clone();
+        // Busy until the response body is done (a stream, for as long as it runs).
+        let busy = Busy::start(&busy);
+        async move { Ok::<_, Infallible>(handle(app, req).await.map(|body| BusyBody { body, _busy: busy }.boxed())) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(app.config.header_timeout);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let draining = tokio::select! {
+        _ = conn.as_mut() => false,
+        _ = admitted.close.notified() => false,
+        d = drain.wait_for(|d| *d) => d.is_ok(),
+    };
+    if draining {
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    }
+}
+
+/// A response body that keeps its connection counted as busy until it is done or dropped.
+struct BusyBody {
+    body: Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for BusyBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -246,6 +316,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let route = ROUTES.iter().find(|(p, _)| *p == path);
     let label = route.map_or("other", |(p, _)| *p);
+    let count = HttpCount { app: app.clone(), label, counted: false };
     // HEAD is GET without the body (RFC 9110 9.3.2); hyper sends no body for it.
     let head_of_get = |m: &Method| *m == Method::GET && req.method() == Method::HEAD;
     let resp = match route {
@@ -275,8 +346,31 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             }
         }
     };
-    app.metrics.http(label, resp.status().as_u16());
+    count.done(resp.status().as_u16());
     resp
+}
+
+/// Counts one HTTP response by route and status, exactly once: 499 if hyper drops the handler
+/// before it answered (the client closed the connection).
+struct HttpCount {
+    app: Arc<App>,
+    label: &'static str,
+    counted: bool,
+}
+
+impl HttpCount {
+    fn done(mut self, status: u16) {
+        self.counted = true;
+        self.app.metrics.http(self.label, status);
+    }
+}
+
+impl Drop for HttpCount {
+    fn drop(&mut self) {
+        if !self.counted {
+            self.app.metrics.http(self.label, 499);
+        }
+    }
 }
 
 async fn dispatch(app: Arc<App>, route: &'static str, req: Request<Incoming>, arrival: Instant) -> Response<Body> {
@@ -379,9 +473,10 @@ async fn tokenize(app: &App, req: Request<Incoming>) -> Result<Response<Body>, A
     let text = v
         .get("prompt")
         .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::invalid("prompt", "'prompt' must be a string"))?;
-    let tok = served.tokenizer.as_ref().ok_or_else(|| ApiError::bad_request("this model has no tokenizer"))?;
-    let ids = tok.encode(text).map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
+        .ok_or_else(|| ApiError::invalid("prompt", "'prompt' must be a string"))?
+        .to_string();
+    let tok = served.tokenizer.clone().ok_or_else(|| ApiError::bad_request("this model has no tokenizer"))?;
+    let ids = app.cpu.run(move || tok.encode(&text)).await.map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
     Ok(json_response(
         StatusCode::OK,
         &json!({"tokens": ids, "count": ids.len(), "max_model_len": served.config().n_positions}),
@@ -401,8 +496,8 @@ async fn detokenize(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
         .map(|t| t.as_u64().filter(|&t| (t as usize) < vocab).map(|t| t as u32))
         .collect::<Option<Vec<u32>>>()
         .ok_or_else(bad)?;
-    let tok = served.tokenizer.as_ref().ok_or_else(|| ApiError::bad_request("this model has no tokenizer"))?;
-    let text = tok.decode(&ids).map_err(|e| ApiError::invalid("tokens", e.to_string()))?;
+    let tok = served.tokenizer.clone().ok_or_else(|| ApiError::bad_request("this model has no tokenizer"))?;
+    let text = app.cpu.run(move || tok.decode(&ids)).await.map_err(|e| ApiError::invalid("tokens", e.to_string()))?;
     Ok(json_response(StatusCode::OK, &json!({"prompt": text})))
 }
 
@@ -418,7 +513,7 @@ async fn completions(app: &App, req: Request<Incoming>, arrival: Instant) -> Res
     let v = read_json(app, req).await?;
     let parsed = CompletionRequest::parse(&v)?;
     let (stream, include_usage) = (parsed.stream, parsed.include_usage);
-    let validated = validate(&app.registry, parsed)?;
+    let validated = validate(&app.registry, parsed, &app.cpu).await?;
     let model = validated.served.name.clone();
     let mut run = match Run::start(validated, arrival, app.config.request_timeout, app.metrics.clone()) {
         Ok(r) => r,

@@ -10,6 +10,8 @@
 
 pub mod api;
 mod completions;
+mod conns;
+mod cpu_pool;
 pub mod error;
 mod http;
 pub mod metrics;

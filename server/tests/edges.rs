@@ -365,3 +365,104 @@ fn models_list_says_which_failed() {
     assert_eq!(post(s.addr, "/v1/completions", &json!({"model": "good", "prompt": "x", "max_tokens": 1})).status, 200);
     post(s.addr, "/v1/completions", &json!({"model": "broken", "prompt": "x"})).error(503);
 }
+
+/// A client that disconnects from a non-streaming request is counted once, as 499, in both
+/// the request and the HTTP counters (hyper drops the handler; nothing else would count it).
+#[test]
+fn a_non_streaming_request_whose_client_leaves_counts_as_499() {
+    let s = one_sequence_at_a_time(0);
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    let body = json!({"prompt": "x", "max_tokens": 300}).to_string();
+    write!(c, "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    wait_for(s.addr, "inferneo_running_sequences{model=\"gpt2\"}", 1.0);
+    drop(c);
+    wait_for(s.addr, "inferneo_requests_in_flight{model=\"gpt2\"}", 0.0);
+    wait_for(s.addr, "inferneo_requests_total{model=\"gpt2\",status=\"499\"}", 1.0);
+    wait_for(s.addr, "inferneo_http_requests_total{route=\"/v1/completions\",status=\"499\"}", 1.0);
+    assert_eq!(metric(s.addr, "inferneo_requests_total{model=\"gpt2\",status=\"200\"}"), None);
+}
+
+/// Many idle sockets (connected, silent) beyond the connection cap do not lock anyone out:
+/// probes keep answering at once, a stream in flight keeps streaming, and the silent sockets
+/// are closed (evicted for newcomers, or at the first-byte timeout).
+#[test]
+fn a_flood_of_idle_sockets_does_not_starve_probes_or_streams() {
+    // The 124M shape, so the stream is surely still running while the flood arrives.
+    let mut model = spec("gpt2", ModelSource::Embedded);
+    model.engine.kv_cache_bytes = 80 << 20;
+    let config = ServerConfig {
+        models: vec![model],
+        max_connections: 16,
+        first_byte_timeout: Duration::from_secs(1),
+        ..config()
+    };
+    let s = TestServer::start(config, true);
+    let mut stream = TcpStream::connect(s.addr).unwrap();
+    let body = json!({"prompt": "x", "max_tokens": 60, "stream": true}).to_string();
+    write!(stream, "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut first = [0u8; 256];
+    assert!(stream.read(&mut first).unwrap() > 0, "the stream started");
+    let mut idle: Vec<TcpStream> = Vec::new();
+    let mut worst = Duration::ZERO;
+    for round in 0..20 {
+        // Keep the table over-full of silent sockets.
+        for _ in 0..8 {
+            idle.push(TcpStream::connect(s.addr).unwrap());
+        }
+        let t0 = Instant::now();
+        let r = get(s.addr, if round % 2 == 0 { "/health" } else { "/ready" });
+        worst = worst.max(t0.elapsed());
+        assert_eq!(r.status, 200, "round {round}");
+    }
+    assert!(worst < Duration::from_millis(900), "a probe took {worst:?} behind {} idle sockets", idle.len());
+    // The stream was busy, so it was never evicted: it runs to the end.
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut all = Vec::new();
+    let _ = stream.read_to_end(&mut all);
+    assert!(String::from_utf8_lossy(&all).contains("data: [DONE]"), "the stream was cut");
+    // Most silent sockets were closed by the server.
+    let mut closed = 0;
+    for mut c in idle {
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut b = [0u8; 1];
+        closed += matches!(c.read(&mut b), Ok(0)) as usize;
+    }
+    assert!(closed >= 150, "only {closed} of 160 silent sockets were closed");
+}
+
+/// Megabyte prompts that cannot fit the context are refused by their length alone, and the
+/// rest are tokenized off the async workers: /health keeps answering at once meanwhile.
+#[test]
+fn huge_prompts_do_not_stall_health_checks() {
+    let s = TestServer::start(ServerConfig { max_body_bytes: 4 << 20, ..config() }, true);
+    let addr = s.addr;
+    let senders: Vec<_> = (0..4)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let words = ["hello ", "the ", "quick ", "brown "][i];
+                let prompt = words.repeat((2 << 20) / words.len());
+                for _ in 0..3 {
+                    let r = post(addr, "/v1/completions", &json!({"prompt": prompt, "max_tokens": 1}));
+                    let e = r.error(400);
+                    assert!(e["message"].as_str().unwrap().contains("at least"), "{e}");
+                }
+            })
+        })
+        .collect();
+    let mut worst = Duration::ZERO;
+    while !senders.iter().all(|t| t.is_finished()) {
+        let t0 = Instant::now();
+        assert_eq!(get(addr, "/health").status, 200);
+        worst = worst.max(t0.elapsed());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for t in senders {
+        t.join().unwrap();
+    }
+    assert!(worst < Duration::from_millis(500), "/health took {worst:?}");
+    // A prompt the length bound cannot refuse is tokenized (on the pool) and judged by its
+    // real length: 3001 tokens against the tiny model's 128.
+    let r = post(addr, "/v1/completions", &json!({"prompt": "a ".repeat(3000), "max_tokens": 1}));
+    let e = r.error(400);
+    assert!(e["message"].as_str().unwrap().contains("(3001 in the prompt"), "{e}");
+}

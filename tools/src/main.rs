@@ -4,7 +4,7 @@
 
 mod bench;
 mod npy;
-mod roofline;
+use inferneo_tools::roofline;
 mod serve;
 mod throughput;
 

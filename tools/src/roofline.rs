@@ -255,7 +255,10 @@ fn sweep(k: Kernels, plan: Plan, cases: &mut Vec<Case>) {
     }
 }
 
-pub fn run(k: Kernels, as_json: bool, plan: Plan) -> Result<(), String> {
+/// Measures everything `inferneo roofline --json` prints and returns it as that JSON (also
+/// what the Python package's `inferneo.kernels.roofline()` returns). Run it with a team
+/// installed, as the engine runs its kernels.
+pub fn report(k: Kernels, plan: Plan) -> Result<serde_json::Value, String> {
     if plan.rounds == 0 {
         return Err("--rounds must be at least 1".into());
     }
@@ -305,6 +308,22 @@ pub fn run(k: Kernels, as_json: bool, plan: Plan) -> Result<(), String> {
         },
         "kernels": rows,
     });
+    Ok(report)
+}
+
+pub fn run(k: Kernels, as_json: bool, plan: Plan) -> Result<(), String> {
+    let report = report(k, plan)?;
+    let num = |key: &str| report[key].as_f64().unwrap_or(0.0);
+    let (bw, bw_4k, peak, int_peak) = (
+        num("read_bandwidth_gbps") * 1e9,
+        num("read_bandwidth_4k_pages_gbps") * 1e9,
+        num("fma_peak_gflops") * 1e9,
+        num("int_dot_peak_gops") * 1e9,
+    );
+    let (join_hot, join_after_gap) = (
+        report["fork_join_us"]["back_to_back"].as_f64().unwrap_or(0.0) / 1e6,
+        report["fork_join_us"]["after_200us_gap_median"].as_f64().unwrap_or(0.0) / 1e6,
+    );
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report).expect("json"));
         return Ok(());
@@ -326,12 +345,17 @@ pub fn run(k: Kernels, as_json: bool, plan: Plan) -> Result<(), String> {
         join_hot * 1e6,
         join_after_gap * 1e6
     );
-    let spread = |f: fn(&Roofs) -> f64| per_round.iter().map(|r| format!("{:.1}", f(r) / 1e9)).collect::<Vec<_>>();
+    let spread = |key: &str| {
+        report["per_round"][key]
+            .as_array()
+            .map(|v| v.iter().map(|g| format!("{:.1}", g.as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join(" / "))
+            .unwrap_or_default()
+    };
     println!(
         "{} round(s), each figure the best of its rounds; bandwidth per round {} GB/s, FMA peak {} GFLOP/s",
         plan.rounds,
-        spread(|r| r.bw).join(" / "),
-        spread(|r| r.peak).join(" / ")
+        spread("read_bandwidth_gbps"),
+        spread("fma_peak_gflops")
     );
     println!();
     println!(

@@ -58,6 +58,17 @@ pub struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 2 << 20)]
     max_body_bytes: usize,
+    /// Open connections at most. At the cap a newcomer replaces the oldest connection with no
+    /// request in flight; it is refused only when every connection is serving a request.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Open connections from one client address at most (0: no limit; keep 0 behind a load
+    /// balancer, whose connections come from few addresses).
+    #[arg(long, default_value_t = 0)]
+    max_connections_per_ip: usize,
+    /// Seconds a new connection may stay silent before it is closed.
+    #[arg(long, default_value_t = 5.0)]
+    first_byte_timeout: f64,
 }
 
 /// Longest accepted timeout (about 11.6 days): far past any request, and far from the
@@ -140,6 +151,7 @@ const MAX_BATCH_TOKENS: usize = 1 << 20;
 const MAX_QUEUE: usize = 1 << 20;
 const MAX_THREADS: usize = 1 << 10;
 const MAX_BODY_BYTES: usize = 1 << 30;
+const MAX_CONNECTIONS: usize = 1 << 20;
 
 /// Every flag checked, before anything is allocated or bound; each error is one line naming
 /// its flag.
@@ -148,6 +160,9 @@ pub fn config(a: &ServeArgs, isa: Option<Isa>) -> Result<ServerConfig, String> {
     in_range("--max-batch-tokens", a.max_batch_tokens, 1, MAX_BATCH_TOKENS)?;
     in_range("--max-queue", a.max_queue, 0, MAX_QUEUE)?;
     in_range("--max-body-bytes", a.max_body_bytes, 1, MAX_BODY_BYTES)?;
+    in_range("--max-connections", a.max_connections, 1, MAX_CONNECTIONS)?;
+    in_range("--max-connections-per-ip", a.max_connections_per_ip, 0, a.max_connections)?;
+    let first_byte_timeout = seconds("--first-byte-timeout", a.first_byte_timeout)?;
     let memory = memory_mb().unwrap_or(usize::MAX >> 20);
     in_range("--kv-cache-mb", a.kv_cache_mb, 1, memory)?;
     let request_timeout = seconds("--request-timeout", a.request_timeout)?;
@@ -217,6 +232,9 @@ pub fn config(a: &ServeArgs, isa: Option<Isa>) -> Result<ServerConfig, String> {
         request_timeout,
         drain_timeout,
         max_body_bytes: a.max_body_bytes,
+        max_connections: a.max_connections,
+        max_connections_per_ip: a.max_connections_per_ip,
+        first_byte_timeout,
         ..ServerConfig::default()
     })
 }

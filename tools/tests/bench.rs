@@ -153,3 +153,35 @@ fn a_level_past_saturation_is_cut_off_after_the_drain() {
     assert_eq!(next["gauges"]["queue_depth_max"].as_f64(), Some(0.0), "{next}");
     assert!(next["gauges"]["running_max"].as_f64().unwrap() <= 1.0, "{next}");
 }
+
+/// The soak check on the tiny model for a few seconds: every kind of request is sent, each
+/// ends as its kind allows, the server counts every one, and the gauges return to zero.
+#[test]
+fn soak_sends_every_kind_and_passes_on_a_healthy_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path());
+    let json = tmp.path().join("soak.json");
+    let args =
+        ["bench", "--model", &model, "--scenarios", "soak", "--duration", "8", "--warmup", "0", "--soak-clients", "4"];
+    let mut all = args.to_vec();
+    all.extend(["--json", json.to_str().unwrap()]);
+    let out = inferneo(&all);
+    assert!(
+        out.status.success(),
+        "soak failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let soak = &v["scenarios"]["soak"];
+    let kinds: Vec<&str> = soak["outcomes"].as_array().unwrap().iter().map(|o| o["kind"].as_str().unwrap()).collect();
+    for kind in ["stream", "plain", "cancelled_stream", "cancelled_plain", "bad"] {
+        assert!(kinds.contains(&kind), "no {kind} request in {soak}");
+    }
+    assert_eq!(soak["server_counted"].as_f64(), soak["requests"].as_f64(), "{soak}");
+    assert!(soak["failures"].as_array().unwrap().is_empty(), "{soak}");
+    assert!(soak["rss_mb"]["growth_after_warmup"].is_number(), "{soak}");
+    // `all` does not include the soak; naming an unknown scenario is an error.
+    let bad = inferneo(&["bench", "--model", &model, "--scenarios", "sok"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("soak"));
+}

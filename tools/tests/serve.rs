@@ -110,6 +110,9 @@ fn bad_serve_flags_are_one_line_errors() {
         (vec!["--max-batch-tokens", "0"], "--max-batch-tokens"),
         (vec!["--max-queue", "100000000"], "--max-queue"),
         (vec!["--max-body-bytes", "0"], "--max-body-bytes"),
+        (vec!["--max-connections", "0"], "--max-connections"),
+        (vec!["--max-connections", "10", "--max-connections-per-ip", "11"], "--max-connections-per-ip"),
+        (vec!["--first-byte-timeout", "0"], "--first-byte-timeout"),
         (vec!["--kv-cache-mb", "0"], "--kv-cache-mb"),
         // Larger than the machine's memory, and a value whose bytes overflow 64 bits.
         (vec!["--kv-cache-mb", "100000000"], "--kv-cache-mb"),

@@ -5,6 +5,7 @@
 mod client;
 mod report;
 mod run;
+mod soak;
 mod stats;
 
 use crate::throughput;
@@ -19,6 +20,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 const SCENARIOS: [&str; 5] = ["latency", "throughput", "concurrency", "batch", "production"];
+/// Checks rather than measurements: run only when named, never by `all`.
+const CHECKS: [&str; 1] = ["soak"];
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -44,7 +47,10 @@ pub struct BenchArgs {
     kv_cache_mb: usize,
     #[arg(long, env = "INFERNEO_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Comma-separated scenarios: latency, throughput, concurrency, batch, production, or all.
+    /// Comma-separated scenarios: latency, throughput, concurrency, batch, production, or all;
+    /// and `soak`, a check run only when named: --duration seconds of mixed traffic
+    /// (streaming, plain, cancelled, malformed) that fails on an unexpected status, memory
+    /// growth past --soak-rss-growth-mb after the warm-up, or gauges not back to zero.
     #[arg(long, default_value = "all")]
     scenarios: String,
     #[arg(long, default_value_t = 50)]
@@ -89,6 +95,13 @@ pub struct BenchArgs {
     /// Seconds before one request counts as failed (timeout).
     #[arg(long, default_value_t = 300.0)]
     timeout: f64,
+    /// Soak: concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    soak_clients: usize,
+    /// Soak: resident memory may grow this many MB from the end of the warm-up (a fifth of
+    /// the run, at least 5 s) to the end.
+    #[arg(long, default_value_t = 64.0)]
+    soak_rss_growth_mb: f64,
     /// The server's pid, for its peak RSS (a local server is this process).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -126,8 +139,15 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
     // The batch scenario loads its own copies of the model; run it last so the server's peak
     // RSS is read before them.
     scenarios.sort_by_key(|s| *s == "batch");
-    if let Some(bad) = scenarios.iter().find(|s| !SCENARIOS.contains(s)) {
-        return Err(format!("--scenarios: unknown scenario '{bad}' (expected {} or all)", SCENARIOS.join(", ")));
+    if let Some(bad) = scenarios.iter().find(|s| !SCENARIOS.contains(s) && !CHECKS.contains(s)) {
+        return Err(format!(
+            "--scenarios: unknown scenario '{bad}' (expected {}, {} or all)",
+            SCENARIOS.join(", "),
+            CHECKS.join(", ")
+        ));
+    }
+    if a.soak_clients == 0 {
+        return Err("--soak-clients must be > 0".into());
     }
     let rates: Vec<f64> = list("rates", &a.rates)?;
     let positive = |r: f64| r > 0.0 && r.is_finite();
@@ -170,6 +190,7 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
     let mut levels_by: Vec<(&str, Vec<Level>)> = Vec::new();
     let mut batch_rows = Vec::new();
     let mut server_rss = None;
+    let mut soak_failure = None;
     rt.block_on(async {
         // Our server in-process unless --url names one.
         let (url, stop) = match &a.url {
@@ -232,6 +253,25 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
                 "production" => {
                     let mixed = Shape { mixed: true, ..shape.clone() };
                     levels.push(driver.level("production", Load::Open { rps: a.production_rate }, soak, &mixed).await);
+                }
+                "soak" => {
+                    let plan = soak::Plan {
+                        duration,
+                        clients: a.soak_clients,
+                        seed: a.seed,
+                        server_pid: if a.url.is_some() { a.server_pid } else { None },
+                        rss_growth_mb: a.soak_rss_growth_mb,
+                    };
+                    if a.url.is_some() && a.server_pid.is_none() {
+                        eprintln!("  soak: the server's memory is not checked (pass --server-pid)");
+                    }
+                    let report = soak::run(&driver.target, &plan).await;
+                    match report {
+                        Ok(r) => {
+                            results.insert("soak".into(), r);
+                        }
+                        Err(e) => soak_failure = Some(e),
+                    }
                 }
                 "batch" => {
                     server_rss = server_rss.or_else(|| report::peak_rss_mb(None));
@@ -319,7 +359,7 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
             std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
-    if let Some(path) = &a.json {
+    let result = if let Some(path) = &a.json {
         let doc = json!({
             "machine": report::machine(&kernels.isa().to_string()),
             "target": {"url": a.url, "model": model_name, "local": a.url.is_none(), "dtype": a.dtype.name()},
@@ -331,7 +371,12 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
             "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc).expect("json"))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| format!("{}: {e}", path.display()))
+    } else {
+        Ok(())
+    };
+    match soak_failure {
+        Some(e) => Err(e),
+        None => result,
     }
-    Ok(())
 }

@@ -104,7 +104,8 @@ impl Peaks {
     }
 }
 
-async fn scrape(t: &Target) -> Option<String> {
+/// The server's `/metrics` text, if it serves one.
+pub(super) async fn scrape_text(t: &Target) -> Option<String> {
     use http_body_util::{BodyExt, Empty};
     let tcp = tokio::net::TcpStream::connect(&t.addr).await.ok()?;
     let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.ok()?;
@@ -222,7 +223,7 @@ impl Driver {
     async fn settle(&self) {
         let start = Instant::now();
         loop {
-            let Some(text) = scrape(&self.target).await else { return };
+            let Some(text) = scrape_text(&self.target).await else { return };
             let mut now = Peaks::default();
             now.fold(&text, &self.target.model);
             match (now.queue_depth, now.running) {
@@ -259,7 +260,7 @@ impl Driver {
             let tty = std::io::stderr().is_terminal();
             tokio::spawn(async move {
                 loop {
-                    if let Some(text) = scrape(&t).await {
+                    if let Some(text) = scrape_text(&t).await {
                         peaks.lock().unwrap().fold(&text, &t.model);
                     }
                     if tty {
