@@ -179,6 +179,10 @@ pub struct Run {
     /// Its final status has been counted: every run counts exactly one, 499 if it is dropped
     /// before anything else was recorded (the client went away mid-request).
     recorded: bool,
+    /// The request's id (`X-Request-Id`), for its log line.
+    pub request_id: String,
+    /// Seconds from arrival to the first token.
+    ttft: Option<f64>,
 }
 
 impl Run {
@@ -255,6 +259,8 @@ impl Run {
             first_token_seen: false,
             metrics,
             recorded: false,
+            request_id: String::new(),
+            ttft: None,
         })
     }
 
@@ -303,7 +309,9 @@ impl Run {
                 choice.generated += 1;
                 if !self.first_token_seen {
                     self.first_token_seen = true;
-                    self.metrics.ttft(&self.model, (now - self.arrival).as_secs_f64());
+                    let ttft = (now - self.arrival).as_secs_f64();
+                    self.ttft = Some(ttft);
+                    self.metrics.ttft(&self.model, ttft);
                 }
                 if let Some(prev) = choice.last_token.replace(now) {
                     self.metrics.inter_token(&self.model, &[(now - prev).as_secs_f64()]);
@@ -356,9 +364,24 @@ impl Run {
         }
         self.metrics.request(&self.model, status);
         self.metrics.tokens(&self.model, self.prompt_tokens, self.completion_tokens());
+        let total = self.arrival.elapsed().as_secs_f64();
         if status == 200 {
-            self.metrics.e2e(&self.model, self.arrival.elapsed().as_secs_f64());
+            self.metrics.e2e(&self.model, total);
         }
+        let mut finish: Vec<&str> = self.choices.iter().map(|c| c.finish.unwrap_or("cancelled")).collect();
+        finish.dedup();
+        tracing::info!(
+            target: "inferneo::request",
+            request_id = %self.request_id,
+            route = "/v1/completions",
+            model = %self.model,
+            status,
+            prompt_tokens = self.prompt_tokens,
+            completion_tokens = self.completion_tokens(),
+            ttft_ms = self.ttft.map(|t| t * 1e3),
+            total_ms = total * 1e3,
+            finish_reason = %finish.join(","),
+        );
     }
 
     /// Runs to the end and builds the plain (non-streaming) response body.

@@ -55,8 +55,14 @@ pub struct ServerConfig {
     pub first_byte_timeout: Duration,
     /// On shutdown, in-flight requests get this long to finish.
     pub drain_timeout: Duration,
+    /// On shutdown, how long the server keeps accepting and serving with `/ready` already 503,
+    /// so a balancer that polls `/ready` takes the replica out before it stops accepting.
+    pub drain_delay: Duration,
     /// Test hook: a request with the header `x-inferneo-fault: panic` panics in its handler.
     pub fault_injection: bool,
+    /// Also publish the router gauges under vLLM's names (`vllm:num_requests_waiting`, ...), so
+    /// routers and dashboards built for vLLM work unchanged.
+    pub vllm_metrics: bool,
 }
 
 impl Default for ServerConfig {
@@ -74,7 +80,9 @@ impl Default for ServerConfig {
             max_connections_per_ip: 0,
             first_byte_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
             fault_injection: false,
+            vllm_metrics: false,
         }
     }
 }
@@ -86,6 +94,8 @@ struct App {
     cpu: CpuPool,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
+    /// Shutdown began: /ready answers 503 (requests are still served until `draining`).
+    not_ready: AtomicBool,
 }
 
 /// A bound server: models loading in the background, not yet accepting.
@@ -111,6 +121,7 @@ impl Server {
             cpu: CpuPool::per_core(),
             metrics: Arc::default(),
             draining: AtomicBool::new(false),
+            not_ready: AtomicBool::new(false),
         });
         Ok(Server { listener, app })
     }
@@ -140,14 +151,28 @@ impl Server {
         let conns = Arc::new(ConnTable::default());
         let (drain_tx, drain_rx) = watch::channel(false);
         tokio::pin!(shutdown);
+        // After shutdown: /ready answers 503 at once, and requests are still served until the
+        // drain delay ends, so balancers see the replica leave before it stops accepting.
+        let mut stop_at: Option<tokio::time::Instant> = None;
         loop {
+            let until_stop = async move {
+                match stop_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             let (stream, peer) = tokio::select! {
                 a = listener.accept() => match a {
                     Ok(a) => a,
                     // Out of file descriptors and the like: back off instead of spinning.
                     Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue }
                 },
-                _ = &mut shutdown => break,
+                _ = &mut shutdown, if stop_at.is_none() => {
+                    app.not_ready.store(true, Ordering::SeqCst);
+                    stop_at = Some(tokio::time::Instant::now() + app.config.drain_delay);
+                    continue;
+                }
+                _ = until_stop => break,
             };
             let config = &app.config;
             let Some(admitted) = conns.admit(peer.ip(), config.max_connections, config.max_connections_per_ip) else {
@@ -316,7 +341,18 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let route = ROUTES.iter().find(|(p, _)| *p == path);
     let label = route.map_or("other", |(p, _)| *p);
-    let count = HttpCount { app: app.clone(), label, counted: false };
+    let request_id = request_id(req.headers().get("x-request-id"));
+    let logged_by_run = Arc::new(AtomicBool::new(false));
+    let count = HttpCount {
+        app: app.clone(),
+        label,
+        counted: false,
+        request_id: request_id.to_str().unwrap_or("").to_string(),
+        arrival,
+        logged_by_run: logged_by_run.clone(),
+    };
+    let mut req = req;
+    req.extensions_mut().insert(RequestLog { id: count.request_id.clone(), logged_by_run });
     // HEAD is GET without the body (RFC 9110 9.3.2); hyper sends no body for it.
     let head_of_get = |m: &Method| *m == Method::GET && req.method() == Method::HEAD;
     let resp = match route {
@@ -347,28 +383,71 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         }
     };
     count.done(resp.status().as_u16());
+    let mut resp = resp;
+    resp.headers_mut().insert("x-request-id", request_id);
     resp
 }
 
+/// The request's id: the client's `X-Request-Id` when it is a sane token (up to 128 visible
+/// ASCII characters), else a fresh one, so a request can be followed through a balancer's logs
+/// and ours.
+fn request_id(given: Option<&HeaderValue>) -> HeaderValue {
+    let sane = |v: &&HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+    };
+    given.filter(sane).cloned().unwrap_or_else(|| {
+        use std::sync::atomic::AtomicU64;
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        HeaderValue::from_str(&format!("req-{:016x}{:08x}", t, n as u32)).expect("hex is a valid header value")
+    })
+}
+
 /// Counts one HTTP response by route and status, exactly once: 499 if hyper drops the handler
-/// before it answered (the client closed the connection).
+/// before it answered (the client closed the connection). Writes the request's log line too,
+/// unless a completion run took that over (its line carries the tokens, TTFT and finish).
 struct HttpCount {
     app: Arc<App>,
     label: &'static str,
     counted: bool,
+    request_id: String,
+    arrival: Instant,
+    logged_by_run: Arc<AtomicBool>,
+}
+
+/// What a handler learns of its request's log line: the id, and a flag to claim the line.
+#[derive(Clone)]
+struct RequestLog {
+    id: String,
+    logged_by_run: Arc<AtomicBool>,
 }
 
 impl HttpCount {
     fn done(mut self, status: u16) {
+        self.count(status);
+    }
+
+    fn count(&mut self, status: u16) {
         self.counted = true;
         self.app.metrics.http(self.label, status);
+        if !self.logged_by_run.load(Ordering::SeqCst) {
+            tracing::info!(
+                target: "inferneo::request",
+                request_id = %self.request_id,
+                route = self.label,
+                status,
+                total_ms = self.arrival.elapsed().as_secs_f64() * 1e3,
+            );
+        }
     }
 }
 
 impl Drop for HttpCount {
     fn drop(&mut self) {
         if !self.counted {
-            self.app.metrics.http(self.label, 499);
+            self.count(499);
         }
     }
 }
@@ -415,7 +494,7 @@ fn authorized(header: Option<&HeaderValue>, key: &str) -> bool {
 }
 
 fn ready(app: &App) -> Response<Body> {
-    if app.draining.load(Ordering::SeqCst) {
+    if app.not_ready.load(Ordering::SeqCst) || app.draining.load(Ordering::SeqCst) {
         return error(&ApiError::unavailable("the server is shutting down"));
     }
     if let Some(e) = app.registry.failure() {
@@ -428,7 +507,7 @@ fn ready(app: &App) -> Response<Body> {
 }
 
 fn metrics(app: &App) -> Response<Body> {
-    let text = app.metrics.render(&app.registry.gauges());
+    let text = app.metrics.render_with(&app.registry.gauges(), app.config.vllm_metrics);
     let mut r = Response::new(full(text));
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     r
@@ -510,13 +589,20 @@ fn model_field(v: &Value) -> Result<Option<&str>, ApiError> {
 }
 
 async fn completions(app: &App, req: Request<Incoming>, arrival: Instant) -> Result<Response<Body>, ApiError> {
+    let log = req.extensions().get::<RequestLog>().cloned();
     let v = read_json(app, req).await?;
     let parsed = CompletionRequest::parse(&v)?;
     let (stream, include_usage) = (parsed.stream, parsed.include_usage);
     let validated = validate(&app.registry, parsed, &app.cpu).await?;
     let model = validated.served.name.clone();
     let mut run = match Run::start(validated, arrival, app.config.request_timeout, app.metrics.clone()) {
-        Ok(r) => r,
+        Ok(mut r) => {
+            if let Some(log) = log {
+                log.logged_by_run.store(true, Ordering::SeqCst);
+                r.request_id = log.id;
+            }
+            r
+        }
         Err(e) => {
             app.metrics.request(&model, e.status.as_u16());
             return Err(e);
@@ -579,6 +665,8 @@ async fn completions(app: &App, req: Request<Incoming>, arrival: Instant) -> Res
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    // nginx buffers proxied responses by default, which would hold a stream back until its end.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(r)
 }
 

@@ -71,6 +71,8 @@ pub struct Gauges {
     pub ready: bool,
     /// Threads the model's engine runs its kernels on (0 while not loaded).
     pub threads: usize,
+    /// Positions per KV cache block.
+    pub kv_block_tokens: usize,
     /// Requests admitted by the server and not finished (running or queued).
     pub in_flight: usize,
     pub waiting: usize,
@@ -129,6 +131,17 @@ impl Metrics {
             m.prompt_tokens += prompt as u64;
             m.generated_tokens += generated as u64;
         });
+    }
+
+    /// The Prometheus text: our `inferneo_*` series, and with `vllm_names` the router gauges
+    /// again under vLLM's names (see [`router_gauges`]).
+    pub fn render_with(&self, gauges: &[Gauges], vllm_names: bool) -> String {
+        let mut out = self.render(gauges);
+        router_gauges(&mut out, gauges, "inferneo_", "model");
+        if vllm_names {
+            router_gauges(&mut out, gauges, "vllm:", "model_name");
+        }
+        out
     }
 
     pub fn render(&self, gauges: &[Gauges]) -> String {
@@ -200,6 +213,61 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// The gauges a load-aware router reads (the Gateway API Inference Extension's model-server
+/// protocol, which vLLM's names define): requests waiting, requests running, the KV cache's
+/// used fraction (0..1) and an info series carrying the KV block size and count as labels.
+/// Each comes per model (label `model_label`) and once without labels, summed over the models:
+/// an endpoint picker reads one series per pod and does not sum.
+fn router_gauges(out: &mut String, gauges: &[Gauges], prefix: &str, model_label: &str) {
+    let loaded: Vec<&Gauges> = gauges.iter().filter(|g| g.ready).collect();
+    let total = |f: fn(&Gauges) -> usize| loaded.iter().map(|g| f(g)).sum::<usize>();
+    let usage = |used: usize, free: usize| if used + free == 0 { 0.0 } else { used as f64 / (used + free) as f64 };
+    type Pick = fn(&Gauges) -> f64;
+    let series: [(&str, &str, Pick, f64); 3] = [
+        (
+            "num_requests_waiting",
+            "Sequences waiting for the engine.",
+            |g| g.waiting as f64,
+            total(|g| g.waiting) as f64,
+        ),
+        ("num_requests_running", "Sequences in the running batch.", |g| g.running as f64, total(|g| g.running) as f64),
+        (
+            "kv_cache_usage_perc",
+            "Fraction of KV cache blocks in use, 0 to 1.",
+            |g| {
+                if g.kv_blocks_used + g.kv_blocks_free == 0 {
+                    0.0
+                } else {
+                    g.kv_blocks_used as f64 / (g.kv_blocks_used + g.kv_blocks_free) as f64
+                }
+            },
+            usage(total(|g| g.kv_blocks_used), total(|g| g.kv_blocks_free)),
+        ),
+    ];
+    for (name, help, pick, sum) in series {
+        // The aggregate first: an endpoint picker takes the first series of a family.
+        let _ = writeln!(out, "# HELP {prefix}{name} {help}\n# TYPE {prefix}{name} gauge");
+        let _ = writeln!(out, "{prefix}{name} {sum}");
+        for g in &loaded {
+            let _ = writeln!(out, "{prefix}{name}{{{model_label}=\"{}\"}} {}", esc(&g.model), pick(g));
+        }
+    }
+    let name = format!("{prefix}cache_config_info");
+    let _ = writeln!(out, "# HELP {name} KV cache configuration, in the labels.\n# TYPE {name} gauge");
+    let blocks = total(|g| g.kv_blocks_used + g.kv_blocks_free);
+    let block = loaded.first().map_or(0, |g| g.kv_block_tokens);
+    let _ = writeln!(out, "{name}{{block_size=\"{block}\",num_gpu_blocks=\"{blocks}\"}} 1");
+    for g in &loaded {
+        let _ = writeln!(
+            out,
+            "{name}{{{model_label}=\"{}\",block_size=\"{}\",num_gpu_blocks=\"{}\"}} 1",
+            esc(&g.model),
+            g.kv_block_tokens,
+            g.kv_blocks_used + g.kv_blocks_free
+        );
     }
 }
 

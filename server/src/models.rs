@@ -68,6 +68,7 @@ impl Served {
             model: self.name.clone(),
             ready: true,
             threads: self.threads,
+            kv_block_tokens: inferneo_runtime::kv_cache::BLOCK_TOKENS,
             in_flight: self.in_flight.load(Ordering::Relaxed),
             waiting: s.waiting,
             running: s.running,

@@ -5,12 +5,14 @@ mod common;
 
 use common::*;
 use inferneo_runtime::{generate, GenerateRequest, LoadOptions, ModelSource, SamplingParams, Tokenizer};
+use inferneo_server::ServerConfig;
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 
 fn server() -> &'static TestServer {
     static S: OnceLock<TestServer> = OnceLock::new();
-    S.get_or_init(|| TestServer::start(config(), true))
+    // With vLLM's metric names too, so promtool checks those series as well.
+    S.get_or_init(|| TestServer::start(ServerConfig { vllm_metrics: true, ..config() }, true))
 }
 
 fn text(v: &Value, i: usize) -> String {

@@ -466,3 +466,47 @@ fn huge_prompts_do_not_stall_health_checks() {
     let e = r.error(400);
     assert!(e["message"].as_str().unwrap().contains("(3001 in the prompt"), "{e}");
 }
+
+/// The router gauges (the Gateway API Inference Extension's model-server protocol) follow the
+/// load, per model and as an unlabelled aggregate, under our names and, with the vLLM switch,
+/// under vLLM's; SSE responses ask proxies not to buffer; request ids are kept or made.
+#[test]
+fn router_gauges_follow_the_load_and_streams_are_unbuffered() {
+    let mut model = spec("gpt2", ModelSource::Embedded);
+    model.engine.limits.max_seqs = 1;
+    model.engine.kv_cache_bytes = 80 << 20;
+    let s = TestServer::start(ServerConfig { models: vec![model], vllm_metrics: true, ..config() }, true);
+    // Idle: nothing waiting or running, no KV in use.
+    for prefix in ["inferneo_", "vllm:"] {
+        let label = if prefix == "vllm:" { "model_name" } else { "model" };
+        assert_eq!(metric(s.addr, &format!("{prefix}kv_cache_usage_perc{{{label}=\"gpt2\"}}")), Some(0.0));
+        assert_eq!(metric(s.addr, &format!("{prefix}kv_cache_usage_perc")), Some(0.0));
+        assert_eq!(metric(s.addr, &format!("{prefix}num_requests_waiting")), Some(0.0));
+    }
+    let text = get(s.addr, "/metrics").body;
+    assert!(
+        text.contains("vllm:cache_config_info{model_name=\"gpt2\",block_size=\"16\",num_gpu_blocks=\"71\"} 1"),
+        "{text}"
+    );
+    // One sequence at a time: a second request waits.
+    let body = json!({"prompt": "x", "max_tokens": 60, "stream": true}).to_string();
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        write!(c, "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nX-Request-Id: abc-123\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        streams.push(c);
+    }
+    wait_for(s.addr, "vllm:num_requests_waiting", 1.0);
+    wait_for(s.addr, "inferneo_num_requests_running{model=\"gpt2\"}", 1.0);
+    assert!(metric(s.addr, "vllm:kv_cache_usage_perc").unwrap() > 0.0);
+    let mut head = [0u8; 1024];
+    let n = streams[0].read(&mut head).unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
+    assert!(head.contains("x-accel-buffering: no") && head.contains("x-request-id: abc-123"), "{head}");
+    drop(streams);
+    wait_for(s.addr, "vllm:num_requests_running", 0.0);
+    wait_for(s.addr, "vllm:kv_cache_usage_perc", 0.0);
+    // Without a usable id, one is made.
+    let r = request(s.addr, "GET", "/health", &[("X-Request-Id", "")], b"");
+    assert!(r.header("x-request-id").is_some_and(|v| v.starts_with("req-")), "{:?}", r.headers);
+}

@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30.0)]
     drain_timeout: f64,
+    /// Seconds after SIGTERM/SIGINT during which the server still accepts and serves while
+    /// `/ready` already answers 503, so a balancer polling `/ready` stops sending first.
+    #[arg(long, default_value_t = 0.0)]
+    drain_delay: f64,
     /// Do not share the KV blocks of identical prompt prefixes between requests.
     #[arg(long)]
     no_prefix_cache: bool,
@@ -69,6 +73,16 @@ pub struct ServeArgs {
     /// Seconds a new connection may stay silent before it is closed.
     #[arg(long, default_value_t = 5.0)]
     first_byte_timeout: f64,
+    /// Also publish the router gauges under another server's names: `vllm` (`vllm:num_requests_waiting`,
+    /// `vllm:num_requests_running`, `vllm:kv_cache_usage_perc`, `vllm:cache_config_info`), for
+    /// routers and dashboards built for vLLM.
+    #[arg(long, value_name = "NAME", value_parser = ["vllm"])]
+    metrics_compat: Option<String>,
+    /// One log line per request on stderr (request id, model, status, prompt and generated
+    /// tokens, TTFT, total time, finish reason): `text` or `json`. `RUST_LOG` sets the level
+    /// (default `info`; `RUST_LOG=warn` silences the request lines).
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 /// Longest accepted timeout (about 11.6 days): far past any request, and far from the
@@ -167,6 +181,10 @@ pub fn config(a: &ServeArgs, isa: Option<Isa>) -> Result<ServerConfig, String> {
     in_range("--kv-cache-mb", a.kv_cache_mb, 1, memory)?;
     let request_timeout = seconds("--request-timeout", a.request_timeout)?;
     let drain_timeout = seconds("--drain-timeout", a.drain_timeout)?;
+    if !(0.0..=MAX_SECONDS).contains(&a.drain_delay) {
+        return Err(format!("--drain-delay {}: expected seconds in [0, {MAX_SECONDS}]", a.drain_delay));
+    }
+    let drain_delay = Duration::from_secs_f64(a.drain_delay);
     // clap may treat an empty environment variable as unset; an operator who set it meant a key.
     let empty_env = std::env::var_os("INFERNEO_API_KEY").is_some_and(|v| v.is_empty());
     let api_key = match &a.api_key {
@@ -231,14 +249,28 @@ pub fn config(a: &ServeArgs, isa: Option<Isa>) -> Result<ServerConfig, String> {
         api_key,
         request_timeout,
         drain_timeout,
+        drain_delay,
         max_body_bytes: a.max_body_bytes,
         max_connections: a.max_connections,
         max_connections_per_ip: a.max_connections_per_ip,
         first_byte_timeout,
+        vllm_metrics: a.metrics_compat.as_deref() == Some("vllm"),
         ..ServerConfig::default()
     })
 }
 
 pub fn run(a: ServeArgs, isa: Option<Isa>) -> Result<(), String> {
-    inferneo_server::run_blocking(config(&a, isa)?)
+    let config = config(&a, isa)?;
+    init_logging(&a.log_format);
+    inferneo_server::run_blocking(config)
+}
+
+/// The request log (`tracing` events from the server) on stderr, as text or one JSON object
+/// per line.
+fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second initialisation (never in the CLI) would only be refused; nothing to report.
+    let _ = if format == "json" { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
 }

@@ -105,6 +105,8 @@ fn bad_serve_flags_are_one_line_errors() {
         (vec!["--request-timeout", "1e300"], "--request-timeout"),
         (vec!["--request-timeout", "NaN"], "--request-timeout"),
         (vec!["--drain-timeout=-1"], "--drain-timeout"),
+        (vec!["--drain-delay=-1"], "--drain-delay"),
+        (vec!["--metrics-compat", "tgi"], "--metrics-compat"),
         (vec!["--max-seqs", "0"], "--max-seqs"),
         (vec!["--max-seqs", "10000000"], "--max-seqs"),
         (vec!["--max-batch-tokens", "0"], "--max-batch-tokens"),
@@ -187,6 +189,93 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert!(code.success(), "exit status {code}");
     let log: Vec<String> = s.log.try_iter().collect();
     assert!(log.iter().any(|l| l.starts_with("shutting down")), "{log:?}");
+}
+
+fn http_status(addr: SocketAddr, req: &str) -> Option<u16> {
+    let mut c = TcpStream::connect(addr).ok()?;
+    c.write_all(req.as_bytes()).ok()?;
+    let mut text = String::new();
+    c.read_to_string(&mut text).ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// With `--drain-delay`, SIGTERM makes `/ready` 503 at once while requests are still
+/// accepted and answered, until the delay ends; then the listener closes and the process
+/// drains and exits 0.
+#[test]
+fn sigterm_turns_ready_503_before_the_listener_closes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let mut s = serve(&["--model", &model, "--drain-delay", "3"]);
+    let ready = "GET /ready HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    assert_eq!(http_status(s.addr, ready), Some(200));
+    let status = Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let t0 = Instant::now();
+    while http_status(s.addr, ready) != Some(503) {
+        assert!(t0.elapsed() < Duration::from_secs(2), "/ready still 200 after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Still serving: a completion succeeds during the delay.
+    let body = r#"{"prompt": "Hello", "max_tokens": 4}"#;
+    let post = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(http_status(s.addr, &post), Some(200));
+    assert!(t0.elapsed() < Duration::from_secs(3), "the checks above must run within the delay");
+    // Then it stops accepting and exits 0.
+    let code = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "did not exit after the delay");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(code.success(), "exit status {code}");
+    assert!(t0.elapsed() >= Duration::from_millis(2500), "stopped before the delay ended");
+}
+
+/// `--log-format json`: one JSON line per request, with the client's request id (echoed in
+/// the response), the model, status, token counts, TTFT, total time and finish reason.
+#[test]
+fn one_json_log_line_per_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let s = serve(&["--model", &model, "--log-format", "json"]);
+    let send = |id: &str, body: &str| {
+        let req = format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Request-Id: {id}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        c.write_all(req.as_bytes()).unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        text
+    };
+    let ok = send("trace-me-1", r#"{"prompt": "Hello", "max_tokens": 5, "stream": true}"#);
+    assert!(ok.to_ascii_lowercase().contains("x-request-id: trace-me-1"), "{ok}");
+    send("trace-me-2", r#"{"prompt": "Hello", "max_tokens": -1}"#);
+    let line_for = |id: &str| -> serde_json::Value {
+        let t0 = Instant::now();
+        loop {
+            let line = s.log.recv_timeout(Duration::from_secs(10)).expect("a log line");
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["request_id"] == id {
+                    return v;
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "no log line for {id}");
+        }
+    };
+    let v = line_for("trace-me-1");
+    assert_eq!((v["status"].as_u64(), v["model"].as_str()), (Some(200), Some("tiny")), "{v}");
+    assert_eq!((v["prompt_tokens"].as_u64(), v["completion_tokens"].as_u64()), (Some(1), Some(5)), "{v}");
+    assert!(v["ttft_ms"].as_f64().unwrap() > 0.0 && v["total_ms"].as_f64() >= v["ttft_ms"].as_f64(), "{v}");
+    assert_eq!(v["finish_reason"], "length", "{v}");
+    let v = line_for("trace-me-2");
+    assert_eq!((v["status"].as_u64(), v["route"].as_str()), (Some(400), Some("/v1/completions")), "{v}");
 }
 
 /// The official `openai` client, where Python has it: `INFERNEO_E2E_PYTHON` names the
