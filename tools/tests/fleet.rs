@@ -15,8 +15,14 @@ fn fleet_sh() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/fleet.sh")
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
+/// Whether `tool` is installed; says so when a test is skipped for want of it.
+fn have(tool: &str, test: &str) -> bool {
+    let found =
+        Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("notice: {tool} is not installed; {test} through it is skipped");
+    }
+    found
 }
 
 /// A running fleet; brought down when dropped.
@@ -92,8 +98,7 @@ fn replica_metric(port: u64, series: &str) -> f64 {
 #[test]
 fn completions_streams_and_errors_through_haproxy_and_nginx() {
     for (front, port) in [("haproxy", 18711), ("nginx", 18712)] {
-        if !have(front) {
-            eprintln!("notice: {front} is not installed; the fleet test through it is skipped");
+        if !have(front, "the fleet test") {
             continue;
         }
         // The embedded 124M model, so a stream lasts long enough to see it arrive in pieces.
@@ -136,8 +141,7 @@ fn completions_streams_and_errors_through_haproxy_and_nginx() {
 /// replicas (their request counters), and a session header keeps one replica.
 #[test]
 fn haproxy_routes_by_model_and_by_session() {
-    if !have("haproxy") {
-        eprintln!("notice: haproxy is not installed; the routing test is skipped");
+    if !have("haproxy", "the routing test") {
         return;
     }
     let models = tempfile::tempdir().unwrap();
@@ -197,12 +201,11 @@ fn haproxy_routes_by_model_and_by_session() {
     assert!(grew.iter().filter(|&&g| g > 0.0).count() == 1 && grew.iter().sum::<f64>() == 6.0, "{grew:?}");
 }
 
-/// A replica SIGKILLed under load costs only the requests in flight on it; later requests all
-/// succeed, and once restarted (same port) it gets traffic again after it is ready.
+/// A replica SIGKILLed under load costs only the requests in flight on it (one per client at
+/// most), and every later request succeeds on the survivor.
 #[test]
 fn a_killed_replica_costs_only_its_requests_in_flight() {
-    if !have("haproxy") {
-        eprintln!("notice: haproxy is not installed; the crash test is skipped");
+    if !have("haproxy", "the crash test") {
         return;
     }
     let models = tempfile::tempdir().unwrap();

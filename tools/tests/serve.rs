@@ -178,17 +178,21 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.contains("data: [DONE]"), "stream cut short: {text}");
     assert!(text.contains("\"finish_reason\":\"length\""), "{text}");
-    let t0 = Instant::now();
-    let code = loop {
-        if let Some(st) = s.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(30), "did not exit after draining");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let code = wait_exit(&mut s.child, Instant::now(), "after draining");
     assert!(code.success(), "exit status {code}");
     let log: Vec<String> = s.log.try_iter().collect();
     assert!(log.iter().any(|l| l.starts_with("shutting down")), "{log:?}");
+}
+
+/// Waits (up to 30 s from `since`) for the server to exit by itself.
+fn wait_exit(child: &mut Child, since: Instant, what: &str) -> std::process::ExitStatus {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(since.elapsed() < Duration::from_secs(30), "did not exit {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn http_status(addr: SocketAddr, req: &str) -> Option<u16> {
@@ -225,13 +229,7 @@ fn sigterm_turns_ready_503_before_the_listener_closes() {
     assert_eq!(http_status(s.addr, &post), Some(200));
     assert!(t0.elapsed() < Duration::from_secs(3), "the checks above must run within the delay");
     // Then it stops accepting and exits 0.
-    let code = loop {
-        if let Some(st) = s.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(30), "did not exit after the delay");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let code = wait_exit(&mut s.child, t0, "after the delay");
     assert!(code.success(), "exit status {code}");
     assert!(t0.elapsed() >= Duration::from_millis(2500), "stopped before the delay ended");
 }
