@@ -87,7 +87,9 @@ up() {
       for c in $(seq 0 $((threads - 1))); do cores+=($(( (i * threads + c) % ncpu ))); done
       local list; list=$(printf '%s\n' "${cores[@]}" | sort -un | paste -sd, -)
       local log="$FLEET_DIR/logs/replica-$i.log"
-      local args=(serve --host 127.0.0.1 --port 0 --drain-delay 1)
+      # The drain delay outlasts HAProxy's check window (fall 2 x inter 1 s): a replica told to
+      # stop is out of rotation before it stops accepting.
+      local args=(serve --host 127.0.0.1 --port 0 --drain-delay 3)
       [ -n "$m" ] && args+=(--model "$m")
       args+=("${extra[@]}")
       local launch=(taskset -c "$list")

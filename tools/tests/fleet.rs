@@ -246,3 +246,104 @@ fn a_killed_replica_costs_only_its_requests_in_flight() {
         assert_eq!(exchange(port, "POST", "/v1/completions", &[], body).0, 200);
     }
 }
+
+/// Rolling restart under steady load (8 clients for 30 s, streams and plain requests): each
+/// replica in turn gets SIGTERM (its /ready turns 503 and HAProxy takes it out while it still
+/// serves, then it drains), exits, and is started again on its port. Not one request fails,
+/// and every stream in flight on a draining replica runs to `[DONE]`.
+#[test]
+fn rolling_restart_under_load_fails_no_request() {
+    if !have("haproxy", "the rolling-restart test") {
+        return;
+    }
+    let models = tempfile::tempdir().unwrap();
+    let model = tiny(models.path(), "tiny", "6");
+    let port = 18715;
+    let fleet = Fleet::up(&["--replicas", "2", "--model", &model], port);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let stream = i % 2 == 0;
+                    let body =
+                        format!(r#"{{"model": "tiny", "prompt": "client {i}", "max_tokens": 60, "stream": {stream}}}"#);
+                    let (status, _, text) = exchange(port, "POST", "/v1/completions", &[], &body);
+                    if status == 200 && (!stream || text.contains("data: [DONE]")) {
+                        ok += 1;
+                    } else {
+                        failed.push(format!("{status}: {}", text.chars().take(120).collect::<String>()));
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let mut restarted = Restarted(Vec::new());
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    for r in fleet.state()["replicas"].as_array().unwrap().clone() {
+        let (pid, rport) = (r["pid"].as_u64().unwrap(), r["port"].as_u64().unwrap());
+        assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+        let gone = Instant::now();
+        while Command::new("kill").args(["-0", &pid.to_string()]).output().unwrap().status.success() {
+            assert!(gone.elapsed() < Duration::from_secs(30), "replica {pid} did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Started again as fleet.sh started it, on the same port (HAProxy knows it by port).
+        let log = std::fs::File::create(fleet.dir.path().join(format!("logs/restart-{rport}.log"))).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_inferneo"))
+            .args(["serve", "--host", "127.0.0.1", "--port", &rport.to_string(), "--drain-delay", "3"])
+            .args(["--model", &model, "--kv-cache-mb", "80"])
+            .env("RAYON_NUM_THREADS", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let up = Instant::now();
+        while TcpStream::connect(("127.0.0.1", rport as u16)).is_err()
+            || exchange(rport as u16, "GET", "/ready", &[], "").0 != 200
+        {
+            assert!(up.elapsed() < Duration::from_secs(30), "restarted replica never ready");
+            assert!(child.try_wait().unwrap().is_none(), "restarted replica exited");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // fleet.sh down knows only the PIDs it started: this one is stopped by the guard.
+        restarted.0.push(child);
+        // Back in rotation (HAProxy: rise 2 x inter 1 s) before the next one goes.
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    while t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for c in clients {
+        let (o, f) = c.join().unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    drop(restarted);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 50, "only {ok} requests in 30 s");
+}
+
+/// Replicas a test restarted by hand, stopped when it ends (also on a failed assertion).
+struct Restarted(Vec<std::process::Child>);
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
