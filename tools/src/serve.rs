@@ -270,7 +270,12 @@ pub fn run(a: ServeArgs, isa: Option<Isa>) -> Result<(), String> {
 fn init_logging(format: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    // Colour codes only for a terminal: in a file or a log collector they are noise.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // A second initialisation (never in the CLI) would only be refused; nothing to report.
     let _ = if format == "json" { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
 }
