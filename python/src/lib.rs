@@ -161,6 +161,7 @@ fn request(
 
 /// One generation's result.
 #[pyclass(name = "Generation", module = "inferneo", frozen, get_all)]
+#[derive(Default)]
 struct Generation {
     /// The generated text (empty without a tokenizer).
     text: String,
@@ -358,13 +359,7 @@ impl Model {
     ) -> PyResult<Generation> {
         let req = request(&self.core, prompt, max_tokens, temperature, top_p, top_k, seed, stop, logprobs)?;
         let inbox = spawn_generation(self.core.clone(), req)?;
-        let mut g = Generation {
-            text: String::new(),
-            ids: Vec::new(),
-            logprobs: Vec::new(),
-            top_logprobs: Vec::new(),
-            finish_reason: String::new(),
-        };
+        let mut g = Generation::default();
         while let Some(msg) = wait(py, &inbox)? {
             match msg {
                 Msg::Step(step, text) => {
@@ -550,13 +545,7 @@ impl Engine {
         let inboxes: Vec<Inbox<Event>> = handles.into_iter().map(|h| Mutex::new(Some(h.events))).collect();
         let mut out = Vec::with_capacity(inboxes.len());
         for inbox in &inboxes {
-            let mut g = Generation {
-                text: String::new(),
-                ids: Vec::new(),
-                logprobs: Vec::new(),
-                top_logprobs: Vec::new(),
-                finish_reason: String::new(),
-            };
+            let mut g = Generation::default();
             loop {
                 let Some(event) = wait(py, inbox).inspect_err(|_| {
                     // Interrupted: cancel everything this call submitted.
