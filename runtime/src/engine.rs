@@ -333,15 +333,18 @@ impl Worker {
         // then send the tokens in batch order.
         let mut samplers: Vec<(u64, Sampler)> =
             rows.iter().filter_map(|id| self.reqs.get(id).map(|l| (*id, l.sampler.clone()))).collect();
-        let top_n: Vec<usize> =
-            samplers.iter().map(|(id, _)| self.reqs.get(id).map_or(0, |l| l.top_logprobs)).collect();
+        let per_seq: Vec<(usize, &[u32])> = samplers
+            .iter()
+            .map(|(id, _)| self.reqs.get(id).map_or((0, &[][..]), |l| (l.top_logprobs, &l.stop[..])))
+            .collect();
         let kernels = self.model.kernels();
-        let mut picks: Vec<(&mut (u64, Sampler), usize, Option<Pick>)> =
-            samplers.iter_mut().zip(top_n).map(|(s, n)| (s, n, None)).collect();
-        team::for_each_mut(&mut picks, |_, ((id, sampler), n, pick)| {
+        // Per sequence: its sampler, (top logprobs wanted, stop ids), and the pick.
+        type Job<'a> = (&'a mut (u64, Sampler), (usize, &'a [u32]), Option<Pick>);
+        let mut picks: Vec<Job> = samplers.iter_mut().zip(per_seq).map(|(s, n)| (s, n, None)).collect();
+        team::for_each_mut(&mut picks, |_, ((id, sampler), (n, stops), pick)| {
             let row = rows.iter().position(|r| r == id).expect("sampled row");
             let l = &logits[row * vocab..][..vocab];
-            let token = sampler.sample(l);
+            let token = sampler.sample_with_stops(l, stops);
             let lse = log_sum_exp(kernels, l);
             *pick = Some((token, l[token as usize] - lse, top_logprobs(l, *n, lse)));
         });

@@ -25,6 +25,8 @@ pub enum Error {
     Dtype { path: PathBuf, name: String, dtype: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(String),
     #[error("context length exceeded: {need} positions needed, the model has {max}")]
     Context { need: usize, max: usize },
     #[error("token id {id} is outside the vocabulary (size {vocab})")]

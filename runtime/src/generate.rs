@@ -90,7 +90,7 @@ pub fn generate_steps(
     let mut input = req.prompt.clone();
     while tokens.len() < req.max_tokens {
         let logits = model.forward_one(&mut cache, &input, Logits::Last)?;
-        let next = sampler.sample(&logits);
+        let next = sampler.sample_with_stops(&logits, &req.stop_tokens);
         let lse = log_sum_exp(kernels, &logits);
         let step =
             Step { id: next, logprob: logits[next as usize] - lse, top: top_logprobs(&logits, req.top_logprobs, lse) };

@@ -8,6 +8,7 @@
 //! random models of the real shapes.
 #![forbid(unsafe_code)]
 
+pub mod chat;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod scheduler;
 pub mod tokenizer;
 pub mod weights;
 
+pub use chat::{ChatMessage, ChatTemplate};
 pub use config::Config;
 pub use engine::{Engine, EngineConfig, Event, Finish, RequestHandle, Stats};
 pub use error::{Error, Result};
@@ -29,6 +31,6 @@ pub use gpt2::{Gpt2, Logits, SeqInput};
 pub use inferneo_kernels::{Isa, WeightDtype};
 pub use init::Preset;
 pub use kv_cache::{BlockTable, KvCache, KvDtype, KvPool};
-pub use load::{load, load_config, load_tokenizer, LoadOptions, Loaded, ModelSource};
+pub use load::{load, load_chat_template, load_config, load_tokenizer, LoadOptions, Loaded, ModelSource};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;

@@ -100,3 +100,25 @@ pub fn load_tokenizer(source: &ModelSource) -> Result<Tokenizer> {
         }),
     }
 }
+
+/// The chat template of `source`: the file `override_file` when given (rendered with the
+/// source's special tokens), else the directory's own `chat_template`. `Ok(None)`: the model
+/// has none (the embedded GPT-2, like GPT-2 itself, has none).
+pub fn load_chat_template(
+    source: &ModelSource,
+    override_file: Option<&std::path::Path>,
+) -> Result<Option<crate::chat::ChatTemplate>> {
+    use crate::chat::{self, ChatTemplate};
+    match (source, override_file) {
+        (ModelSource::Embedded, Some(file)) => {
+            let config: serde_json::Value = serde_json::from_slice(crate::tokenizer::GPT2_TOKENIZER_FILES[3].1)
+                .map_err(|e| Error::Template(format!("embedded tokenizer_config.json: {e}")))?;
+            ChatTemplate::from_file(file, Some(&config)).map(Some)
+        }
+        (ModelSource::Dir(dir), Some(file)) => {
+            ChatTemplate::from_file(file, chat::tokenizer_config(dir)?.as_ref()).map(Some)
+        }
+        (ModelSource::Embedded, None) => Ok(None),
+        (ModelSource::Dir(dir), None) => ChatTemplate::from_dir(dir),
+    }
+}

@@ -26,6 +26,9 @@ pub struct SamplingParams {
     /// Added to the logits of these tokens before anything else (OpenAI `logit_bias`, each in
     /// [-100, 100]; -100 effectively bans a token, 100 effectively forces it).
     pub logit_bias: Vec<(u32, f32)>,
+    /// The request's stop token ids cannot be picked before this many tokens were generated
+    /// (vLLM's `min_tokens`): the engine hands the sampler those ids to ban until then.
+    pub min_tokens: usize,
 }
 
 impl Default for SamplingParams {
@@ -38,6 +41,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             logit_bias: Vec::new(),
+            min_tokens: 0,
         }
     }
 }
@@ -105,6 +109,8 @@ pub struct Sampler {
     rng: Rng,
     /// How often each token was generated so far (for the penalties).
     counts: std::collections::HashMap<u32, u32>,
+    /// Tokens picked so far.
+    generated: usize,
 }
 
 /// Index of the largest logit (the first one on ties; 0 if there is none, e.g. all NaN).
@@ -122,18 +128,31 @@ thread_local! {
 impl Sampler {
     pub fn new(params: SamplingParams, kernels: Kernels) -> Sampler {
         let rng = Rng::new(params.seed);
-        Sampler { params, kernels, rng, counts: Default::default() }
+        Sampler { params, kernels, rng, counts: Default::default(), generated: 0 }
     }
 
     /// Picks the next token from one row of logits (and remembers it for the penalties).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        self.sample_with_stops(logits, &[])
+    }
+
+    /// [`Sampler::sample`] for a request whose generation ends at `stops`: while fewer than
+    /// `min_tokens` tokens were generated those ids get no probability at all (unless every
+    /// other token already had none).
+    pub fn sample_with_stops(&mut self, logits: &[f32], stops: &[u32]) -> u32 {
         let adjusted;
         let penalties =
             !self.counts.is_empty() && (self.params.presence_penalty != 0.0 || self.params.frequency_penalty != 0.0);
-        let logits = if !penalties && self.params.logit_bias.is_empty() {
+        let banned = if self.generated < self.params.min_tokens { stops } else { &[] };
+        let logits = if !penalties && self.params.logit_bias.is_empty() && banned.is_empty() {
             logits
         } else {
             let mut l = logits.to_vec();
+            for &t in banned {
+                if let Some(v) = l.get_mut(t as usize) {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
             for &(t, b) in &self.params.logit_bias {
                 if let Some(v) = l.get_mut(t as usize) {
                     *v += b;
@@ -149,6 +168,7 @@ impl Sampler {
         };
         let token = self.pick(logits);
         *self.counts.entry(token).or_insert(0) += 1;
+        self.generated += 1;
         token
     }
 

@@ -95,6 +95,12 @@ impl Tokenizer {
         self.inner.decode(ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
+    /// The vocabulary entry of each id, as stored (GPT-2's byte-level form: `Ġworld` for
+    /// " world"); `None` for an id outside the vocabulary.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// The id of `<|endoftext|>`, if the vocabulary has it.
     pub fn eos_id(&self) -> Option<u32> {
         self.inner.token_to_id("<|endoftext|>")

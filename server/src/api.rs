@@ -3,6 +3,7 @@
 //! Checks that need the model (vocabulary, context length) happen later, in `completions.rs`.
 
 use crate::error::ApiError;
+use inferneo_runtime::ChatMessage;
 use serde_json::{Map, Value};
 
 /// Choices per prompt; each is a full sequence in the engine, so the cap bounds one request's share.
@@ -43,6 +44,21 @@ pub struct CompletionRequest {
     pub frequency_penalty: f32,
     /// Token id (unchecked against the vocabulary yet) and bias.
     pub logit_bias: Vec<(i64, f32)>,
+    /// Generate past the end-of-text token (vLLM's `ignore_eos`; benchmarks use it so every
+    /// request generates exactly `max_tokens`).
+    pub ignore_eos: bool,
+    /// End-of-text cannot end a choice before this many tokens (vLLM's `min_tokens`).
+    pub min_tokens: usize,
+}
+
+/// A `/v1/chat/completions` request: its messages, and the sampling parameters it shares with
+/// `/v1/completions` (the prompt is filled in once the model's template has rendered them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    /// vLLM's extension; OpenAI always ends the prompt where the assistant's reply begins.
+    pub add_generation_prompt: bool,
+    pub completion: CompletionRequest,
 }
 
 type Parsed<T> = Result<T, ApiError>;
@@ -226,10 +242,32 @@ impl CompletionRequest {
         if top_p <= 0.0 {
             return Err(ApiError::invalid("top_p", format!("'top_p' must be in (0, 1], got {top_p}")));
         }
+        let stream = boolean(o, "stream")?;
         let include_usage = match field(o, "stream_options") {
             None => false,
+            // As OpenAI and vLLM: the options only mean something for a stream.
+            Some(_) if !stream => {
+                return Err(ApiError::invalid(
+                    "stream_options",
+                    "'stream_options' is only allowed when 'stream' is true",
+                ))
+            }
+            // vLLM's `continuous_usage_stats` is accepted and ignored.
             Some(Value::Object(so)) => boolean(so, "include_usage")?,
             Some(_) => return Err(ApiError::invalid("stream_options", "'stream_options' must be an object")),
+        };
+        let min_tokens = match integer(o, "min_tokens")? {
+            None => 0,
+            Some(m) if m < 0 => {
+                return Err(ApiError::invalid("min_tokens", format!("'min_tokens' must be >= 0, got {m}")))
+            }
+            Some(m) if m as u64 > max_tokens as u64 => {
+                return Err(ApiError::invalid(
+                    "min_tokens",
+                    format!("'min_tokens' ({m}) must not exceed 'max_tokens' ({max_tokens})"),
+                ))
+            }
+            Some(m) => m as usize,
         };
         if let Some(u) = field(o, "user") {
             u.as_str().ok_or_else(|| ApiError::invalid("user", "'user' must be a string"))?;
@@ -244,14 +282,141 @@ impl CompletionRequest {
             n,
             stop: stops(o)?,
             seed,
-            stream: boolean(o, "stream")?,
+            stream,
             include_usage,
             logprobs,
             echo: boolean(o, "echo")?,
             presence_penalty: number(o, "presence_penalty", 0.0, -2.0..=2.0)?,
             frequency_penalty: number(o, "frequency_penalty", 0.0, -2.0..=2.0)?,
             logit_bias: logit_bias(o)?,
+            ignore_eos: boolean(o, "ignore_eos")?,
+            min_tokens,
         })
+    }
+}
+
+/// A message's `content`: a string, or a list of parts of which only `text` ones are supported
+/// (joined with newlines, as vLLM does).
+fn content(i: usize, m: &Map<String, Value>) -> Parsed<String> {
+    let param = format!("messages[{i}].content");
+    match m.get("content") {
+        Some(Value::String(s)) => Ok(s.clone()),
+        // An assistant turn that only called tools has null content.
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::Array(parts)) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for (j, part) in parts.iter().enumerate() {
+                let kind = part.get("type").and_then(Value::as_str);
+                match (kind, part.get("text").and_then(Value::as_str)) {
+                    (Some("text"), Some(t)) => texts.push(t),
+                    (Some("text"), None) => {
+                        return Err(ApiError::invalid(&param, format!("'{param}[{j}].text' must be a string")))
+                    }
+                    (Some(other), _) => {
+                        return Err(ApiError::invalid(
+                            &param,
+                            format!("content parts of type '{other}' are not supported (only 'text'): this server runs text-only models"),
+                        ))
+                    }
+                    (None, _) => {
+                        return Err(ApiError::invalid(&param, format!("'{param}[{j}]' must be an object with a 'type'")))
+                    }
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+        Some(_) => Err(ApiError::invalid(&param, format!("'{param}' must be a string or a list of content parts"))),
+    }
+}
+
+/// Roles a chat template is given; tool and function turns need tool support, which there is none of.
+const ROLES: [&str; 3] = ["system", "user", "assistant"];
+
+fn messages(o: &Map<String, Value>) -> Parsed<Vec<ChatMessage>> {
+    let list = match field(o, "messages") {
+        None => return Err(ApiError::invalid("messages", "'messages' is required")),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(ApiError::invalid("messages", "'messages' must be a list of messages")),
+    };
+    if list.is_empty() {
+        return Err(ApiError::invalid("messages", "'messages' must contain at least one message"));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let m = m
+                .as_object()
+                .ok_or_else(|| ApiError::invalid("messages", format!("'messages[{i}]' must be an object")))?;
+            let role = m.get("role").and_then(Value::as_str).ok_or_else(|| {
+                ApiError::invalid(&format!("messages[{i}].role"), "each message needs a string 'role'")
+            })?;
+            if !ROLES.contains(&role) {
+                return Err(ApiError::invalid(
+                    &format!("messages[{i}].role"),
+                    format!("unknown role '{role}': this server supports {}", ROLES.join(", ")),
+                ));
+            }
+            if m.get("tool_calls").is_some_and(|t| !t.is_null()) {
+                return Err(ApiError::invalid(&format!("messages[{i}].tool_calls"), "tool calls are not supported"));
+            }
+            Ok(ChatMessage::new(role, content(i, m)?))
+        })
+        .collect()
+}
+
+impl ChatRequest {
+    pub fn parse(v: &Value) -> Parsed<ChatRequest> {
+        let o = v.as_object().ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
+        for unsupported in ["tools", "functions", "tool_choice", "function_call", "response_format", "audio"] {
+            // OpenAI's "none"/"auto" defaults for tool_choice ask for nothing.
+            let v = field(o, unsupported);
+            let asks = match v {
+                None => false,
+                Some(Value::String(s)) => !matches!(s.as_str(), "none" | "auto" | "text"),
+                Some(Value::Array(a)) => !a.is_empty(),
+                Some(Value::Object(m)) => m.get("type").and_then(Value::as_str) != Some("text"),
+                Some(_) => true,
+            };
+            if asks {
+                return Err(ApiError::invalid(unsupported, format!("'{unsupported}' is not supported by this server")));
+            }
+        }
+        let messages = messages(o)?;
+        // The rest is the completions request under chat's names: `max_completion_tokens`
+        // (newer) or `max_tokens`, and `logprobs: true` with `top_logprobs: N`.
+        let mut c = o.clone();
+        for completion_only in
+            ["prompt", "echo", "suffix", "best_of", "logprobs", "top_logprobs", "max_completion_tokens"]
+        {
+            c.remove(completion_only);
+        }
+        if let Some(m) = field(o, "max_completion_tokens") {
+            integer(o, "max_completion_tokens")?;
+            c.insert("max_tokens".into(), m.clone());
+        }
+        let top = integer(o, "top_logprobs")?;
+        if boolean(o, "logprobs")? {
+            match top {
+                Some(t) if !(0..=MAX_LOGPROBS as i64).contains(&t) => {
+                    return Err(ApiError::invalid(
+                        "top_logprobs",
+                        format!("'top_logprobs' must be between 0 and {MAX_LOGPROBS}, got {t}"),
+                    ))
+                }
+                t => c.insert("logprobs".into(), Value::from(t.unwrap_or(0))),
+            };
+        } else if top.is_some() {
+            return Err(ApiError::invalid("top_logprobs", "'top_logprobs' needs 'logprobs' set to true"));
+        }
+        c.insert("prompt".into(), Value::from("(rendered from messages)"));
+        let completion = CompletionRequest::parse(&Value::Object(c))?;
+        let add_generation_prompt = match field(o, "add_generation_prompt") {
+            None => true,
+            Some(v) => v.as_bool().ok_or_else(|| {
+                ApiError::invalid("add_generation_prompt", "'add_generation_prompt' must be a boolean")
+            })?,
+        };
+        Ok(ChatRequest { messages, add_generation_prompt, completion })
     }
 }
 
@@ -310,12 +475,53 @@ mod tests {
             (json!({"prompt": "x", "seed": "s"}), "seed"),
             (json!({"prompt": "x", "stream": "yes"}), "stream"),
             (json!({"prompt": "x", "model": 5}), "model"),
-            (json!({"prompt": "x", "stream_options": {"include_usage": 1}}), "include_usage"),
+            (json!({"prompt": "x", "stream": true, "stream_options": {"include_usage": 1}}), "include_usage"),
+            (json!({"prompt": "x", "stream_options": {"include_usage": true}}), "stream_options"),
+            (json!({"prompt": "x", "ignore_eos": 1}), "ignore_eos"),
+            (json!({"prompt": "x", "min_tokens": -1}), "min_tokens"),
+            (json!({"prompt": "x", "max_tokens": 4, "min_tokens": 5}), "min_tokens"),
         ] {
             let e = err(body.clone());
             assert_eq!(e.status, hyper::StatusCode::BAD_REQUEST, "{body}");
             assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
         }
         assert_eq!(err(json!([1, 2])).status, hyper::StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn chat_requests_map_onto_completion_parameters() {
+        let r = ChatRequest::parse(&json!({
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+            "max_completion_tokens": 7,
+            "logprobs": true,
+            "top_logprobs": 2,
+            "echo": true,
+        }))
+        .expect("parses");
+        assert_eq!(r.messages, vec![ChatMessage::new("user", "a\nb")]);
+        assert_eq!((r.completion.max_tokens, r.completion.logprobs, r.completion.echo), (7, Some(2), false));
+        assert!(r.add_generation_prompt);
+        let plain = ChatRequest::parse(&json!({"messages": [{"role": "user", "content": "x"}], "logprobs": false}))
+            .expect("parses");
+        assert_eq!(plain.completion.logprobs, None);
+        for (body, param) in [
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 99}),
+                "top_logprobs",
+            ),
+            (json!({"messages": [{"role": "user", "content": "x"}], "logprobs": 2}), "logprobs"),
+            (json!({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}), "tool_choice"),
+            (json!({"messages": [{"role": "user", "content": [{"type": "text"}]}]}), "messages[0].content"),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "add_generation_prompt": 1}),
+                "add_generation_prompt",
+            ),
+        ] {
+            let e = ChatRequest::parse(&body).expect_err("rejected");
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+        }
+        // OpenAI's defaults that ask for nothing unsupported are accepted.
+        ChatRequest::parse(&json!({"messages": [{"role": "user", "content": "x"}], "tool_choice": "none", "response_format": {"type": "text"}}))
+            .expect("parses");
     }
 }

@@ -112,7 +112,8 @@ impl EventSink for ChannelSink {
 struct Choice {
     engine_id: u64,
     matcher: StopMatcher,
-    /// Text decoded so far, held-back text included (for logprob text offsets).
+    /// Characters decoded so far, echoed prompt and held-back text included (for logprob
+    /// text offsets).
     decoded: usize,
     generated: usize,
     finish: Option<&'static str>,
@@ -128,31 +129,70 @@ pub struct Update {
     pub finish: Option<&'static str>,
 }
 
-/// OpenAI's completion logprobs object, for the tokens of one update or a whole choice.
+/// One generated token's log-probabilities.
+#[derive(Debug, Clone)]
+struct TokenLogprob {
+    token: String,
+    logprob: f32,
+    /// The most likely tokens at this step, best first (as many as asked).
+    top: Vec<(String, f32)>,
+    /// Characters of the choice's text before this token (echoed prompt included).
+    offset: usize,
+}
+
+/// The log-probabilities of the tokens of one update or a whole choice.
 #[derive(Debug, Default)]
 pub struct Logprobs {
-    tokens: Vec<String>,
-    token_logprobs: Vec<f32>,
-    top: Vec<Map<String, Value>>,
-    offsets: Vec<usize>,
+    entries: Vec<TokenLogprob>,
 }
 
 impl Logprobs {
     fn append(&mut self, other: Logprobs) {
-        self.tokens.extend(other.tokens);
-        self.token_logprobs.extend(other.token_logprobs);
-        self.top.extend(other.top);
-        self.offsets.extend(other.offsets);
+        self.entries.extend(other.entries);
     }
 
-    pub fn to_json(&self) -> Value {
+    /// The completions shape: parallel lists, `top_logprobs` a map per token that always holds
+    /// the sampled token (so up to `logprobs + 1` entries), `text_offset` in characters.
+    pub fn to_completion_json(&self) -> Value {
+        let top: Vec<Map<String, Value>> = self
+            .entries
+            .iter()
+            .map(|e| {
+                let mut m: Map<String, Value> = e.top.iter().map(|(t, lp)| (t.clone(), json!(lp))).collect();
+                m.entry(e.token.clone()).or_insert_with(|| json!(e.logprob));
+                m
+            })
+            .collect();
         json!({
-            "tokens": self.tokens,
-            "token_logprobs": self.token_logprobs,
-            "top_logprobs": self.top,
-            "text_offset": self.offsets,
+            "tokens": self.entries.iter().map(|e| &e.token).collect::<Vec<_>>(),
+            "token_logprobs": self.entries.iter().map(|e| e.logprob).collect::<Vec<_>>(),
+            "top_logprobs": top,
+            "text_offset": self.entries.iter().map(|e| e.offset).collect::<Vec<_>>(),
         })
     }
+
+    /// The chat shape: `{"content": [{token, logprob, bytes, top_logprobs: [...]}]}`, with
+    /// exactly the asked number of alternatives per token.
+    pub fn to_chat_json(&self) -> Value {
+        let entry = |t: &str, lp: f32| json!({"token": t, "logprob": lp, "bytes": t.as_bytes()});
+        let content: Vec<Value> = self
+            .entries
+            .iter()
+            .map(|e| {
+                let mut v = entry(&e.token, e.logprob);
+                v["top_logprobs"] = e.top.iter().map(|(t, lp)| entry(t, *lp)).collect();
+                v
+            })
+            .collect();
+        json!({"content": content})
+    }
+}
+
+/// Which API a run answers: the same engine work, two response shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    Completion,
+    Chat,
 }
 
 /// A running completion: its sequences in the engine, their event channel, their choices.
@@ -169,7 +209,14 @@ pub struct Run {
     served: Arc<Served>,
     _admission: Admission,
     rx: UnboundedReceiver<(usize, Event)>,
+    /// Events received while waiting for one choice's last event (see `next`).
+    backlog: std::collections::VecDeque<(usize, Event)>,
     choices: Vec<Choice>,
+    flavor: Flavor,
+    /// Token ids that end a choice (empty with `ignore_eos`), and the most tokens a choice
+    /// generates: together they tell which token is a choice's last.
+    stop_tokens: Vec<u32>,
+    max_tokens: usize,
     logprobs: Option<usize>,
     arrival: Instant,
     deadline: Instant,
@@ -186,11 +233,18 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn start(p: Validated, arrival: Instant, timeout: Duration, metrics: Arc<Metrics>) -> Result<Run, ApiError> {
+    pub fn start(
+        p: Validated,
+        flavor: Flavor,
+        arrival: Instant,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Run, ApiError> {
         let n_choices = p.prompts.len() * p.req.n;
         let admission = p.served.admit(n_choices)?;
         let (tx, rx) = unbounded_channel();
         let eos = p.served.tokenizer.as_ref().and_then(|t| t.eos_id()).or(p.served.config().eos_token_id);
+        let stop_tokens: Vec<u32> = if p.req.ignore_eos { Vec::new() } else { eos.into_iter().collect() };
         let base_seed = p.req.seed.unwrap_or_else(random_seed);
         let mut choices = Vec::with_capacity(n_choices);
         let echo = if p.req.echo {
@@ -213,12 +267,13 @@ impl Run {
                     presence_penalty: p.req.presence_penalty,
                     frequency_penalty: p.req.frequency_penalty,
                     logit_bias: p.req.logit_bias.iter().map(|&(t, b)| (t as u32, b)).collect(),
+                    min_tokens: p.req.min_tokens,
                 };
                 let req = GenerateRequest {
                     prompt: prompt.clone(),
                     max_tokens: p.req.max_tokens,
                     sampling,
-                    stop_tokens: eos.into_iter().collect(),
+                    stop_tokens: stop_tokens.clone(),
                     top_logprobs: p.req.logprobs.unwrap_or(0),
                 };
                 let sink = Box::new(ChannelSink { index, tx: tx.clone() });
@@ -233,7 +288,7 @@ impl Run {
                 choices.push(Choice {
                     engine_id,
                     matcher: StopMatcher::new(p.req.stop.clone()),
-                    decoded: 0,
+                    decoded: echo.get(pi).map_or(0, |e| e.chars().count()),
                     generated: 0,
                     finish: None,
                     last_token: None,
@@ -241,8 +296,12 @@ impl Run {
             }
         }
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let prefix = match flavor {
+            Flavor::Completion => "cmpl",
+            Flavor::Chat => "chatcmpl",
+        };
         Ok(Run {
-            id: format!("cmpl-{:016x}", random_seed()),
+            id: format!("{prefix}-{:016x}", random_seed()),
             created,
             model: p.served.name.clone(),
             prompt_tokens: p.prompts.iter().map(Vec::len).sum(),
@@ -251,7 +310,11 @@ impl Run {
             served: p.served.clone(),
             _admission: admission,
             rx,
+            backlog: Default::default(),
             choices,
+            flavor,
+            stop_tokens,
+            max_tokens: p.req.max_tokens,
             logprobs: p.req.logprobs,
             arrival,
             deadline: arrival + timeout,
@@ -281,20 +344,61 @@ impl Run {
         self.choices.iter().all(|c| c.finish.is_some())
     }
 
+    /// The next event, from the backlog first.
+    async fn recv(&mut self) -> Result<(usize, Event), ApiError> {
+        if let Some(e) = self.backlog.pop_front() {
+            return Ok(e);
+        }
+        match tokio::time::timeout_at(self.deadline.into(), self.rx.recv()).await {
+            Err(_) => Err(ApiError::timeout(self.timeout.as_secs_f64())),
+            Ok(None) => Err(ApiError::internal("the engine stopped")),
+            Ok(Some(e)) => Ok(e),
+        }
+    }
+
     /// The next update, `Ok(None)` once every choice has finished.
+    ///
+    /// A choice's last token and its finish go out as one update, as OpenAI and vLLM send
+    /// them: the chunk with `finish_reason` carries the last token's text. The last token is
+    /// known when it arrives (the `max_tokens`-th, or an end-of-text id), and the engine sends
+    /// its `Finished` right after it, so waiting for that costs nothing; other choices' events
+    /// that come in between wait in the backlog.
     pub async fn next(&mut self) -> Result<Option<Update>, ApiError> {
         loop {
             if self.done() {
                 return Ok(None);
             }
-            let event = match tokio::time::timeout_at(self.deadline.into(), self.rx.recv()).await {
-                Err(_) => return Err(ApiError::timeout(self.timeout.as_secs_f64())),
-                Ok(None) => return Err(ApiError::internal("the engine stopped")),
-                Ok(Some(e)) => e,
+            let event = self.recv().await?;
+            let last = match &event {
+                (i, Event::Token { id, .. }) => {
+                    let c = &self.choices[*i];
+                    c.finish.is_none() && (c.generated + 1 >= self.max_tokens || self.stop_tokens.contains(id))
+                }
+                _ => false,
             };
-            if let Some(u) = self.apply(event)? {
-                return Ok(Some(u));
+            let index = event.0;
+            let Some(mut update) = self.apply(event)? else { continue };
+            if last && update.finish.is_none() {
+                let fin = loop {
+                    let e = match self.rx.try_recv() {
+                        Ok(e) => e,
+                        Err(_) => match tokio::time::timeout_at(self.deadline.into(), self.rx.recv()).await {
+                            Err(_) => return Err(ApiError::timeout(self.timeout.as_secs_f64())),
+                            Ok(None) => return Err(ApiError::internal("the engine stopped")),
+                            Ok(Some(e)) => e,
+                        },
+                    };
+                    if e.0 == index {
+                        break e;
+                    }
+                    self.backlog.push_back(e);
+                };
+                if let Some(f) = self.apply(fin)? {
+                    update.text.push_str(&f.text);
+                    update.finish = f.finish;
+                }
             }
+            return Ok(Some(update));
         }
     }
 
@@ -320,13 +424,17 @@ impl Run {
                     let tok = self.served.tokenizer.as_ref();
                     let piece = |t: u32| tok.and_then(|k| k.decode(&[t]).ok()).unwrap_or_else(|| t.to_string());
                     Logprobs {
-                        tokens: vec![piece(id)],
-                        token_logprobs: vec![logprob],
-                        top: vec![top.iter().map(|&(t, lp)| (piece(t), json!(lp))).collect()],
-                        offsets: vec![choice.decoded],
+                        entries: vec![TokenLogprob {
+                            token: piece(id),
+                            logprob,
+                            top: top.iter().map(|&(t, lp)| (piece(t), lp)).collect(),
+                            offset: choice.decoded,
+                        }],
                     }
                 });
-                choice.decoded += text.len();
+                // OpenAI and vLLM count offsets in characters; a token that ends inside a
+                // character shares the offset of the token that completes it.
+                choice.decoded += text.chars().count();
                 let step = choice.matcher.push(&text);
                 if step.stopped {
                     choice.finish = Some("stop");
@@ -373,7 +481,10 @@ impl Run {
         tracing::info!(
             target: "inferneo::request",
             request_id = %self.request_id,
-            route = "/v1/completions",
+            route = match self.flavor {
+                Flavor::Completion => "/v1/completions",
+                Flavor::Chat => "/v1/chat/completions",
+            },
             model = %self.model,
             status,
             prompt_tokens = self.prompt_tokens,
@@ -406,18 +517,24 @@ impl Run {
             }
         }
         let choices: Vec<Value> = (0..n)
-            .map(|i| {
-                json!({
+            .map(|i| match self.flavor {
+                Flavor::Completion => json!({
                     "text": texts[i],
                     "index": i,
-                    "logprobs": self.logprobs.map(|_| logprobs[i].to_json()),
+                    "logprobs": self.logprobs.map(|_| logprobs[i].to_completion_json()),
                     "finish_reason": finish[i],
-                })
+                }),
+                Flavor::Chat => json!({
+                    "index": i,
+                    "message": {"role": "assistant", "content": texts[i]},
+                    "logprobs": self.logprobs.map(|_| logprobs[i].to_chat_json()),
+                    "finish_reason": finish[i],
+                }),
             })
             .collect();
         Ok(json!({
             "id": self.id,
-            "object": "text_completion",
+            "object": self.object(false),
             "created": self.created,
             "model": self.model,
             "choices": choices,
@@ -425,19 +542,22 @@ impl Run {
         }))
     }
 
-    /// One streamed chunk for `u` (`usage: null` on every chunk when usage is requested).
-    pub fn chunk(&self, u: &Update, include_usage: bool) -> Value {
+    /// The `object` of a response (`chunk`: of a streamed chunk).
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.flavor, chunk) {
+            (Flavor::Completion, _) => "text_completion",
+            (Flavor::Chat, false) => "chat.completion",
+            (Flavor::Chat, true) => "chat.completion.chunk",
+        }
+    }
+
+    fn chunk_with(&self, choice: Value, include_usage: bool) -> Value {
         let mut v = json!({
             "id": self.id,
-            "object": "text_completion",
+            "object": self.object(true),
             "created": self.created,
             "model": self.model,
-            "choices": [{
-                "index": u.index,
-                "text": u.text,
-                "logprobs": u.logprobs.as_ref().map(Logprobs::to_json),
-                "finish_reason": u.finish,
-            }],
+            "choices": [choice],
         });
         if include_usage {
             v["usage"] = Value::Null;
@@ -445,20 +565,54 @@ impl Run {
         v
     }
 
-    /// The echoed prompt of each choice, as the first streamed chunks.
-    pub fn echo_updates(&self) -> Vec<Update> {
-        if self.echo.is_empty() {
-            return Vec::new();
+    /// One streamed chunk for `u` (`usage: null` on every chunk when usage is requested).
+    pub fn chunk(&self, u: &Update, include_usage: bool) -> Value {
+        let choice = match self.flavor {
+            Flavor::Completion => json!({
+                "index": u.index,
+                "text": u.text,
+                "logprobs": u.logprobs.as_ref().map(Logprobs::to_completion_json),
+                "finish_reason": u.finish,
+            }),
+            Flavor::Chat => json!({
+                "index": u.index,
+                "delta": if u.text.is_empty() && u.finish.is_some() { json!({}) } else { json!({"content": u.text}) },
+                "logprobs": u.logprobs.as_ref().map(Logprobs::to_chat_json),
+                "finish_reason": u.finish,
+            }),
+        };
+        self.chunk_with(choice, include_usage)
+    }
+
+    /// The chunks that open a stream: for chat, each choice's first delta with the role (as
+    /// OpenAI sends it); for completions with `echo`, each choice's prompt.
+    pub fn opening_chunks(&self, include_usage: bool) -> Vec<Value> {
+        match self.flavor {
+            Flavor::Chat => (0..self.n_choices())
+                .map(|i| {
+                    let choice = json!({
+                        "index": i,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": null,
+                        "finish_reason": null,
+                    });
+                    self.chunk_with(choice, include_usage)
+                })
+                .collect(),
+            Flavor::Completion if self.echo.is_empty() => Vec::new(),
+            Flavor::Completion => (0..self.n_choices())
+                .map(|i| {
+                    let u = Update { index: i, text: self.echo[i / self.n].clone(), logprobs: None, finish: None };
+                    self.chunk(&u, include_usage)
+                })
+                .collect(),
         }
-        (0..self.n_choices())
-            .map(|i| Update { index: i, text: self.echo[i / self.n].clone(), logprobs: None, finish: None })
-            .collect()
     }
 
     pub fn usage_chunk(&self) -> Value {
         json!({
             "id": self.id,
-            "object": "text_completion",
+            "object": self.object(true),
             "created": self.created,
             "model": self.model,
             "choices": [],

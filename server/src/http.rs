@@ -1,8 +1,8 @@
 //! The HTTP edge: accept loop with a connection cap, header and body timeouts, routing, auth,
 //! body limits, panic isolation per request, and graceful drain on shutdown.
 
-use crate::api::CompletionRequest;
-use crate::completions::{validate, Run};
+use crate::api::{ChatRequest, CompletionRequest, Prompt};
+use crate::completions::{validate, Flavor, Run};
 use crate::conns::{Admitted, Busy, ConnTable};
 use crate::cpu_pool::CpuPool;
 use crate::error::ApiError;
@@ -328,6 +328,7 @@ async fn shutdown_signal() {
 /// The routes, each with its methods; the metrics label is the route itself.
 const ROUTES: &[(&str, Method)] = &[
     ("/v1/completions", Method::POST),
+    ("/v1/chat/completions", Method::POST),
     ("/v1/models", Method::GET),
     ("/tokenize", Method::POST),
     ("/detokenize", Method::POST),
@@ -474,7 +475,8 @@ async fn dispatch(app: Arc<App>, route: &'static str, req: Request<Incoming>, ar
         "/v1/models" => Ok(models(&app)),
         "/tokenize" => tokenize(&app, req).await,
         "/detokenize" => detokenize(&app, req).await,
-        "/v1/completions" => completions(&app, req, arrival).await,
+        "/v1/completions" => completions(&app, req, arrival, Flavor::Completion).await,
+        "/v1/chat/completions" => completions(&app, req, arrival, Flavor::Chat).await,
         _ => Err(ApiError::not_found(route)),
     };
     result.unwrap_or_else(|e| error(&e))
@@ -527,6 +529,8 @@ fn models(app: &App) -> Response<Body> {
                 "object": "model",
                 "created": m.created,
                 "owned_by": "inferneo",
+                "root": m.root,
+                "parent": null,
                 "max_model_len": m.config().n_positions,
                 "state": "ready",
             }),
@@ -554,11 +558,27 @@ async fn tokenize(app: &App, req: Request<Incoming>) -> Result<Response<Body>, A
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::invalid("prompt", "'prompt' must be a string"))?
         .to_string();
+    let with_strs = match v.get("return_token_strs") {
+        None | Some(Value::Null) => false,
+        Some(b) => b
+            .as_bool()
+            .ok_or_else(|| ApiError::invalid("return_token_strs", "'return_token_strs' must be a boolean"))?,
+    };
     let tok = served.tokenizer.clone().ok_or_else(|| ApiError::bad_request("this model has no tokenizer"))?;
-    let ids = app.cpu.run(move || tok.encode(&text)).await.map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
+    let (ids, strs) = app
+        .cpu
+        .run(move || {
+            let ids = tok.encode(&text)?;
+            // vLLM's shape: the vocabulary entries as stored (byte-level `Ġ` for a space).
+            let strs: Option<Vec<String>> =
+                with_strs.then(|| ids.iter().map(|&i| tok.id_to_token(i).unwrap_or_default()).collect());
+            Ok::<_, inferneo_runtime::Error>((ids, strs))
+        })
+        .await
+        .map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({"tokens": ids, "count": ids.len(), "max_model_len": served.config().n_positions}),
+        &json!({"tokens": ids, "count": ids.len(), "max_model_len": served.config().n_positions, "token_strs": strs}),
     ))
 }
 
@@ -588,14 +608,56 @@ fn model_field(v: &Value) -> Result<Option<&str>, ApiError> {
     }
 }
 
-async fn completions(app: &App, req: Request<Incoming>, arrival: Instant) -> Result<Response<Body>, ApiError> {
+/// A chat request as a completion request: the messages rendered with the model's template.
+async fn chat_prompt(app: &App, v: &Value) -> Result<CompletionRequest, ApiError> {
+    let chat = ChatRequest::parse(v)?;
+    let served = app.registry.get(chat.completion.model.as_deref())?;
+    let template = match &served.chat_template {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return Err(ApiError::bad_request(format!(
+                "the model '{}' has no chat template (no 'chat_template' in its tokenizer_config.json), so chat \
+                 requests cannot be formatted; start the server with --chat-template FILE (for example \
+                 assets/chat-templates/plain.jinja), or use /v1/completions",
+                served.name
+            )))
+        }
+        Err(e) => {
+            return Err(ApiError::bad_request(format!(
+                "the model '{}' has an unusable chat template: {e}",
+                served.name
+            )))
+        }
+    };
+    let text = template
+        .render(&chat.messages, chat.add_generation_prompt)
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    if text.is_empty() {
+        return Err(ApiError::invalid("messages", "the chat template rendered these messages as an empty prompt"));
+    }
+    let mut completion = chat.completion;
+    completion.model = Some(served.name.clone());
+    completion.prompts = vec![Prompt::Text(text)];
+    Ok(completion)
+}
+
+/// `/v1/completions` and `/v1/chat/completions`: the same run, in the flavor's shapes.
+async fn completions(
+    app: &App,
+    req: Request<Incoming>,
+    arrival: Instant,
+    flavor: Flavor,
+) -> Result<Response<Body>, ApiError> {
     let log = req.extensions().get::<RequestLog>().cloned();
     let v = read_json(app, req).await?;
-    let parsed = CompletionRequest::parse(&v)?;
+    let parsed = match flavor {
+        Flavor::Completion => CompletionRequest::parse(&v)?,
+        Flavor::Chat => chat_prompt(app, &v).await?,
+    };
     let (stream, include_usage) = (parsed.stream, parsed.include_usage);
     let validated = validate(&app.registry, parsed, &app.cpu).await?;
     let model = validated.served.name.clone();
-    let mut run = match Run::start(validated, arrival, app.config.request_timeout, app.metrics.clone()) {
+    let mut run = match Run::start(validated, flavor, arrival, app.config.request_timeout, app.metrics.clone()) {
         Ok(mut r) => {
             if let Some(log) = log {
                 log.logged_by_run.store(true, Ordering::SeqCst);
@@ -624,8 +686,8 @@ async fn completions(app: &App, req: Request<Incoming>, arrival: Instant) -> Res
     tokio::spawn(async move {
         let event = |v: &Value| Bytes::from(format!("data: {v}\n\n"));
         let mut status = 200;
-        for u in run.echo_updates() {
-            if tx.send(event(&run.chunk(&u, include_usage))).await.is_err() {
+        for chunk in run.opening_chunks(include_usage) {
+            if tx.send(event(&chunk)).await.is_err() {
                 status = 499;
             }
         }

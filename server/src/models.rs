@@ -5,7 +5,7 @@
 
 use crate::error::ApiError;
 use crate::metrics::Gauges;
-use inferneo_runtime::{Config, Engine, EngineConfig, Isa, LoadOptions, ModelSource, Tokenizer};
+use inferneo_runtime::{ChatTemplate, Config, Engine, EngineConfig, Isa, LoadOptions, ModelSource, Tokenizer};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -18,6 +18,8 @@ pub struct ModelSpec {
     pub engine: EngineConfig,
     /// Sequences that may wait for the engine beyond those it runs (`--max-queue`).
     pub max_queue: usize,
+    /// A chat template file that replaces the model's own (`--chat-template`).
+    pub chat_template: Option<std::path::PathBuf>,
 }
 
 /// A loaded model.
@@ -25,6 +27,11 @@ pub struct Served {
     pub name: String,
     pub engine: Engine,
     pub tokenizer: Option<Tokenizer>,
+    /// What `/v1/chat/completions` renders messages with; `Err`: the model's template does not
+    /// compile (its completions still work, its chat requests get the reason).
+    pub chat_template: Result<Option<ChatTemplate>, String>,
+    /// Where the weights came from (`/v1/models`' `root`, as vLLM reports the model path).
+    pub root: String,
     pub created: u64,
     /// The kernel set and thread count its engine runs on.
     pub isa: Isa,
@@ -218,6 +225,11 @@ impl Registry {
 
 fn load(spec: &ModelSpec) -> Result<Served, String> {
     let loaded = inferneo_runtime::load(&spec.source, &spec.load).map_err(|e| e.to_string())?;
+    let chat_template = inferneo_runtime::load_chat_template(&spec.source, spec.chat_template.as_deref());
+    if let Err(e) = &chat_template {
+        eprintln!("warning: model '{}': {e}; its chat requests will be refused", spec.name);
+    }
+    let chat_template = chat_template.map_err(|e| e.to_string());
     let (isa, threads) = (loaded.model.kernels().isa(), loaded.threads);
     let capacity = spec.engine.limits.max_seqs + spec.max_queue;
     // The engine thread gets its own copy (for incremental text decoding), so prompts are
@@ -230,6 +242,11 @@ fn load(spec: &ModelSpec) -> Result<Served, String> {
         name: spec.name.clone(),
         engine,
         tokenizer,
+        chat_template,
+        root: match &spec.source {
+            ModelSource::Embedded => "inferneo:embedded-gpt2".to_string(),
+            ModelSource::Dir(d) => d.display().to_string(),
+        },
         created,
         isa,
         threads,

@@ -47,7 +47,7 @@ fn config(default_cases: u32) -> ProptestConfig {
 
 /// The request fields `parse` reads (plus `include_usage`, inside `stream_options`): an
 /// error's `param` must be one of them.
-const PARAMS: [&str; 20] = [
+const PARAMS: [&str; 22] = [
     "prompt",
     "max_tokens",
     "n",
@@ -68,6 +68,8 @@ const PARAMS: [&str; 20] = [
     "suffix",
     "model",
     "user",
+    "ignore_eos",
+    "min_tokens",
 ];
 
 /// Numbers at and around every limit in `api.rs`, the extremes JSON can hold, and random ones.
@@ -283,6 +285,8 @@ fn request() -> impl Strategy<Value = Value> {
         ("suffix", field(Just(json!("")).boxed(), text().prop_map(Value::String).boxed())),
         ("model", string()),
         ("user", string()),
+        ("ignore_eos", boolean()),
+        ("min_tokens", numeric(int(0..=64))),
     ];
     let fields: Vec<_> = fields
         .into_iter()
@@ -402,6 +406,10 @@ fn check_parse(v: &Value) {
     assert_eq!(req.model.as_deref(), get("model").and_then(Value::as_str), "{v}");
     assert_eq!(req.stream, get("stream").and_then(Value::as_bool).unwrap_or(false), "{v}");
     assert_eq!(req.echo, get("echo").and_then(Value::as_bool).unwrap_or(false), "{v}");
+    assert_eq!(req.ignore_eos, get("ignore_eos").and_then(Value::as_bool).unwrap_or(false), "{v}");
+    assert!(req.min_tokens <= req.max_tokens, "{v}");
+    // Stream options belong to streams.
+    assert!(req.stream || get("stream_options").is_none(), "{v}");
     // Refused by name unless they ask for what is implemented anyway.
     assert!(get("best_of").is_none_or(|b| b.as_i64() == Some(1)), "{v}");
     assert!(get("suffix").is_none_or(|s| s.as_str() == Some("")), "{v}");

@@ -44,7 +44,53 @@ def main() -> None:
     except openai.NotFoundError as e:
         assert e.status_code == 404, e
 
-    print(f"openai {openai.__version__}: models, completion, streaming, seed, errors: all passed")
+    # Chat (the server runs with --chat-template assets/chat-templates/plain.jinja).
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+    chat = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2
+    )
+    c = chat.choices[0]
+    assert chat.object == "chat.completion" and chat.id.startswith("chatcmpl-"), chat
+    assert c.message.role == "assistant" and isinstance(c.message.content, str), c
+    assert c.finish_reason in ("length", "stop"), c
+    assert len(c.logprobs.content) == chat.usage.completion_tokens, c.logprobs
+    assert all(len(t.top_logprobs) == 2 for t in c.logprobs.content), c.logprobs
+
+    stream = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
+    roles, parts, usage, finish = [], [], None, None
+    for chunk in stream:
+        assert chunk.object == "chat.completion.chunk", chunk
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for ch in chunk.choices:
+            if ch.delta.role:
+                roles.append(ch.delta.role)
+            parts.append(ch.delta.content or "")
+            finish = ch.finish_reason or finish
+    assert roles == ["assistant"], roles
+    assert "".join(parts) == c.message.content, (parts, c.message.content)
+    assert finish == c.finish_reason and usage.completion_tokens == chat.usage.completion_tokens, (finish, usage)
+
+    # Newer parameter names and content given as parts.
+    parts_msg = [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}]
+    r = client.chat.completions.create(model=model, messages=parts_msg, max_completion_tokens=3, temperature=0)
+    assert r.usage.completion_tokens == 3 and r.choices[0].finish_reason == "length", r
+
+    for bad, param in [
+        ([], "messages"),
+        ([{"role": "wizard", "content": "x"}], "messages[0].role"),
+        ([{"role": "user", "content": 5}], "messages[0].content"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content"),
+    ]:
+        try:
+            client.chat.completions.create(model=model, messages=bad)
+            raise AssertionError(f"{bad} was accepted")
+        except openai.BadRequestError as e:
+            assert e.status_code == 400 and e.body["param"] == param, (bad, e.body)
+
+    print(f"openai {openai.__version__}: models, completion, streaming, seed, chat, chat streaming, errors: all passed")
 
 
 if __name__ == "__main__":

@@ -439,6 +439,7 @@ fn generate_cmd(a: GenerateArgs, isa: Option<Isa>) -> CliResult {
             presence_penalty: a.presence_penalty,
             frequency_penalty: a.frequency_penalty,
             logit_bias: Vec::new(),
+            min_tokens: 0,
         },
         stop_tokens: if a.stop_at_eos { eos.into_iter().collect() } else { Vec::new() },
         top_logprobs: 0,

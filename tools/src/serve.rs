@@ -83,6 +83,11 @@ pub struct ServeArgs {
     /// (default `info`; `RUST_LOG=warn` silences the request lines).
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// A Jinja chat template (HuggingFace's format) for `/v1/chat/completions`, replacing each
+    /// model's own `chat_template`. GPT-2 has none: `assets/chat-templates/plain.jinja` is a
+    /// plain "User:/Assistant:" format for such models.
+    #[arg(long, value_name = "FILE")]
+    chat_template: Option<PathBuf>,
 }
 
 /// Longest accepted timeout (about 11.6 days): far past any request, and far from the
@@ -222,6 +227,10 @@ pub fn config(a: &ServeArgs, isa: Option<Isa>) -> Result<ServerConfig, String> {
     }
     let names: Vec<&str> = models.iter().map(|(n, _)| n.as_str()).collect();
     let threads = parse_threads(&a.threads, &names)?;
+    // Checked now (readable, compiles), so a typo fails at start instead of at the first chat.
+    if let Some(file) = &a.chat_template {
+        inferneo_runtime::ChatTemplate::from_file(file, None).map_err(|e| format!("--chat-template {e}"))?;
+    }
     let specs = models
         .iter()
         .map(|(name, source)| ModelSpec {
@@ -240,6 +249,7 @@ pub fn config(a: &ServeArgs, isa: Option<Isa>) -> Result<ServerConfig, String> {
                 prefix_caching: !a.no_prefix_cache,
             },
             max_queue: a.max_queue,
+            chat_template: a.chat_template.clone(),
         })
         .collect();
     Ok(ServerConfig {

@@ -289,7 +289,8 @@ fn official_openai_python_client() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let s = serve(&["--model", &tiny_model(dir.path())]);
+    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/chat-templates/plain.jinja");
+    let s = serve(&["--model", &tiny_model(dir.path()), "--chat-template", template]);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/openai_client.py");
     let out = Command::new(&python).args([script, &format!("http://{}", s.addr), "tiny"]).output().unwrap();
     let all = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);

@@ -38,6 +38,7 @@ pub fn spec(name: &str, source: ModelSource) -> ModelSpec {
             ..EngineConfig::default()
         },
         max_queue: 64,
+        chat_template: None,
     }
 }
 

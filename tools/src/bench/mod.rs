@@ -196,8 +196,14 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
         let (url, stop) = match &a.url {
             Some(u) => (u.clone(), None),
             None => {
-                let spec =
-                    ModelSpec { name: local_name.clone(), source: source.clone(), load, engine, max_queue: 4096 };
+                let spec = ModelSpec {
+                    name: local_name.clone(),
+                    source: source.clone(),
+                    load,
+                    engine,
+                    max_queue: 4096,
+                    chat_template: None,
+                };
                 let config = ServerConfig { port: 0, models: vec![spec], ..ServerConfig::default() };
                 let server = Server::bind(config).await.map_err(|e| format!("cannot start the server: {e}"))?;
                 let addr = server.local_addr().map_err(|e| e.to_string())?;
