@@ -44,6 +44,48 @@ fn f32_gguf_gives_the_directory_s_logits_bitwise() {
     }
 }
 
+/// hub-micro's tensors from the f32 fixture, rewritten by `write_gguf` with every tensor as
+/// `ty` (`F16` or `BF16`) or as f32 holding `round(ty)`.
+fn rewrite_hub_micro(path: &Path, to: fn(f32) -> [u8; 2], ty: u32, as_f32: bool) {
+    let src = GgufFile::open(&fixture("hub-micro-f32.gguf")).unwrap();
+    let tensors = src
+        .tensors()
+        .iter()
+        .map(|t| {
+            let halves: Vec<[u8; 2]> = src.read_f32(&t.name).unwrap().into_iter().map(to).collect();
+            let data: Vec<u8> = if as_f32 {
+                let wide =
+                    gguf::dequantize(if ty == F16 { TensorType::F16 } else { TensorType::Bf16 }, halves.as_flattened());
+                wide.iter().flat_map(|v| v.to_le_bytes()).collect()
+            } else {
+                halves.as_flattened().to_vec()
+            };
+            (t.name.clone(), t.shape.clone(), if as_f32 { F32 } else { ty }, data)
+        })
+        .collect::<Vec<_>>();
+    write_gguf(path, &gpt2_kv(&src.config().unwrap()), &tensors);
+}
+
+/// F16 and BF16 tensors: an F16 file of hub-micro's (f16) weights is the directory bitwise; a
+/// BF16 file is an f32 file of the same values rounded to bf16, bitwise.
+#[test]
+fn f16_and_bf16_tensors_read_exactly() {
+    let k = inferneo_kernels::kernels().unwrap();
+    let toks = tokens(1000, 16);
+    let dir = tempfile::tempdir().unwrap();
+    let logits = |p: &Path| all_logits(&Gpt2::load(p, k, WeightDtype::F32).unwrap(), &toks);
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    let f16 = dir.path().join("f16.gguf");
+    rewrite_hub_micro(&f16, |v| half::f16::from_f32(v).to_le_bytes(), F16, false);
+    assert_eq!(bits(logits(&f16)), bits(logits(&fixture("hub-micro"))), "F16");
+    let (bf16, rounded) = (dir.path().join("bf16.gguf"), dir.path().join("bf16-as-f32.gguf"));
+    rewrite_hub_micro(&bf16, |v| half::bf16::from_f32(v).to_le_bytes(), BF16, false);
+    rewrite_hub_micro(&rounded, |v| half::bf16::from_f32(v).to_le_bytes(), BF16, true);
+    let (a, b) = (logits(&bf16), logits(&rounded));
+    assert_ne!(bits(a.clone()), bits(logits(&fixture("hub-micro"))), "BF16 rounds hub-micro's f16 values");
+    assert_eq!(bits(a), bits(b), "BF16");
+}
+
 #[test]
 fn config_and_tokenizer_come_from_the_metadata() {
     let gguf = ModelSource::Dir(fixture("hub-micro-f32.gguf"));
@@ -379,6 +421,8 @@ fn untied_output_head_is_refused_and_a_tied_copy_accepted() {
 // A test-only GGUF writer (version 3, alignment 32)
 
 const F32: u32 = 0;
+const F16: u32 = 1;
+const BF16: u32 = 30;
 const Q8_0: u32 = 8;
 const Q4_0: u32 = 2;
 
