@@ -111,13 +111,15 @@ fn config_and_tokenizer_come_from_the_metadata() {
 // ---------------------------------------------------------------------------------------------
 // Q8_0 and Q4_0
 
+type Quantizer = fn(&[f32]) -> Vec<u8>;
+
 /// llama.cpp's block layouts as read: the Q8_0 and Q4_0 fixtures (quantized by llama.cpp's
 /// gguf-py) dequantize to bitwise what this file's ports of llama.cpp's reference quantizers
 /// give for the f32 fixture's values, and every value lies within its block's rounding step.
 #[test]
 fn quantized_fixture_blocks_dequantize_to_the_f32_values() {
     let f32_file = GgufFile::open(&fixture("hub-micro-f32.gguf")).unwrap();
-    let cases: [(&str, TensorType, fn(&[f32]) -> Vec<u8>); 2] = [
+    let cases: [(&str, TensorType, Quantizer); 2] = [
         ("hub-micro-q8_0.gguf", TensorType::Q8_0, quantize_q8_0),
         ("hub-micro-q4_0.gguf", TensorType::Q4_0, quantize_q4_0),
     ];
@@ -397,6 +399,41 @@ fn malformed_files_give_one_line_errors() {
         assert!(msg.contains(want), "{}: {msg:?} does not say {want:?}", path.display());
         assert!(msg.starts_with(&path.display().to_string()), "{msg}: names the file");
     }
+}
+
+/// Random corruptions of the header (flipped bytes, changed lengths and counts) and random
+/// truncations: every one loads or fails with an error, never a panic or a huge allocation.
+#[test]
+fn corrupted_headers_never_panic() {
+    let original = std::fs::read(fixture("hub-micro-f32.gguf")).unwrap();
+    let header_len = find_string(&original, "output_norm.bias") + 200;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fuzz.gguf");
+    let mut state = 0x5eed_u64;
+    let mut next = move || {
+        state = inferneo_runtime::init::splitmix64(state);
+        state
+    };
+    let (mut ok, mut failed) = (0, 0);
+    for _ in 0..300 {
+        let mut bytes = original.clone();
+        match next() % 3 {
+            0 => bytes.truncate((next() % original.len() as u64) as usize),
+            // A byte of a length or count set to its largest value, or any byte flipped.
+            1 => bytes[(next() % header_len as u64) as usize] = 0xff,
+            _ => bytes[(next() % header_len as u64) as usize] ^= 1 << (next() % 8),
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        match inferneo_runtime::load(&ModelSource::Dir(path.clone()), &Default::default()) {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert!(!e.to_string().contains('\n'), "{e}");
+                failed += 1;
+            }
+        }
+    }
+    eprintln!("{ok} corrupted files loaded (a byte of a token or a weight), {failed} refused");
+    assert!(failed > 100, "only {failed} of 300 corruptions were refused");
 }
 
 /// An `output.weight` other than `token_embd.weight` is an untied head, which GPT-2 never has.
