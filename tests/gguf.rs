@@ -401,6 +401,29 @@ fn malformed_files_give_one_line_errors() {
     }
 }
 
+/// As for safetensors: read (not mapped), a file truncated while it loads is an error naming
+/// the tensor, and one whose size or modification time changed since it was opened is refused.
+#[test]
+fn a_file_changed_while_loading_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    let bytes = std::fs::read(fixture("hub-micro-f32.gguf")).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    assert_eq!(file.read_f32("output_norm.weight").unwrap().len(), 32);
+    file.check_unchanged().unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let msg = file.read_f32("token_embd.weight").unwrap_err().to_string();
+    assert!(msg.contains("ends inside tensor 'token_embd.weight'"), "{msg}");
+    assert!(file.check_unchanged().unwrap_err().to_string().contains("changed while it was being loaded"));
+    // Same length, new contents: only the modification time tells.
+    std::fs::write(&path, &bytes).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1)).unwrap();
+    assert!(file.check_unchanged().unwrap_err().to_string().contains("changed while it was being loaded"));
+}
+
 /// Random corruptions of the header (flipped bytes, changed lengths and counts) and random
 /// truncations: every one loads or fails with an error, never a panic or a huge allocation.
 #[test]
