@@ -33,6 +33,7 @@ fn to_py(e: Error) -> PyErr {
         | Error::Unsupported { .. }
         | Error::Config { .. }
         | Error::Safetensors { .. }
+        | Error::Gguf { .. }
         | Error::MissingTensor { .. }
         | Error::Shape { .. }
         | Error::Dtype { .. } => PyOSError::new_err(msg),
@@ -113,7 +114,7 @@ impl Core {
 }
 
 /// A GPT-2 model: `Model()` is the embedded 124M-shape model with random weights; `Model(path)`
-/// a HuggingFace GPT-2 directory.
+/// a HuggingFace GPT-2 directory or a llama.cpp GGUF file.
 #[pyclass(name = "Model", module = "inferneo", frozen)]
 struct Model {
     core: Arc<Core>,

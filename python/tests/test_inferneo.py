@@ -279,6 +279,20 @@ def test_bad_arguments_raise_the_right_exceptions(tiny, tiny_dir, tmp_path):
         inferneo.kernels.matmul(np.zeros((2, 3), dtype=np.int64), np.zeros((3, 3), np.float32))
 
 
+def test_a_gguf_file_loads_like_its_directory(tmp_path):
+    data = ROOT / "tests" / "data"
+    ids = [5, 17, 999, 3]
+    got = inferneo.Model(str(data / "hub-micro-f32.gguf")).logits(ids)
+    want = inferneo.Model(str(data / "hub-micro")).logits(ids)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    # The tokenizer comes from the file's metadata: "!" is id 0, `<|endoftext|>` 999.
+    assert inferneo.Model(str(data / "hub-micro-q8_0.gguf")).tokenize("!<|endoftext|>") == [0, 999]
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"PK\x03\x04 a zip file")
+    with pytest.raises(OSError, match="wrong magic"):
+        inferneo.Model(str(bad))
+
+
 def test_compare_with_transformers_names_the_extra_when_missing(tiny_dir):
     try:
         import torch  # noqa: F401

@@ -17,6 +17,8 @@ pub enum Error {
     Config { path: PathBuf, msg: String },
     #[error("{}: invalid safetensors file: {msg}", path.display())]
     Safetensors { path: PathBuf, msg: String },
+    #[error("{}: invalid GGUF file: {msg}", path.display())]
+    Gguf { path: PathBuf, msg: String },
     #[error("{}: missing tensor '{name}'", path.display())]
     MissingTensor { path: PathBuf, name: String },
     #[error("{}: tensor '{name}' has shape {got:?}, expected {want:?}", path.display())]

@@ -9,6 +9,7 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
 use crate::init::{Preset, RandomWeights};
 use crate::kv_cache::{BlockTable, KvCache, KvPool, LayerBlocks};
 use crate::weights::{SafetensorsFile, WeightSource};
@@ -72,7 +73,11 @@ pub struct SeqInput<'a> {
 impl Gpt2 {
     /// Loads a HuggingFace GPT-2 directory (`config.json` + `model.safetensors`), packing the
     /// matrices as `dtype` (f16/bf16 conversion or int8 quantization happens here, once).
+    /// A path to a file rather than a directory is read as GGUF ([`Gpt2::load_gguf`]).
     pub fn load(dir: &Path, kernels: Kernels, dtype: WeightDtype) -> Result<Gpt2> {
+        if crate::gguf::is_gguf(dir) {
+            return Gpt2::load_gguf(dir, kernels, dtype);
+        }
         let config = Config::from_file(&dir.join("config.json"))?;
         let st = dir.join("model.safetensors");
         if !st.exists() && dir.join("pytorch_model.bin").exists() {
@@ -82,6 +87,18 @@ impl Gpt2 {
             });
         }
         let file = SafetensorsFile::open(&st)?;
+        let model = Gpt2::from_source(config, &file, kernels, dtype)?;
+        file.check_unchanged()?;
+        Ok(model)
+    }
+
+    /// Loads a llama.cpp GGUF file of a GPT-2 (`general.architecture` "gpt2"): the config from
+    /// its metadata, the tensors (F32, F16, BF16, Q8_0, Q4_0) as f32 through the same builder
+    /// as a safetensors checkpoint, then packed as `dtype`.
+    pub fn load_gguf(path: &Path, kernels: Kernels, dtype: WeightDtype) -> Result<Gpt2> {
+        let file = GgufFile::open(path)?;
+        let config = file.config()?;
+        file.check_tied_output()?;
         let model = Gpt2::from_source(config, &file, kernels, dtype)?;
         file.check_unchanged()?;
         Ok(model)

@@ -3,9 +3,9 @@
 //! through `inferneo_kernels`.
 //!
 //! Reading order: `load.rs` (the one entry point from a model source to a loaded model) →
-//! `config.rs` → `weights.rs` → `gpt2.rs` → `kv_cache.rs` → `sampling.rs` → `generate.rs` (one
-//! sequence) → `scheduler.rs` → `engine.rs` (continuous batching); `init.rs` makes deterministic
-//! random models of the real shapes.
+//! `config.rs` → `weights.rs` (`gguf.rs` for llama.cpp's files) → `gpt2.rs` → `kv_cache.rs` →
+//! `sampling.rs` → `generate.rs` (one sequence) → `scheduler.rs` → `engine.rs` (continuous
+//! batching); `init.rs` makes deterministic random models of the real shapes.
 #![forbid(unsafe_code)]
 
 pub mod chat;
@@ -13,6 +13,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod gpt2;
 pub mod init;
 pub mod kv_cache;

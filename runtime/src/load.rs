@@ -6,6 +6,7 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::gguf::{self, GgufFile};
 use crate::gpt2::Gpt2;
 use crate::tokenizer::Tokenizer;
 use inferneo_kernels::{Isa, Kernels, WeightDtype};
@@ -18,7 +19,8 @@ pub enum ModelSource {
     /// [`crate::gpt2::EMBEDDED_SEED`]) and the real GPT-2 tokenizer: works offline, but its text
     /// is not meaningful language.
     Embedded,
-    /// A HuggingFace GPT-2 directory (`config.json`, `model.safetensors`, tokenizer files).
+    /// A HuggingFace GPT-2 directory (`config.json`, `model.safetensors`, tokenizer files), or
+    /// a llama.cpp GGUF file of a GPT-2 (any path that is a file: see [`crate::gguf`]).
     Dir(PathBuf),
 }
 
@@ -78,15 +80,22 @@ pub fn load(source: &ModelSource, options: &LoadOptions) -> Result<Loaded> {
     };
     let (model, tokenizer) = match source {
         ModelSource::Embedded => (Gpt2::embedded(kernels, options.dtype), Some(Tokenizer::gpt2())),
+        ModelSource::Dir(file) if gguf::is_gguf(file) => {
+            // The tokenizer first: it reads the header alone, so a bad file fails fast.
+            let tokenizer = Tokenizer::from_gguf_metadata(&GgufFile::open(file)?)?;
+            (Gpt2::load_gguf(file, kernels, options.dtype)?, tokenizer)
+        }
         ModelSource::Dir(dir) => (Gpt2::load(dir, kernels, options.dtype)?, Tokenizer::from_dir(dir)?),
     };
     Ok(Loaded { model, tokenizer, threads })
 }
 
-/// The configuration of `source` alone, without its weights (cheap: one small file).
+/// The configuration of `source` alone, without its weights (cheap: one small file, or a GGUF
+/// file's header).
 pub fn load_config(source: &ModelSource) -> Result<Config> {
     match source {
         ModelSource::Embedded => Ok(crate::init::Preset::Gpt2.config()),
+        ModelSource::Dir(file) if gguf::is_gguf(file) => GgufFile::open(file)?.config(),
         ModelSource::Dir(dir) => Config::from_file(&dir.join("config.json")),
     }
 }
@@ -95,6 +104,8 @@ pub fn load_config(source: &ModelSource) -> Result<Config> {
 pub fn load_tokenizer(source: &ModelSource) -> Result<Tokenizer> {
     match source {
         ModelSource::Embedded => Ok(Tokenizer::gpt2()),
+        ModelSource::Dir(file) if gguf::is_gguf(file) => Tokenizer::from_gguf_metadata(&GgufFile::open(file)?)?
+            .ok_or_else(|| Error::Tokenizer(format!("{}: no tokenizer.ggml.* metadata", file.display()))),
         ModelSource::Dir(dir) => Tokenizer::from_dir(dir)?.ok_or_else(|| {
             Error::Tokenizer(format!("{}: no tokenizer.json or vocab.json + merges.txt", dir.display()))
         }),
@@ -114,6 +125,21 @@ pub fn load_chat_template(
             let config: serde_json::Value = serde_json::from_slice(crate::tokenizer::GPT2_TOKENIZER_FILES[3].1)
                 .map_err(|e| Error::Template(format!("embedded tokenizer_config.json: {e}")))?;
             ChatTemplate::from_file(file, Some(&config)).map(Some)
+        }
+        (ModelSource::Dir(file), over) if gguf::is_gguf(file) => {
+            // A GGUF file carries its template (`tokenizer.chat_template`) and its special
+            // tokens in its metadata; the end-of-text token stands for both ends, as in GPT-2.
+            let tok = Tokenizer::from_gguf_metadata(&GgufFile::open(file)?)?;
+            let eos = tok.and_then(|t| t.id_to_token(t.eos_id()?));
+            let specials: Vec<(&'static str, String)> =
+                eos.map(|e| vec![("bos_token", e.clone()), ("eos_token", e)]).unwrap_or_default();
+            let source = match over {
+                Some(path) => Some(
+                    std::fs::read_to_string(path).map_err(|e| Error::Template(format!("{}: {e}", path.display())))?,
+                ),
+                None => gguf::chat_template(file)?,
+            };
+            source.map(|s| ChatTemplate::new(s, specials)).transpose()
         }
         (ModelSource::Dir(dir), Some(file)) => {
             ChatTemplate::from_file(file, chat::tokenizer_config(dir)?.as_ref()).map(Some)

@@ -2,6 +2,7 @@
 //! decoding for streaming.
 
 use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, Value};
 use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel;
 use tokenizers::models::bpe::BPE;
@@ -22,6 +23,8 @@ pub struct Tokenizer {
     max_token_bytes: usize,
     /// Kept: the `tokenizers` crate rebuilds its whole vocabulary map to count it.
     vocab_size: usize,
+    /// The end-of-text id: `<|endoftext|>`'s, or what a GGUF file's metadata names.
+    eos: Option<u32>,
 }
 
 impl Tokenizer {
@@ -36,7 +39,8 @@ impl Tokenizer {
             0
         };
         let vocab_size = inner.get_vocab_size(true);
-        Tokenizer { inner, max_token_bytes, vocab_size }
+        let eos = inner.token_to_id("<|endoftext|>");
+        Tokenizer { inner, max_token_bytes, vocab_size, eos }
     }
 
     /// The embedded GPT-2 tokenizer.
@@ -82,6 +86,72 @@ impl Tokenizer {
         Ok(Some(Tokenizer::new(inner)))
     }
 
+    /// From a GGUF file's metadata (`tokenizer.ggml.*`), built as GPT-2's `tokenizer.json` is:
+    /// a BPE over the token list and merges, the byte-level pre-tokenizer (GPT-2's regex, no
+    /// prefix space), byte-level decoder and post-processor, and the control tokens
+    /// (`token_type` 3, `<|endoftext|>`) as special added tokens. `Ok(None)` when the file has
+    /// no tokenizer; an error for one that is not GPT-2's byte-level BPE.
+    pub fn from_gguf_metadata(file: &GgufFile) -> Result<Option<Tokenizer>> {
+        let path = file.path().display();
+        let err = |msg: String| Error::Tokenizer(format!("{path}: {msg}"));
+        let Some(model) = file.metadata("tokenizer.ggml.model") else {
+            return Ok(None);
+        };
+        if model.as_str() != Some("gpt2") {
+            return Err(err(format!("tokenizer.ggml.model {model:?} (only \"gpt2\", byte-level BPE, is supported)")));
+        }
+        // llama.cpp's name for the pre-tokenizer's regex; only GPT-2's own is built here.
+        if let Some(pre) = file.metadata("tokenizer.ggml.pre") {
+            if !matches!(pre.as_str(), Some("gpt-2" | "default")) {
+                return Err(err(format!("tokenizer.ggml.pre {pre:?} (only \"gpt-2\" is supported)")));
+            }
+        }
+        let strings = |key: &str| -> Result<Vec<&str>> {
+            let Some(value) = file.metadata(key) else {
+                return Err(err(format!("missing {key}")));
+            };
+            let items = value.as_array().ok_or_else(|| err(format!("{key} is not an array")))?;
+            items.iter().map(|v| v.as_str().ok_or_else(|| err(format!("{key} holds a non-string {v:?}")))).collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let mut vocab = tokenizers::models::bpe::Vocab::with_capacity(tokens.len());
+        for (id, &token) in tokens.iter().enumerate() {
+            if vocab.insert(token.to_string(), id as u32).is_some() {
+                return Err(err(format!("tokenizer.ggml.tokens holds {token:?} twice")));
+            }
+        }
+        let merges = strings("tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| match m.split_once(' ') {
+                Some((a, b)) if !b.contains(' ') => Ok((a.to_string(), b.to_string())),
+                _ => Err(err(format!("merge {m:?} is not two tokens separated by one space"))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| err(e.to_string()))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        inner.with_decoder(Some(ByteLevel::default()));
+        inner.with_post_processor(Some(ByteLevel::new(true, false, true)));
+        // llama.cpp's token types: 3 is CONTROL (special), 4 USER_DEFINED (added, not special).
+        let types = match file.metadata("tokenizer.ggml.token_type") {
+            None => Vec::new(),
+            Some(Value::Array(types)) if types.len() == tokens.len() => types.iter().map(|t| t.as_u64()).collect(),
+            Some(_) => return Err(err("tokenizer.ggml.token_type is not one integer per token".into())),
+        };
+        let added = |want: u64, special: bool| -> Vec<tokenizers::AddedToken> {
+            let of_type = types.iter().zip(&tokens).filter(|(ty, _)| **ty == Some(want));
+            of_type.map(|(_, token)| tokenizers::AddedToken::from(token.to_string(), special)).collect()
+        };
+        inner.add_special_tokens(&added(3, true));
+        inner.add_tokens(&added(4, false));
+        let mut tok = Tokenizer::new(inner);
+        if let Some(id) = file.metadata("tokenizer.ggml.eos_token_id").and_then(Value::as_u64) {
+            let id = u32::try_from(id).ok().filter(|&id| (id as usize) < tokens.len());
+            tok.eos = Some(id.ok_or_else(|| err("tokenizer.ggml.eos_token_id is outside the vocabulary".into()))?);
+        }
+        Ok(Some(tok))
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }
@@ -101,9 +171,10 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
-    /// The id of `<|endoftext|>`, if the vocabulary has it.
+    /// The end-of-text id: `<|endoftext|>`'s if the vocabulary has it (a GGUF file's
+    /// `tokenizer.ggml.eos_token_id` takes precedence).
     pub fn eos_id(&self) -> Option<u32> {
-        self.inner.token_to_id("<|endoftext|>")
+        self.eos
     }
 }
 

@@ -41,13 +41,13 @@ struct Entry {
 
 /// What identifies a file's contents cheaply: a change to either means it was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    len: u64,
+pub(crate) struct Stamp {
+    pub(crate) len: u64,
     modified: Option<SystemTime>,
 }
 
 impl Stamp {
-    fn of(file: &File, path: &Path) -> Result<Stamp> {
+    pub(crate) fn of(file: &File, path: &Path) -> Result<Stamp> {
         let meta = file.metadata().map_err(|e| Error::io(path, e))?;
         Ok(Stamp { len: meta.len(), modified: meta.modified().ok() })
     }

@@ -110,8 +110,9 @@ struct RooflineArgs {
 #[derive(Args)]
 #[command(after_help = EMBEDDED_NOTE)]
 struct ModelArg {
-    /// HuggingFace GPT-2 directory (config.json, model.safetensors, tokenizer files).
-    #[arg(long, value_name = "DIR")]
+    /// HuggingFace GPT-2 directory (config.json, model.safetensors, tokenizer files), or a
+    /// llama.cpp GGUF file of a GPT-2 (F32, F16, BF16, Q8_0 or Q4_0 tensors).
+    #[arg(long, value_name = "DIR|FILE.gguf")]
     model: Option<PathBuf>,
     /// Weight storage at run time: f32, f16, bf16, int8 (weight-only, per-channel scales) or w8a8
     /// (the same int8 weights with int8 activations and integer dot products: fastest, least exact).

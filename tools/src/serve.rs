@@ -17,9 +17,10 @@ pub struct ServeArgs {
     host: String,
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// A model to serve, as NAME=DIR (a HuggingFace GPT-2 directory) or DIR (named after the
-    /// directory). Repeatable: each model gets its own engine. Default: the embedded model, as "gpt2".
-    #[arg(long = "model", value_name = "NAME=DIR")]
+    /// A model to serve, as NAME=DIR (a HuggingFace GPT-2 directory, or a llama.cpp GGUF file)
+    /// or DIR (named after the directory, or the file without `.gguf`). Repeatable: each model
+    /// gets its own engine. Default: the embedded model, as "gpt2".
+    #[arg(long = "model", value_name = "NAME=DIR|FILE.gguf")]
     models: Vec<String>,
     /// Kernel threads of one model's engine, as NAME=N (repeatable). Default: a pool of all cores per engine.
     #[arg(long = "threads", value_name = "NAME=N")]
@@ -127,18 +128,20 @@ fn parse_models(specs: &[String]) -> Result<Vec<(String, ModelSource)>, String> 
             Some((n, d)) => (n.to_string(), PathBuf::from(d)),
             None => {
                 let dir = PathBuf::from(s);
-                let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| s.clone());
+                // `/models/gpt2-q8_0.gguf` is served as `gpt2-q8_0`.
+                let stem = if dir.is_file() { dir.file_stem() } else { dir.file_name() };
+                let name = stem.map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| s.clone());
                 (name, dir)
             }
         };
         if name.is_empty() || dir.as_os_str().is_empty() {
-            return Err(format!("--model '{s}': expected NAME=DIR or DIR"));
+            return Err(format!("--model '{s}': expected NAME=DIR, DIR, NAME=FILE.gguf or FILE.gguf"));
         }
         if out.iter().any(|(n, _)| *n == name) {
             return Err(format!("--model '{s}': the name '{name}' is used twice"));
         }
-        if !dir.is_dir() {
-            return Err(format!("--model '{s}': {} is not a directory", dir.display()));
+        if !dir.is_dir() && !dir.is_file() {
+            return Err(format!("--model '{s}': {} is not a directory or a GGUF file", dir.display()));
         }
         out.push((name, ModelSource::Dir(dir)));
     }

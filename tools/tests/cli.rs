@@ -280,3 +280,26 @@ fn throughput_runs_the_engine() {
     zero.extend(["--rounds", "0"]);
     fails(&zero, "at least 1");
 }
+
+/// A llama.cpp GGUF file works wherever a directory does: the f32 conversion of hub-micro gives
+/// the directory's logits byte for byte, and its tokenizer comes from the file's metadata.
+#[test]
+fn gguf_file_as_model() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data");
+    let (gguf, dir) = (data.join("hub-micro-f32.gguf"), data.join("hub-micro"));
+    let tmp = tempfile::tempdir().unwrap();
+    let logits = |model: &Path, out: &str| {
+        let out = tmp.path().join(out);
+        ok(&["logits", "--model", model.to_str().unwrap(), "--tokens", "5,17,999,3", "--out", out.to_str().unwrap()]);
+        std::fs::read(out).unwrap()
+    };
+    assert_eq!(logits(&gguf, "gguf.npy"), logits(&dir, "dir.npy"));
+    let g = gguf.to_str().unwrap();
+    // Id 0 is GPT-2's "!" and 999 `<|endoftext|>` in the fixture's cut vocabulary.
+    assert_eq!(ok(&["tokenize", "--model", g, "!<|endoftext|>"]).trim(), "0,999");
+    let ids = ok(&["generate", "--model", g, "--tokens", "1,2,3", "--max-tokens", "4", "--ids"]);
+    assert_eq!(ids.trim().split(',').count(), 4, "{ids}");
+    let not_gguf = tmp.path().join("x.gguf");
+    std::fs::write(&not_gguf, b"PK\x03\x04 a zip file").unwrap();
+    fails(&["generate", "--model", not_gguf.to_str().unwrap(), "--tokens", "1"], "wrong magic");
+}

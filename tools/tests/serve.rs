@@ -203,6 +203,37 @@ fn http_status(addr: SocketAddr, req: &str) -> Option<u16> {
     text.split_whitespace().nth(1)?.parse().ok()
 }
 
+fn http_body(addr: SocketAddr, path: &str, body: &str) -> String {
+    let mut c = TcpStream::connect(addr).unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    c.write_all(req.as_bytes()).unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// `--model NAME=FILE.gguf` and `--model FILE.gguf` (served under the file's stem) serve a
+/// llama.cpp GGUF file, tokenizer from its metadata included.
+#[test]
+fn serves_gguf_files() {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data");
+    let (f32_file, q8_file) = (data.join("hub-micro-f32.gguf"), data.join("hub-micro-q8_0.gguf"));
+    let named = format!("micro={}", f32_file.display());
+    let s = serve(&["--model", &named, "--model", q8_file.to_str().unwrap(), "--kv-cache-mb", "8"]);
+    for model in ["micro", "hub-micro-q8_0"] {
+        let tokenized =
+            http_body(s.addr, "/tokenize", &format!(r#"{{"model": "{model}", "prompt": "!<|endoftext|>"}}"#));
+        assert!(tokenized.starts_with("HTTP/1.1 200"), "{model}: {tokenized}");
+        assert!(tokenized.contains(r#""tokens":[0,999]"#), "{model}: {tokenized}");
+        let body = format!(r#"{{"model": "{model}", "prompt": "Hello", "max_tokens": 4, "temperature": 0}}"#);
+        let done = http_body(s.addr, "/v1/completions", &body);
+        assert!(done.starts_with("HTTP/1.1 200") && done.contains(r#""completion_tokens":"#), "{model}: {done}");
+    }
+}
+
 /// With `--drain-delay`, SIGTERM makes `/ready` 503 at once while requests are still
 /// accepted and answered, until the delay ends; then the listener closes and the process
 /// drains and exits 0.
