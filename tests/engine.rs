@@ -33,6 +33,7 @@ fn request(i: u64, prompt_len: usize, max_tokens: usize) -> GenerateRequest {
         },
         stop_tokens: vec![],
         top_logprobs: 0,
+        prompt_logprobs: false,
     }
 }
 
@@ -46,6 +47,7 @@ fn collect(events: &std::sync::mpsc::Receiver<Event>) -> (Vec<u32>, Vec<u32>, Fi
                 lps.push(logprob.to_bits());
             }
             Event::Finished { reason, .. } => return (toks, lps, reason),
+            Event::PromptLogprobs(_) => panic!("prompt logprobs were not asked for"),
         }
     }
 }
@@ -519,6 +521,7 @@ proptest! {
                         }
                     }
                     Event::Finished { reason, .. } => break reason,
+                    Event::PromptLogprobs(_) => panic!("prompt logprobs were not asked for"),
                 }
             };
             let (want_t, want_l, want_f) = &expected[i];

@@ -23,6 +23,7 @@ fn check_greedy(label: &str, model: &Gpt2, g: &Golden) {
         sampling: SamplingParams::default(),
         stop_tokens: vec![],
         top_logprobs: 0,
+        prompt_logprobs: false,
     };
     let out = generate(model, &req, |_| {}).unwrap();
     for (i, (&ours, &hf)) in out.tokens.iter().zip(&g.greedy).enumerate() {

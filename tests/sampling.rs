@@ -38,6 +38,7 @@ fn same_seed_same_tokens_different_seed_different_tokens() {
             sampling: params(1.0, 0, 0.9, seed),
             stop_tokens: vec![],
             top_logprobs: 0,
+            prompt_logprobs: false,
         };
         generate(&model, &req, |_| {}).unwrap().tokens
     };

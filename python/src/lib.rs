@@ -155,6 +155,7 @@ fn request(
         sampling: SamplingParams { temperature, top_p, top_k, seed, ..SamplingParams::default() },
         stop_tokens,
         top_logprobs: logprobs.unwrap_or(0),
+        prompt_logprobs: false,
     };
     req.validate_for(core.model.config()).map_err(to_py)?;
     Ok(req)
@@ -464,7 +465,9 @@ impl EngineStream {
         loop {
             let event = wait(py, &self.inbox).inspect_err(|_| self.engine.cancel(self.id))?;
             match event {
+                // The binding never asks for prompt log-probabilities.
                 Some(Event::Token { text, .. }) if text.is_empty() => continue,
+                Some(Event::PromptLogprobs(_)) => continue,
                 Some(Event::Token { text, .. }) => return Ok(Some(text)),
                 Some(Event::Finished { reason, tail, .. }) => {
                     self.close();
@@ -571,6 +574,8 @@ impl Engine {
                         };
                         break;
                     }
+                    // The binding never asks for prompt log-probabilities.
+                    Event::PromptLogprobs(_) => {}
                 }
             }
             out.push(g);

@@ -26,6 +26,18 @@ pub enum Event {
     /// The request ended; no event follows. `tail` is text still held back by the incremental
     /// decoder (an unfinished character, as U+FFFD), normally empty.
     Finished { reason: Finish, generated: usize, tail: String },
+    /// Sent once, before the first token, to a request with `prompt_logprobs`: for each prompt
+    /// position after the first, the prompt token there, its log-probability given the tokens
+    /// before it, and the most likely alternatives (as many as `top_logprobs`).
+    PromptLogprobs(Vec<PromptLogprob>),
+}
+
+/// One prompt token's log-probability (see [`Event::PromptLogprobs`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
 }
 
 /// Where a request's events go. The engine calls `send` on its own thread, so it must not
@@ -236,6 +248,10 @@ struct Live {
     max_tokens: usize,
     stop: Vec<u32>,
     top_logprobs: usize,
+    /// The prompt, kept for requests that want its log-probabilities (else empty), and those
+    /// computed so far (prefill comes in chunks; a preempted sequence recomputes from 0).
+    prompt: Vec<u32>,
+    prompt_logprobs: Option<Vec<PromptLogprob>>,
     generated: usize,
     decoder: IncrementalDecoder,
     events: Box<dyn EventSink>,
@@ -290,18 +306,25 @@ impl Worker {
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Submit { id, req, events } => {
-                self.sched.add(id, req.prompt.clone());
+                if req.prompt_logprobs {
+                    // Cached blocks come without their positions' logits.
+                    self.sched.add_uncached(id, req.prompt.clone());
+                } else {
+                    self.sched.add(id, req.prompt.clone());
+                }
                 let live = Live {
                     sampler: Sampler::new(req.sampling, self.model.kernels()),
                     max_tokens: req.max_tokens,
                     stop: req.stop_tokens,
                     top_logprobs: req.top_logprobs,
+                    prompt: if req.prompt_logprobs { req.prompt.clone() } else { Vec::new() },
+                    prompt_logprobs: req.prompt_logprobs.then(Vec::new),
                     generated: 0,
                     decoder: IncrementalDecoder::default(),
                     events,
                 };
                 self.reqs.insert(id, live);
-                if req.max_tokens == 0 {
+                if req.max_tokens == 0 && !req.prompt_logprobs {
                     self.finish(id, Finish::Done(FinishReason::Length));
                 }
             }
@@ -314,25 +337,61 @@ impl Worker {
     /// Runs one scheduled batch: the forward pass, then a token for each sequence whose chunk
     /// reached its end. The batch's tables go back to the scheduler whether or not it ran.
     fn step(&mut self, batch: Batch) -> Result<()> {
+        // Per sequence: whether the chunk needs every position's logits (a prompt whose
+        // log-probabilities are wanted), and where its rows start in the logits.
+        let all: Vec<bool> = batch
+            .seqs
+            .iter()
+            .map(|s| self.reqs.get(&s.id).is_some_and(|l| l.prompt_logprobs.is_some() && s.start < l.prompt.len()))
+            .collect();
         let inputs: Vec<SeqInput> = batch
             .seqs
             .iter()
-            .map(|s| SeqInput {
+            .zip(&all)
+            .map(|(s, &all)| SeqInput {
                 tokens: &s.tokens,
                 cache: &s.table,
-                logits: if s.logits { Logits::Last } else { Logits::None },
+                logits: if all {
+                    Logits::All
+                } else if s.logits {
+                    Logits::Last
+                } else {
+                    Logits::None
+                },
             })
             .collect();
         let result = self.model.forward(self.sched.pool_mut(), &inputs);
         drop(inputs);
-        let rows: Vec<u64> = batch.seqs.iter().filter(|s| s.logits).map(|s| s.id).collect();
+        // Sampled sequences with the row of their last position; prompt chunks with their rows.
+        let mut rows: Vec<(u64, usize)> = Vec::new();
+        let mut prompt_rows: Vec<(u64, usize, usize, usize)> = Vec::new();
+        let mut next_row = 0;
+        for (s, &all) in batch.seqs.iter().zip(&all) {
+            let n = if all { s.tokens.len() } else { s.logits as usize };
+            if all {
+                prompt_rows.push((s.id, next_row, n, s.start));
+            }
+            if s.logits {
+                rows.push((s.id, next_row + n - 1));
+            }
+            next_row += n;
+        }
         self.sched.complete(batch, result.is_ok());
         let logits = result?;
         let vocab = self.model.config().vocab_size;
+        for &(id, r0, n, start) in &prompt_rows {
+            self.prompt_logprobs(id, &logits[r0 * vocab..(r0 + n) * vocab], start);
+        }
+        // A prompt-scoring request (no tokens to generate) is done once its prompt is.
+        let scored: Vec<u64> =
+            rows.iter().filter(|(id, _)| self.reqs.get(id).is_some_and(|l| l.max_tokens == 0)).map(|r| r.0).collect();
+        for id in scored {
+            self.finish(id, Finish::Done(FinishReason::Length));
+        }
         // Sample every sequence in parallel (each has its own RNG, so the order cannot matter),
         // then send the tokens in batch order.
         let mut samplers: Vec<(u64, Sampler)> =
-            rows.iter().filter_map(|id| self.reqs.get(id).map(|l| (*id, l.sampler.clone()))).collect();
+            rows.iter().filter_map(|(id, _)| self.reqs.get(id).map(|l| (*id, l.sampler.clone()))).collect();
         let per_seq: Vec<(usize, &[u32])> = samplers
             .iter()
             .map(|(id, _)| self.reqs.get(id).map_or((0, &[][..]), |l| (l.top_logprobs, &l.stop[..])))
@@ -342,7 +401,7 @@ impl Worker {
         type Job<'a> = (&'a mut (u64, Sampler), (usize, &'a [u32]), Option<Pick>);
         let mut picks: Vec<Job> = samplers.iter_mut().zip(per_seq).map(|(s, n)| (s, n, None)).collect();
         team::for_each_mut(&mut picks, |_, ((id, sampler), (n, stops), pick)| {
-            let row = rows.iter().position(|r| r == id).expect("sampled row");
+            let row = rows.iter().find(|(r, _)| r == id).expect("sampled row").1;
             let l = &logits[row * vocab..][..vocab];
             let token = sampler.sample_with_stops(l, stops);
             let lse = log_sum_exp(kernels, l);
@@ -357,6 +416,37 @@ impl Worker {
         }
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).steps += 1;
         Ok(())
+    }
+
+    /// Adds the log-probabilities of the prompt tokens that `logits` (one row per position of a
+    /// chunk starting at `start`) predict; once the whole prompt is covered, sends them.
+    fn prompt_logprobs(&mut self, id: u64, logits: &[f32], start: usize) {
+        let kernels = self.model.kernels();
+        let vocab = self.model.config().vocab_size;
+        let Some(live) = self.reqs.get_mut(&id) else { return };
+        let Some(done) = live.prompt_logprobs.as_mut() else { return };
+        for (i, row) in logits.chunks_exact(vocab).enumerate() {
+            // Row `p` predicts position `p + 1`; after a preemption, rows already reported
+            // come again and are skipped.
+            let target = start + i + 1;
+            if target >= live.prompt.len() || target <= done.len() {
+                continue;
+            }
+            let lse = log_sum_exp(kernels, row);
+            let token = live.prompt[target];
+            done.push(PromptLogprob {
+                id: token,
+                logprob: row[token as usize] - lse,
+                top: top_logprobs(row, live.top_logprobs, lse),
+            });
+        }
+        if done.len() + 1 >= live.prompt.len() {
+            let all = live.prompt_logprobs.take().unwrap_or_default();
+            live.prompt = Vec::new();
+            if !live.events.send(Event::PromptLogprobs(all)) {
+                self.finish(id, Finish::Cancelled);
+            }
+        }
     }
 
     /// Sends `id` its next token and finishes it if that was the last.

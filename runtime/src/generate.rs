@@ -30,6 +30,12 @@ pub struct GenerateRequest {
     pub stop_tokens: Vec<u32>,
     /// Also report the log-probabilities of this many most likely tokens at each step (0: none).
     pub top_logprobs: usize,
+    /// Also report, once, each prompt token's log-probability given the tokens before it (with
+    /// `top_logprobs` alternatives): OpenAI's `echo` with `logprobs`, the way evaluation
+    /// harnesses score text. The engine computes every prompt position's logits for such a
+    /// request and does not reuse cached prefixes for it. With `max_tokens` 0 the request
+    /// only scores its prompt. Engine only ([`crate::Engine`]); [`generate`] ignores it.
+    pub prompt_logprobs: bool,
 }
 
 impl GenerateRequest {

@@ -25,7 +25,7 @@ pub mod weights;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::Config;
-pub use engine::{Engine, EngineConfig, Event, Finish, RequestHandle, Stats};
+pub use engine::{Engine, EngineConfig, Event, Finish, PromptLogprob, RequestHandle, Stats};
 pub use error::{Error, Result};
 pub use generate::{generate, generate_steps, FinishReason, GenerateRequest, Generation, Step};
 pub use gpt2::{Gpt2, Logits, SeqInput};

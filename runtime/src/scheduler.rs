@@ -44,6 +44,8 @@ pub struct Seq {
     pub computed: usize,
     /// Blocks, while admitted and not lent to a running step.
     table: Option<BlockTable>,
+    /// Whether admission may start it from a cached prefix.
+    reuse: bool,
 }
 
 /// One sequence's share of a step: feed `tokens[start..start + len]`; `logits` when that
@@ -124,7 +126,15 @@ impl Scheduler {
 
     /// Queues a new sequence (its prompt as `tokens`).
     pub fn add(&mut self, id: u64, tokens: Vec<u32>) {
-        self.seqs.insert(id, Seq { tokens, computed: 0, table: None });
+        self.seqs.insert(id, Seq { tokens, computed: 0, table: None, reuse: true });
+        self.waiting.push_back(id);
+    }
+
+    /// [`Scheduler::add`] for a sequence that must compute every position itself (it wants
+    /// every position's logits), so it takes nothing from the prefix cache. Its own completed
+    /// blocks are still committed for others.
+    pub fn add_uncached(&mut self, id: u64, tokens: Vec<u32>) {
+        self.seqs.insert(id, Seq { tokens, computed: 0, table: None, reuse: false });
         self.waiting.push_back(id);
     }
 
@@ -239,7 +249,7 @@ impl Scheduler {
             }
             let seq = self.seqs.get_mut(&id).expect("waiting sequence exists");
             let before = self.pool.free_blocks();
-            let table = self.pool.lookup_prefix(&seq.tokens);
+            let table = self.pool.lookup_prefix(if seq.reuse { &seq.tokens } else { &[] });
             // Reused blocks nobody else was using were counted as free until now.
             let revived = before - self.pool.free_blocks();
             let reused = table.len();

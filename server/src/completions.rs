@@ -10,6 +10,7 @@ use crate::metrics::Metrics;
 use crate::models::{Admission, Registry, Served};
 use crate::stop::StopMatcher;
 use inferneo_runtime::engine::EventSink;
+use inferneo_runtime::tokenizer::IncrementalDecoder;
 use inferneo_runtime::{Event, Finish, FinishReason, GenerateRequest, SamplingParams};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -90,9 +91,6 @@ pub async fn validate(registry: &Registry, req: CompletionRequest, cpu: &CpuPool
     if let Some((t, _)) = req.logit_bias.iter().find(|(t, _)| !(0..vocab as i64).contains(t)) {
         return Err(ApiError::invalid("logit_bias", format!("token id {t} is outside the vocabulary (0..{vocab})")));
     }
-    if req.echo && req.logprobs.is_some() {
-        return Err(ApiError::invalid("echo", "'echo' together with 'logprobs' (prompt logprobs) is not supported"));
-    }
     Ok(Validated { req, served, prompts })
 }
 
@@ -133,7 +131,8 @@ pub struct Update {
 #[derive(Debug, Clone)]
 struct TokenLogprob {
     token: String,
-    logprob: f32,
+    /// `None` for a prompt's first token, which nothing predicts.
+    logprob: Option<f32>,
     /// The most likely tokens at this step, best first (as many as asked).
     top: Vec<(String, f32)>,
     /// Characters of the choice's text before this token (echoed prompt included).
@@ -154,13 +153,14 @@ impl Logprobs {
     /// The completions shape: parallel lists, `top_logprobs` a map per token that always holds
     /// the sampled token (so up to `logprobs + 1` entries), `text_offset` in characters.
     pub fn to_completion_json(&self) -> Value {
-        let top: Vec<Map<String, Value>> = self
+        let top: Vec<Option<Map<String, Value>>> = self
             .entries
             .iter()
             .map(|e| {
+                let lp = e.logprob?;
                 let mut m: Map<String, Value> = e.top.iter().map(|(t, lp)| (t.clone(), json!(lp))).collect();
-                m.entry(e.token.clone()).or_insert_with(|| json!(e.logprob));
-                m
+                m.entry(e.token.clone()).or_insert_with(|| json!(lp));
+                Some(m)
             })
             .collect();
         json!({
@@ -179,7 +179,7 @@ impl Logprobs {
             .entries
             .iter()
             .map(|e| {
-                let mut v = entry(&e.token, e.logprob);
+                let mut v = entry(&e.token, e.logprob.unwrap_or(f32::NAN));
                 v["top_logprobs"] = e.top.iter().map(|(t, lp)| entry(t, *lp)).collect();
                 v
             })
@@ -217,6 +217,11 @@ pub struct Run {
     /// generates: together they tell which token is a choice's last.
     stop_tokens: Vec<u32>,
     max_tokens: usize,
+    /// `echo` with `logprobs`: the echoed prompt comes from the engine's prompt
+    /// log-probabilities event, with them, instead of up front.
+    prompt_logprobs: bool,
+    /// Each prompt's ids, kept for that event.
+    prompts: Vec<Vec<u32>>,
     logprobs: Option<usize>,
     arrival: Instant,
     deadline: Instant,
@@ -275,6 +280,7 @@ impl Run {
                     sampling,
                     stop_tokens: stop_tokens.clone(),
                     top_logprobs: p.req.logprobs.unwrap_or(0),
+                    prompt_logprobs: p.req.echo && p.req.logprobs.is_some(),
                 };
                 let sink = Box::new(ChannelSink { index, tx: tx.clone() });
                 let engine_id = match p.served.engine.submit_with(req, sink) {
@@ -315,6 +321,8 @@ impl Run {
             flavor,
             stop_tokens,
             max_tokens: p.req.max_tokens,
+            prompt_logprobs: p.req.echo && p.req.logprobs.is_some(),
+            prompts: if p.req.echo && p.req.logprobs.is_some() { p.prompts.clone() } else { Vec::new() },
             logprobs: p.req.logprobs,
             arrival,
             deadline: arrival + timeout,
@@ -426,7 +434,7 @@ impl Run {
                     Logprobs {
                         entries: vec![TokenLogprob {
                             token: piece(id),
-                            logprob,
+                            logprob: Some(logprob),
                             top: top.iter().map(|&(t, lp)| (piece(t), lp)).collect(),
                             offset: choice.decoded,
                         }],
@@ -444,6 +452,28 @@ impl Run {
                     return Ok(None);
                 }
                 Ok(Some(Update { index, text: step.emit, logprobs, finish: choice.finish }))
+            }
+            Event::PromptLogprobs(list) => {
+                let prompt = &self.prompts[index / self.n];
+                let tok = self.served.tokenizer.as_ref();
+                let piece = |t: u32| tok.and_then(|k| k.decode(&[t]).ok()).unwrap_or_else(|| t.to_string());
+                // Offsets as for generated text: characters before each token, a token ending
+                // inside a character sharing the offset of the one that completes it.
+                let mut decoder = IncrementalDecoder::default();
+                let mut offset = 0;
+                let mut entries = Vec::with_capacity(prompt.len());
+                for (i, &t) in prompt.iter().enumerate() {
+                    let (logprob, top) = match i.checked_sub(1).and_then(|j| list.get(j)) {
+                        Some(p) => (Some(p.logprob), p.top.iter().map(|&(t, lp)| (piece(t), lp)).collect()),
+                        None => (None, Vec::new()),
+                    };
+                    entries.push(TokenLogprob { token: piece(t), logprob, top, offset });
+                    if let Some(tok) = tok {
+                        offset += decoder.push(tok, t).unwrap_or_default().chars().count();
+                    }
+                }
+                let text = self.echo.get(index / self.n).cloned().unwrap_or_default();
+                Ok(Some(Update { index, text, logprobs: Some(Logprobs { entries }), finish: None }))
             }
             Event::Finished { reason, tail, .. } => {
                 let step = choice.matcher.push(&tail);
@@ -498,7 +528,11 @@ impl Run {
     /// Runs to the end and builds the plain (non-streaming) response body.
     pub async fn collect(&mut self) -> Result<Value, ApiError> {
         let n = self.n_choices();
-        let mut texts: Vec<String> = (0..n).map(|i| self.echo.get(i / self.n).cloned().unwrap_or_default()).collect();
+        // The echo comes with the prompt's log-probabilities when those were asked.
+        let mut texts: Vec<String> = (0..n)
+            .map(|i| if self.prompt_logprobs { None } else { self.echo.get(i / self.n).cloned() })
+            .map(Option::unwrap_or_default)
+            .collect();
         let mut logprobs: Vec<Logprobs> = (0..n).map(|_| Logprobs::default()).collect();
         let mut finish: Vec<&str> = vec!["length"; n];
         loop {
@@ -599,7 +633,7 @@ impl Run {
                     self.chunk_with(choice, include_usage)
                 })
                 .collect(),
-            Flavor::Completion if self.echo.is_empty() => Vec::new(),
+            Flavor::Completion if self.echo.is_empty() || self.prompt_logprobs => Vec::new(),
             Flavor::Completion => (0..self.n_choices())
                 .map(|i| {
                     let u = Update { index: i, text: self.echo[i / self.n].clone(), logprobs: None, finish: None };

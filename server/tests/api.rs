@@ -29,6 +29,7 @@ fn direct_greedy(prompt: &str, max_tokens: usize) -> String {
         sampling: SamplingParams::default(),
         stop_tokens: vec![50256],
         top_logprobs: 0,
+        prompt_logprobs: false,
     };
     let g = generate(&model, &req, |_| {}).unwrap();
     tok.decode(&g.tokens).unwrap()

@@ -290,3 +290,64 @@ fn tokenize_gives_token_strings_and_models_give_their_root() {
     assert_eq!(tiny["parent"], Value::Null);
     assert_eq!(tiny["max_model_len"], 128);
 }
+
+#[test]
+fn echo_with_logprobs_scores_the_prompt() {
+    let s = server();
+    let tok = Tokenizer::gpt2();
+    let prompt = "The café is open";
+    let ids = tok.encode(prompt).unwrap();
+    // Scoring only, as evaluation harnesses do: max_tokens 0.
+    let v = complete(s.addr, json!({"model": "tiny", "prompt": prompt, "max_tokens": 0, "echo": true, "logprobs": 2}));
+    assert_eq!(v["choices"][0]["text"], prompt);
+    let lp = &v["choices"][0]["logprobs"];
+    let pieces: Vec<String> = ids.iter().map(|&i| tok.decode(&[i]).unwrap()).collect();
+    assert_eq!(lp["tokens"], json!(pieces));
+    assert_eq!(lp["token_logprobs"][0], Value::Null);
+    assert_eq!(lp["top_logprobs"][0], Value::Null);
+    let offsets: Vec<usize> =
+        pieces.iter().scan(0, |o, p| Some(std::mem::replace(o, *o + p.chars().count()))).collect();
+    assert_eq!(lp["text_offset"], json!(offsets));
+    for i in 1..ids.len() {
+        let l = lp["token_logprobs"][i].as_f64().unwrap();
+        assert!(l < 0.0, "{lp}");
+        let top = lp["top_logprobs"][i].as_object().unwrap();
+        assert!((2..=3).contains(&top.len()) && top.contains_key(&pieces[i]), "{top:?}");
+    }
+    // Each prompt token's logprob is the one the model gives that token after the prompt cut
+    // before it: force the token there with logit_bias (logprobs are reported before any bias).
+    for cut in [1, 3] {
+        let forced = complete(
+            s.addr,
+            json!({"model": "tiny", "prompt": ids[..cut].to_vec(), "max_tokens": 1, "logprobs": 0,
+                   "logit_bias": {ids[cut].to_string(): 100}, "temperature": 0}),
+        );
+        let want = forced["choices"][0]["logprobs"]["token_logprobs"][0].as_f64().unwrap();
+        let got = lp["token_logprobs"][cut].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-5, "position {cut}: {got} vs {want}");
+    }
+    // With generation: the echoed prompt, then the same completion as without echo.
+    let body = json!({"model": "tiny", "prompt": prompt, "max_tokens": 4, "temperature": 0, "logprobs": 1});
+    let plain = complete(s.addr, body.clone());
+    let mut eb = body.clone();
+    eb["echo"] = json!(true);
+    let e = complete(s.addr, eb.clone());
+    assert_eq!(
+        e["choices"][0]["text"].as_str().unwrap(),
+        format!("{prompt}{}", plain["choices"][0]["text"].as_str().unwrap())
+    );
+    let elp = &e["choices"][0]["logprobs"]["token_logprobs"];
+    assert_eq!(elp.as_array().unwrap().len(), ids.len() + 4);
+    assert_eq!(
+        elp.as_array().unwrap()[ids.len()..],
+        plain["choices"][0]["logprobs"]["token_logprobs"].as_array().unwrap()[..]
+    );
+    assert_eq!(e["choices"][0]["logprobs"]["text_offset"][ids.len()], json!(prompt.chars().count()));
+    // Streamed: the first chunk is the echo with its logprobs; all chunks add up to the same.
+    eb["stream"] = json!(true);
+    let cs = chunks(&post(s.addr, "/v1/completions", &eb));
+    assert_eq!(cs[0]["choices"][0]["text"], prompt);
+    assert_eq!(cs[0]["choices"][0]["logprobs"]["tokens"].as_array().unwrap().len(), ids.len());
+    let text: String = cs.iter().map(|c| c["choices"][0]["text"].as_str().unwrap()).collect();
+    assert_eq!(text, e["choices"][0]["text"].as_str().unwrap());
+}

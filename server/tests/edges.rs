@@ -31,7 +31,6 @@ fn bad_requests_get_openai_errors_with_the_right_status() {
         (json!({"prompt": "x", "stop": vec!["s"; 5000]}), 400, Some("stop")),
         (json!({"prompt": "x", "logprobs": 100000}), 400, Some("logprobs")),
         (json!({"prompt": "x", "logit_bias": {"60000": 5}}), 400, Some("logit_bias")),
-        (json!({"prompt": "x", "echo": true, "logprobs": 1}), 400, Some("echo")),
         (json!({"prompt": "x", "max_tokens": "ten"}), 400, Some("max_tokens")),
         (json!({"model": "nope", "prompt": "x"}), 404, Some("model")),
     ];

@@ -444,6 +444,7 @@ fn generate_cmd(a: GenerateArgs, isa: Option<Isa>) -> CliResult {
         },
         stop_tokens: if a.stop_at_eos { eos.into_iter().collect() } else { Vec::new() },
         top_logprobs: 0,
+        prompt_logprobs: false,
     };
     req.validate(&model).map_err(|e| e.to_string())?;
     let text_mode = !a.ids && tok.is_some();

@@ -79,6 +79,7 @@ pub fn measure(model: Gpt2, n: usize, w: &Workload, config: EngineConfig) -> Res
                 sampling,
                 stop_tokens: vec![],
                 top_logprobs: 0,
+                prompt_logprobs: false,
             })
         })
         .collect::<Result<Vec<_>, _>>()
@@ -107,6 +108,7 @@ pub fn measure(model: Gpt2, n: usize, w: &Workload, config: EngineConfig) -> Res
                                 n += 1;
                             }
                             Event::Finished { .. } => break,
+                            Event::PromptLogprobs(_) => {}
                         }
                     }
                     (first.unwrap_or(0.0), gaps, n.saturating_sub(1), n)
