@@ -43,6 +43,8 @@ fn check(l: &Value, fixed_lengths: bool) {
     if fixed_lengths {
         assert_eq!(l["completion_tokens"].as_u64().unwrap() % 8, 0, "every request generates max_tokens: {l}");
     }
+    // The bench sends ignore_eos, which this server honours: no request ends early.
+    assert_eq!(l["short_completions"], 0, "{l}");
     assert!(l["gauges"]["kv_blocks_free_min"].as_f64().is_some(), "{l}");
 }
 

@@ -47,6 +47,8 @@ pub struct Outcome {
     pub itl: Option<f64>,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// The `max_tokens` asked for: with `ignore_eos` every request should generate exactly that.
+    pub asked_tokens: usize,
     /// `None` on success; else the kind (`http_429`, `connect`, `timeout`, ...).
     pub error: Option<String>,
 }
@@ -69,8 +71,10 @@ fn body(t: &Target, w: &Workload) -> String {
         "seed": w.seed,
         "stream": true,
         "stream_options": {"include_usage": true},
-        // Ban end-of-text so every request generates exactly max_tokens, as the workload says.
-        "logit_bias": {"50256": -100},
+        // Every request generates exactly max_tokens, as the workload says (vLLM's name, also
+        // understood by llama.cpp's server); a server that ignores it shows up as short
+        // completions in the report.
+        "ignore_eos": true,
     })
     .to_string()
 }
@@ -83,6 +87,7 @@ pub async fn send(t: &Target, w: &Workload, timeout: Duration) -> Outcome {
         itl: None,
         prompt_tokens: w.prompt.len(),
         completion_tokens: 0,
+        asked_tokens: w.max_tokens,
         error: None,
     };
     let result = tokio::time::timeout(timeout, stream(t, w, sent, &mut out)).await;

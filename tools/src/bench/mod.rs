@@ -328,6 +328,14 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
 
     for (scenario, levels) in &levels_by {
         println!("\n### {scenario}\n\n{}", report::table(levels));
+        let (short, total): (usize, usize) =
+            levels.iter().fold((0, 0), |(s, t), l| (s + l.short(), t + l.ok().count()));
+        if short > 0 {
+            println!(
+                "\nwarning: {short} of {total} {scenario} requests generated fewer tokens than asked: the server \
+                 ignored `ignore_eos` (its tok/s and latencies cover shorter generations)"
+            );
+        }
     }
     if !batch_rows.is_empty() {
         println!("\n### batch (engine, no HTTP)\n\n| batch | gen tok/s | req/s | mean ITL (ms) | p50 TTFT (ms) | wall (s) |\n|---|---|---|---|---|---|");

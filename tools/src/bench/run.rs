@@ -163,6 +163,12 @@ impl Level {
         Summary::of(&self.ok().filter_map(|o| o.itl).collect::<Vec<_>>())
     }
 
+    /// Successful requests that generated fewer tokens than asked: the server ended them early
+    /// although the bench sends `ignore_eos` (it ignored the parameter).
+    pub fn short(&self) -> usize {
+        self.ok().filter(|o| o.completion_tokens < o.asked_tokens).count()
+    }
+
     pub fn errors(&self) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
         for e in self.outcomes.iter().filter_map(|o| o.error.clone()) {
@@ -187,6 +193,7 @@ impl Level {
             "inter_token_latency": self.itl().json_ms(),
             "prompt_tokens": self.ok().map(|o| o.prompt_tokens).sum::<usize>(),
             "completion_tokens": self.ok().map(|o| o.completion_tokens).sum::<usize>(),
+            "short_completions": self.short(),
             "gauges": self.peaks.json(),
         })
     }
@@ -339,6 +346,7 @@ impl Driver {
                 itl: None,
                 prompt_tokens: 0,
                 completion_tokens: 0,
+                asked_tokens: 0,
                 error: Some("unfinished".into()),
             };
             done.lock().unwrap().extend(std::iter::repeat_n(unfinished, left));
