@@ -26,7 +26,8 @@
 //! the end of this file.
 
 use inferneo_server::api::{
-    CompletionRequest, Prompt, DEFAULT_MAX_TOKENS, MAX_LOGPROBS, MAX_N, MAX_PROMPTS, MAX_STOP, MAX_STOP_BYTES,
+    ChatRequest, CompletionRequest, Prompt, DEFAULT_MAX_TOKENS, MAX_LOGPROBS, MAX_N, MAX_PROMPTS, MAX_STOP,
+    MAX_STOP_BYTES,
 };
 use inferneo_server::stop::StopMatcher;
 use proptest::prelude::*;
@@ -447,6 +448,81 @@ proptest! {
     #[test]
     fn parse_any_json(v in any_json()) {
         check_parse(&v);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `ChatRequest::parse`: chat bodies map onto completion parameters or are refused by name.
+
+/// A message: a role (real, unknown or missing) and content of every shape.
+fn message() -> BoxedStrategy<Value> {
+    let role = prop_oneof![
+        prop::sample::select(vec!["system", "user", "assistant", "tool", "developer", ""]).prop_map(|r| json!(r)),
+        any_json(),
+    ];
+    let part = prop_oneof![
+        text().prop_map(|t| json!({"type": "text", "text": t})),
+        Just(json!({"type": "image_url", "image_url": {"url": "x"}})),
+        any_json(),
+    ];
+    let content = prop_oneof![
+        text().prop_map(Value::String),
+        prop::collection::vec(part, 0..3).prop_map(Value::Array),
+        any_json()
+    ];
+    (role, content, any::<bool>())
+        .prop_map(|(role, content, with_role)| {
+            let mut m = Map::new();
+            if with_role {
+                m.insert("role".into(), role);
+            }
+            m.insert("content".into(), content);
+            Value::Object(m)
+        })
+        .boxed()
+}
+
+fn chat_request() -> impl Strategy<Value = Value> {
+    let messages = prop_oneof![prop::collection::vec(message(), 0..4).prop_map(Value::Array), any_json()];
+    (request(), messages, prop::option::of(any_json()), prop::option::of(any_json())).prop_map(|(mut body, m, a, b)| {
+        let o = body.as_object_mut().unwrap();
+        o.remove("prompt");
+        o.insert("messages".into(), m);
+        if let Some(a) = a {
+            o.insert("max_completion_tokens".into(), a);
+        }
+        if let Some(b) = b {
+            o.insert("top_logprobs".into(), b);
+        }
+        body
+    })
+}
+
+proptest! {
+    #![proptest_config(config(20000))]
+
+    /// Every chat body parses to a request within the completion limits, or to a 400 whose
+    /// parameter is a chat parameter (a message's field named by its index).
+    #[test]
+    fn chat_bodies_parse_or_name_their_parameter(body in chat_request()) {
+        match ChatRequest::parse(&body) {
+            Err(e) => {
+                prop_assert_eq!(e.status.as_u16(), 400);
+                if let Some(p) = &e.param {
+                    let known = PARAMS.contains(&p.as_str())
+                        || p.starts_with("messages")
+                        || ["max_completion_tokens", "top_logprobs", "tools", "functions", "tool_choice",
+                            "function_call", "response_format", "audio", "add_generation_prompt"].contains(&p.as_str());
+                    prop_assert!(known, "{body}: unknown param {p:?}");
+                }
+            }
+            Ok(r) => {
+                prop_assert!(!r.messages.is_empty());
+                prop_assert!(r.messages.iter().all(|m| ["system", "user", "assistant"].contains(&m.role.as_str())));
+                prop_assert!(r.completion.logprobs.is_none_or(|l| l <= MAX_LOGPROBS));
+                prop_assert!(!r.completion.echo);
+            }
+        }
     }
 }
 
