@@ -7,7 +7,8 @@ use crate::api::{CompletionRequest, Prompt};
 use crate::cpu_pool::CpuPool;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::models::{Admission, Registry, Served};
+use crate::models::{Admission, Served};
+use crate::repository::Registry;
 use crate::stop::StopMatcher;
 use inferneo_runtime::engine::EventSink;
 use inferneo_runtime::tokenizer::IncrementalDecoder;
@@ -40,7 +41,7 @@ fn context_error(context: usize, prompt: &str, prompt_tokens: usize, max_tokens:
 /// fewest tokens their length allows are refused before tokenizing; the others are tokenized
 /// on `cpu`, off the async workers.
 pub async fn validate(registry: &Registry, req: CompletionRequest, cpu: &CpuPool) -> Result<Validated, ApiError> {
-    let served = registry.get(req.model.as_deref())?;
+    let served = registry.get(req.model.as_deref()).await?;
     let (vocab, context) = (served.config().vocab_size, served.config().n_positions);
     if let Some(tok) = &served.tokenizer {
         for p in &req.prompts {

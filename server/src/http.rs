@@ -7,7 +7,8 @@ use crate::conns::{Admitted, Busy, ConnTable};
 use crate::cpu_pool::CpuPool;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::models::{ModelSpec, Registry};
+use crate::models::ModelSpec;
+use crate::repository::{LoadOverrides, Registry, RepositoryConfig};
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming};
@@ -63,6 +64,8 @@ pub struct ServerConfig {
     /// Also publish the router gauges under vLLM's names (`vllm:num_requests_waiting`, ...), so
     /// routers and dashboards built for vLLM work unchanged.
     pub vllm_metrics: bool,
+    /// The models directory, the budget of loaded models, keep-alive, pins and `--watch`.
+    pub repository: RepositoryConfig,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +86,7 @@ impl Default for ServerConfig {
             drain_delay: Duration::ZERO,
             fault_injection: false,
             vllm_metrics: false,
+            repository: RepositoryConfig::default(),
         }
     }
 }
@@ -114,12 +118,15 @@ impl Server {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg));
         }
         let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
-        let registry = Registry::load(config.models.clone());
+        let metrics: Arc<Metrics> = Arc::default();
+        let registry =
+            Registry::start(config.models.clone(), config.repository.clone(), metrics.clone(), config.drain_timeout)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let app = Arc::new(App {
             config,
             registry,
             cpu: CpuPool::per_core(),
-            metrics: Arc::default(),
+            metrics,
             draining: AtomicBool::new(false),
             not_ready: AtomicBool::new(false),
         });
@@ -285,7 +292,7 @@ pub fn run_blocking(config: ServerConfig) -> Result<(), String> {
         tokio::spawn(async move {
             loop {
                 if app.registry.ready() {
-                    eprintln!("ready: serving {}", app.registry.names().collect::<Vec<_>>().join(", "));
+                    eprintln!("ready: serving {}", app.registry.names().join(", "));
                     return;
                 }
                 if app.registry.all_failed() {
@@ -293,6 +300,18 @@ pub fn run_blocking(config: ServerConfig) -> Result<(), String> {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        // SIGHUP: look for new model directories (as POST /v1/models/refresh does).
+        let app = server.app.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+            while hup.recv().await.is_some() {
+                match app.registry.refresh() {
+                    Ok(added) => eprintln!("SIGHUP: models directory scanned; new: [{}]", added.join(", ")),
+                    Err(e) => eprintln!("SIGHUP: {e}"),
+                }
             }
         });
         let all_failed = Arc::new(AtomicBool::new(false));
@@ -337,10 +356,39 @@ const ROUTES: &[(&str, Method)] = &[
     ("/metrics", Method::GET),
 ];
 
+/// The per-model routes: `GET /v1/models/{name}`, `POST /v1/models/{name}/load|unload|reload`
+/// and `POST /v1/models/refresh` (labelled with the pattern, so the metrics label stays bounded).
+const ADMIN_ROUTES: &[(&str, Method)] = &[
+    ("/v1/models/refresh", Method::POST),
+    ("/v1/models/{name}", Method::GET),
+    ("/v1/models/{name}/load", Method::POST),
+    ("/v1/models/{name}/unload", Method::POST),
+    ("/v1/models/{name}/reload", Method::POST),
+];
+
+fn admin_route(path: &str) -> Option<&'static (&'static str, Method)> {
+    let rest = path.strip_prefix("/v1/models/")?;
+    let pattern = match rest.split_once('/') {
+        None if rest == "refresh" => "/v1/models/refresh",
+        None if !rest.is_empty() => "/v1/models/{name}",
+        Some((n, "load")) if !n.is_empty() => "/v1/models/{name}/load",
+        Some((n, "unload")) if !n.is_empty() => "/v1/models/{name}/unload",
+        Some((n, "reload")) if !n.is_empty() => "/v1/models/{name}/reload",
+        _ => return None,
+    };
+    ADMIN_ROUTES.iter().find(|(p, _)| *p == pattern)
+}
+
+/// The `{name}` of a per-model route.
+fn model_of(path: &str) -> &str {
+    let rest = path.strip_prefix("/v1/models/").unwrap_or("");
+    rest.split_once('/').map_or(rest, |(n, _)| n)
+}
+
 async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let arrival = Instant::now();
     let path = req.uri().path().to_string();
-    let route = ROUTES.iter().find(|(p, _)| *p == path);
+    let route = ROUTES.iter().find(|(p, _)| *p == path).or_else(|| admin_route(&path));
     let label = route.map_or("other", |(p, _)| *p);
     let request_id = request_id(req.headers().get("x-request-id"));
     let logged_by_run = Arc::new(AtomicBool::new(false));
@@ -473,6 +521,25 @@ async fn dispatch(app: Arc<App>, route: &'static str, req: Request<Incoming>, ar
         "/ready" => Ok(ready(&app)),
         "/metrics" => Ok(metrics(&app)),
         "/v1/models" => Ok(models(&app)),
+        "/v1/models/refresh" => app
+            .registry
+            .refresh()
+            .map(|added| json_response(StatusCode::OK, &json!({"added": added, "models": app.registry.names()})))
+            .map_err(ApiError::internal),
+        "/v1/models/{name}" => app.registry.info(model_of(req.uri().path())).map(|v| json_response(StatusCode::OK, &v)),
+        "/v1/models/{name}/load" => {
+            let name = model_of(req.uri().path()).to_string();
+            match load_overrides(&app, req).await {
+                Ok(o) => app.registry.load(&name, o).await.map(|v| json_response(StatusCode::OK, &v)),
+                Err(e) => Err(e),
+            }
+        }
+        "/v1/models/{name}/unload" => {
+            app.registry.unload(model_of(req.uri().path())).await.map(|v| json_response(StatusCode::OK, &v))
+        }
+        "/v1/models/{name}/reload" => {
+            app.registry.reload(model_of(req.uri().path())).await.map(|v| json_response(StatusCode::OK, &v))
+        }
         "/tokenize" => tokenize(&app, req).await,
         "/detokenize" => detokenize(&app, req).await,
         "/v1/completions" => completions(&app, req, arrival, Flavor::Completion).await,
@@ -515,44 +582,45 @@ fn metrics(app: &App) -> Response<Body> {
     r
 }
 
-/// Every configured model, OpenAI-shaped, with its state beside the OpenAI fields: `ready`,
-/// `loading`, or `failed` with the reason (a supervisor restarts the process, or fixes the
-/// model directory, when one it needs has failed).
+/// Every known model, OpenAI-shaped, with the repository's fields beside the OpenAI ones:
+/// `state` (`unloaded`, `loading`, `ready`, `unloading`, or `failed` with the reason in
+/// `error`), `dtype`, `memory_bytes` (weights + KV while resident), `weights_bytes`, `threads`,
+/// `kv_cache_bytes` and `pinned`.
 fn models(app: &App) -> Response<Body> {
-    let data: Vec<Value> = app
-        .registry
-        .states()
-        .into_iter()
-        .map(|(name, state)| match state {
-            Ok(m) => json!({
-                "id": m.name,
-                "object": "model",
-                "created": m.created,
-                "owned_by": "inferneo",
-                "root": m.root,
-                "parent": null,
-                "max_model_len": m.config().n_positions,
-                "state": "ready",
-            }),
-            Err(state) => {
-                let (state, error) = match state.strip_prefix("failed: ") {
-                    Some(reason) => ("failed", Some(reason.to_string())),
-                    None => (state.as_str(), None),
-                };
-                let mut v = json!({"id": name, "object": "model", "owned_by": "inferneo", "state": state});
-                if let Some(e) = error {
-                    v["error"] = json!(e);
-                }
-                v
-            }
-        })
-        .collect();
-    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+    json_response(StatusCode::OK, &json!({"object": "list", "data": app.registry.list()}))
+}
+
+/// The optional body of `POST /v1/models/{name}/load`: `dtype`, `threads`, `kv-cache-mb`
+/// (or `kv_cache_mb`).
+async fn load_overrides(app: &App, req: Request<Incoming>) -> Result<LoadOverrides, ApiError> {
+    let empty = req.headers().get(CONTENT_LENGTH).is_some_and(|v| v == "0");
+    if empty {
+        return Ok(LoadOverrides::default());
+    }
+    let v = read_json(app, req).await?;
+    let mut o = LoadOverrides::default();
+    if let Some(d) = v.get("dtype").filter(|d| !d.is_null()) {
+        let d = d.as_str().ok_or_else(|| ApiError::invalid("dtype", "'dtype' must be a string"))?;
+        o.dtype = Some(d.parse().map_err(|e: String| ApiError::invalid("dtype", e))?);
+    }
+    let count = |key: &str, max: u64| -> Result<Option<usize>, ApiError> {
+        match v.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(n) => n
+                .as_u64()
+                .filter(|n| (1..=max).contains(n))
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| ApiError::invalid(key, format!("'{key}' must be an integer in 1..={max}"))),
+        }
+    };
+    o.threads = count("threads", 1024)?;
+    o.kv_cache_mb = count("kv-cache-mb", 1 << 20)?.or(count("kv_cache_mb", 1 << 20)?);
+    Ok(o)
 }
 
 async fn tokenize(app: &App, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let v = read_json(app, req).await?;
-    let served = app.registry.get(model_field(&v)?)?;
+    let served = app.registry.get(model_field(&v)?).await?;
     let text = v
         .get("prompt")
         .and_then(Value::as_str)
@@ -584,7 +652,7 @@ async fn tokenize(app: &App, req: Request<Incoming>) -> Result<Response<Body>, A
 
 async fn detokenize(app: &App, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let v = read_json(app, req).await?;
-    let served = app.registry.get(model_field(&v)?)?;
+    let served = app.registry.get(model_field(&v)?).await?;
     let vocab = served.config().vocab_size;
     let bad = || ApiError::invalid("tokens", format!("'tokens' must be a list of token ids in 0..{vocab}"));
     let ids = v
@@ -611,7 +679,7 @@ fn model_field(v: &Value) -> Result<Option<&str>, ApiError> {
 /// A chat request as a completion request: the messages rendered with the model's template.
 async fn chat_prompt(app: &App, v: &Value) -> Result<CompletionRequest, ApiError> {
     let chat = ChatRequest::parse(v)?;
-    let served = app.registry.get(chat.completion.model.as_deref())?;
+    let served = app.registry.get(chat.completion.model.as_deref()).await?;
     let template = match &served.chat_template {
         Ok(Some(t)) => t,
         Ok(None) => {

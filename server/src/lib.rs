@@ -16,7 +16,9 @@ pub mod error;
 mod http;
 pub mod metrics;
 mod models;
+mod repository;
 pub mod stop;
 
 pub use http::{run_blocking, Server, ServerConfig};
 pub use models::ModelSpec;
+pub use repository::RepositoryConfig;

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 const TTFT_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 const ITL_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5];
+const LOAD_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 const E2E_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0];
 
 #[derive(Clone, Debug)]
@@ -49,6 +50,10 @@ struct ModelSeries {
     e2e: Histogram,
     prompt_tokens: u64,
     generated_tokens: u64,
+    loads: u64,
+    unloads: u64,
+    evictions: u64,
+    load_seconds: Histogram,
 }
 
 impl Default for ModelSeries {
@@ -60,6 +65,10 @@ impl Default for ModelSeries {
             e2e: Histogram::new(E2E_BUCKETS),
             prompt_tokens: 0,
             generated_tokens: 0,
+            loads: 0,
+            unloads: 0,
+            evictions: 0,
+            load_seconds: Histogram::new(LOAD_BUCKETS),
         }
     }
 }
@@ -69,6 +78,10 @@ impl Default for ModelSeries {
 pub struct Gauges {
     pub model: String,
     pub ready: bool,
+    /// The repository state: unloaded, loading, ready, unloading or failed.
+    pub state: &'static str,
+    /// Bytes held resident: weights + KV (0 while unloaded).
+    pub memory_bytes: usize,
     /// Threads the model's engine runs its kernels on (0 while not loaded).
     pub threads: usize,
     /// Positions per KV cache block.
@@ -133,6 +146,22 @@ impl Metrics {
         });
     }
 
+    /// A model finished loading in `seconds`.
+    pub fn model_loaded(&self, model: &str, seconds: f64) {
+        self.model(model, |m| {
+            m.loads += 1;
+            m.load_seconds.observe(seconds);
+        });
+    }
+
+    /// A model began unloading; `evicted`: to make room for another.
+    pub fn model_unloaded(&self, model: &str, evicted: bool) {
+        self.model(model, |m| {
+            m.unloads += 1;
+            m.evictions += evicted as u64;
+        });
+    }
+
     /// The Prometheus text: our `inferneo_*` series, and with `vllm_names` the router gauges
     /// again under vLLM's names (see [`router_gauges`]).
     pub fn render_with(&self, gauges: &[Gauges], vllm_names: bool) -> String {
@@ -162,10 +191,13 @@ impl Metrics {
             }
         }
         type Pick = fn(&ModelSeries) -> &Histogram;
-        let hists: [(&str, &str, Pick); 3] = [
+        let hists: [(&str, &str, Pick); 4] = [
             ("inferneo_time_to_first_token_seconds", "Time from request arrival to its first token.", |m| &m.ttft),
             ("inferneo_inter_token_latency_seconds", "Time between consecutive tokens of a sequence.", |m| &m.itl),
             ("inferneo_e2e_request_latency_seconds", "Time from request arrival to its last token.", |m| &m.e2e),
+            ("inferneo_model_load_seconds", "Time to load a model (read, convert, pack, start its engine).", |m| {
+                &m.load_seconds
+            }),
         ];
         for (name, help, pick) in hists {
             family(&mut out, name, "histogram", help);
@@ -174,9 +206,12 @@ impl Metrics {
             }
         }
         type Count = fn(&ModelSeries) -> u64;
-        let counters: [(&str, &str, Count); 2] = [
+        let counters: [(&str, &str, Count); 5] = [
             ("inferneo_prompt_tokens_total", "Prompt tokens processed.", |m| m.prompt_tokens),
             ("inferneo_generation_tokens_total", "Tokens generated.", |m| m.generated_tokens),
+            ("inferneo_model_loads_total", "Model loads completed (reloads included).", |m| m.loads),
+            ("inferneo_model_unloads_total", "Model unloads begun (evictions included).", |m| m.unloads),
+            ("inferneo_model_evictions_total", "Models unloaded to make room for another.", |m| m.evictions),
         ];
         for (name, help, pick) in counters {
             family(&mut out, name, "counter", help);
@@ -185,8 +220,18 @@ impl Metrics {
             }
         }
         type Gauge = fn(&Gauges) -> f64;
-        let series: [(&str, &str, &str, Gauge); 10] = [
+        family(&mut out, "inferneo_model_state", "gauge", "The model's repository state: 1 for the current one.");
+        for g in gauges {
+            for state in ["unloaded", "loading", "ready", "unloading", "failed"] {
+                let on = (g.state == state) as u8;
+                let _ = writeln!(out, "inferneo_model_state{{model=\"{}\",state=\"{state}\"}} {on}", esc(&g.model));
+            }
+        }
+        let series: [(&str, &str, &str, Gauge); 11] = [
             ("inferneo_model_ready", "gauge", "1 when the model is loaded and serving.", |g| g.ready as u8 as f64),
+            ("inferneo_model_memory_bytes", "gauge", "Bytes the model holds resident: weights and KV cache.", |g| {
+                g.memory_bytes as f64
+            }),
             ("inferneo_engine_threads", "gauge", "Threads the model's engine runs its kernels on.", |g| {
                 g.threads as f64
             }),

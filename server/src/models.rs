@@ -5,9 +5,11 @@
 
 use crate::error::ApiError;
 use crate::metrics::Gauges;
-use inferneo_runtime::{ChatTemplate, Config, Engine, EngineConfig, Isa, LoadOptions, ModelSource, Tokenizer};
+use inferneo_runtime::{
+    ChatTemplate, Config, Engine, EngineConfig, Isa, LoadOptions, ModelSource, Tokenizer, WeightDtype,
+};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Clone, Debug)]
@@ -30,12 +32,16 @@ pub struct Served {
     /// What `/v1/chat/completions` renders messages with; `Err`: the model's template does not
     /// compile (its completions still work, its chat requests get the reason).
     pub chat_template: Result<Option<ChatTemplate>, String>,
-    /// Where the weights came from (`/v1/models`' `root`, as vLLM reports the model path).
-    pub root: String,
     pub created: u64,
     /// The kernel set and thread count its engine runs on.
     pub isa: Isa,
     pub threads: usize,
+    /// How the weights are held, and the bytes they take resident (packed matrices, position
+    /// embeddings, norms and biases).
+    pub dtype: WeightDtype,
+    pub weights_bytes: usize,
+    /// The engine's KV pool, allocated in full at load.
+    pub kv_cache_bytes: usize,
     capacity: usize,
     in_flight: AtomicUsize,
 }
@@ -69,11 +75,23 @@ impl Served {
         }
     }
 
+    /// Bytes the model holds resident: weights and KV pool.
+    pub fn memory_bytes(&self) -> usize {
+        self.weights_bytes + self.kv_cache_bytes
+    }
+
+    /// Sequences admitted and not finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     pub fn gauges(&self) -> Gauges {
         let s = self.engine.stats();
         Gauges {
             model: self.name.clone(),
             ready: true,
+            state: "ready",
+            memory_bytes: self.memory_bytes(),
             threads: self.threads,
             kv_block_tokens: inferneo_runtime::kv_cache::BLOCK_TOKENS,
             in_flight: self.in_flight.load(Ordering::Relaxed),
@@ -100,130 +118,7 @@ impl Drop for Admission {
     }
 }
 
-enum State {
-    Loading,
-    Ready(Arc<Served>),
-    Failed(String),
-}
-
-struct Slot {
-    name: String,
-    state: RwLock<State>,
-}
-
-/// All models, by name, in the order given.
-pub struct Registry {
-    slots: Vec<Slot>,
-}
-
-impl Registry {
-    /// Starts loading every model in the background.
-    pub fn load(specs: Vec<ModelSpec>) -> Arc<Registry> {
-        let slots = specs.iter().map(|s| Slot { name: s.name.clone(), state: RwLock::new(State::Loading) }).collect();
-        let reg = Arc::new(Registry { slots });
-        for (i, spec) in specs.into_iter().enumerate() {
-            let reg = reg.clone();
-            std::thread::spawn(move || {
-                let t0 = Instant::now();
-                eprintln!(
-                    "loading model '{}' from {} ({} weights) ...",
-                    spec.name,
-                    spec.source.describe(),
-                    spec.load.dtype
-                );
-                let ticker = Ticker::start(&spec.name);
-                let loaded = load(&spec);
-                drop(ticker);
-                let state = match loaded {
-                    Ok(served) => {
-                        let c = served.config();
-                        eprintln!(
-                            "loaded '{}' in {:.1} s: {} layers x {} wide, vocab {}, context {}, kernels {}, {} threads",
-                            spec.name,
-                            t0.elapsed().as_secs_f64(),
-                            c.n_layer,
-                            c.n_embd,
-                            c.vocab_size,
-                            c.n_positions,
-                            served.isa,
-                            served.threads,
-                        );
-                        State::Ready(Arc::new(served))
-                    }
-                    Err(e) => {
-                        eprintln!("error: model '{}' failed to load: {e}", spec.name);
-                        State::Failed(e)
-                    }
-                };
-                *reg.slots[i].state.write().unwrap_or_else(|p| p.into_inner()) = state;
-            });
-        }
-        reg
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.slots.iter().map(|s| s.name.as_str())
-    }
-
-    /// Every model loaded (none still loading, none failed).
-    pub fn ready(&self) -> bool {
-        self.slots.iter().all(|s| matches!(*s.state.read().unwrap_or_else(|p| p.into_inner()), State::Ready(_)))
-    }
-
-    /// Every configured model failed to load: nothing can ever be served.
-    pub fn all_failed(&self) -> bool {
-        self.slots.iter().all(|s| matches!(*s.state.read().unwrap_or_else(|p| p.into_inner()), State::Failed(_)))
-    }
-
-    /// Each model's name and state: `Ok(served)` once loaded, else `Err("loading")` or
-    /// `Err("failed: <reason>")`.
-    pub fn states(&self) -> Vec<(String, Result<Arc<Served>, String>)> {
-        self.slots
-            .iter()
-            .map(|s| {
-                let state = match &*s.state.read().unwrap_or_else(|p| p.into_inner()) {
-                    State::Ready(m) => Ok(m.clone()),
-                    State::Loading => Err("loading".to_string()),
-                    State::Failed(e) => Err(format!("failed: {e}")),
-                };
-                (s.name.clone(), state)
-            })
-            .collect()
-    }
-
-    /// Some model failed to load (the server cannot become ready).
-    pub fn failure(&self) -> Option<String> {
-        self.slots.iter().find_map(|s| match &*s.state.read().unwrap_or_else(|p| p.into_inner()) {
-            State::Failed(e) => Some(format!("the model '{}' failed to load: {e}", s.name)),
-            _ => None,
-        })
-    }
-
-    /// The named model (or the first when none is named), if loaded.
-    pub fn get(&self, name: Option<&str>) -> Result<Arc<Served>, ApiError> {
-        let slot = match name {
-            Some(n) => self.slots.iter().find(|s| s.name == n).ok_or_else(|| ApiError::model_not_found(n))?,
-            None => self.slots.first().ok_or_else(|| ApiError::unavailable("no model is configured"))?,
-        };
-        match &*slot.state.read().unwrap_or_else(|p| p.into_inner()) {
-            State::Ready(s) => Ok(s.clone()),
-            State::Loading => Err(ApiError::unavailable(format!("the model '{}' is still loading", slot.name))),
-            State::Failed(e) => Err(ApiError::unavailable(format!("the model '{}' failed to load: {e}", slot.name))),
-        }
-    }
-
-    pub fn gauges(&self) -> Vec<Gauges> {
-        self.slots
-            .iter()
-            .map(|s| match &*s.state.read().unwrap_or_else(|p| p.into_inner()) {
-                State::Ready(m) => m.gauges(),
-                _ => Gauges { model: s.name.clone(), ..Gauges::default() },
-            })
-            .collect()
-    }
-}
-
-fn load(spec: &ModelSpec) -> Result<Served, String> {
+pub(crate) fn load(spec: &ModelSpec) -> Result<Served, String> {
     let loaded = inferneo_runtime::load(&spec.source, &spec.load).map_err(|e| e.to_string())?;
     let chat_template = inferneo_runtime::load_chat_template(&spec.source, spec.chat_template.as_deref());
     if let Err(e) = &chat_template {
@@ -231,6 +126,8 @@ fn load(spec: &ModelSpec) -> Result<Served, String> {
     }
     let chat_template = chat_template.map_err(|e| e.to_string());
     let (isa, threads) = (loaded.model.kernels().isa(), loaded.threads);
+    let weights_bytes = resident_weight_bytes(&loaded.model);
+    let kv_cache_bytes = kv_pool_bytes(loaded.model.config(), &spec.engine);
     let capacity = spec.engine.limits.max_seqs + spec.max_queue;
     // The engine thread gets its own copy (for incremental text decoding), so prompts are
     // tokenized here without sharing anything with it.
@@ -243,27 +140,56 @@ fn load(spec: &ModelSpec) -> Result<Served, String> {
         engine,
         tokenizer,
         chat_template,
-        root: match &spec.source {
-            ModelSource::Embedded => "inferneo:embedded-gpt2".to_string(),
-            ModelSource::Dir(d) => d.display().to_string(),
-        },
         created,
         isa,
         threads,
+        dtype: spec.load.dtype,
+        weights_bytes,
+        kv_cache_bytes,
         capacity,
         in_flight: AtomicUsize::new(0),
     })
 }
 
+/// The bytes a loaded model's weights take: its packed matrices plus what stays f32 (position
+/// embeddings, layer norms, biases).
+fn resident_weight_bytes(model: &inferneo_runtime::Gpt2) -> usize {
+    let c = model.config();
+    let small = c.n_positions * c.n_embd
+        + c.n_layer * (4 * c.n_embd + 3 * c.n_embd + c.n_embd + c.n_inner() + c.n_embd)
+        + 2 * c.n_embd;
+    model.packed_bytes() + small * 4
+}
+
+/// The bytes of the KV pool an engine with `engine` settings allocates for a model of `c`:
+/// whole blocks within the budget.
+pub(crate) fn kv_pool_bytes(c: &Config, engine: &EngineConfig) -> usize {
+    let block = inferneo_runtime::KvPool::block_bytes(c, engine.kv_dtype);
+    engine.kv_cache_bytes / block * block
+}
+
+/// The bytes a model of `config` will take resident with `dtype` weights, before it is loaded:
+/// its matrices at the dtype's width (int8 scales and panel padding are a fraction of a percent),
+/// everything else f32.
+pub(crate) fn weight_bytes_estimate(c: &Config, dtype: WeightDtype) -> usize {
+    let matrices = c.vocab_size * c.n_embd + c.n_layer * (4 * c.n_embd * c.n_embd + 2 * c.n_embd * c.n_inner());
+    let width = match dtype {
+        WeightDtype::F32 => 4,
+        WeightDtype::F16 | WeightDtype::Bf16 => 2,
+        WeightDtype::Int8 | WeightDtype::W8a8 => 1,
+    };
+    matrices * width + (c.n_params() - matrices) * 4
+}
+
 /// On a terminal, a live "loading ... N s" line while a model loads (large checkpoints take
 /// seconds to read, convert and pack); nothing when stderr is a file or pipe.
-struct Ticker {
+pub(crate) struct Ticker {
     done: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Ticker {
-    fn start(name: &str) -> Ticker {
+    pub(crate) fn start(name: &str) -> Ticker {
         use std::io::IsTerminal;
         if !std::io::stderr().is_terminal() {
             return Ticker { done: None, thread: None };

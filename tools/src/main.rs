@@ -36,6 +36,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process: boxing the large `serve` variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Serve models over an OpenAI-compatible HTTP API (default: the embedded model on 127.0.0.1:8000).
     Serve(serve::ServeArgs),

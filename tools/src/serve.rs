@@ -4,7 +4,7 @@ use clap::Args;
 use inferneo_runtime::kv_cache::BLOCK_TOKENS;
 use inferneo_runtime::scheduler::Limits;
 use inferneo_runtime::{EngineConfig, Isa, KvDtype, KvPool, LoadOptions, ModelSource, WeightDtype};
-use inferneo_server::{ModelSpec, ServerConfig};
+use inferneo_server::{ModelSpec, RepositoryConfig, ServerConfig};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -89,6 +89,33 @@ pub struct ServeArgs {
     /// plain "User:/Assistant:" format for such models.
     #[arg(long, value_name = "FILE")]
     chat_template: Option<PathBuf>,
+    /// A model repository: every subdirectory holding a `config.json` is a model named after
+    /// it, loaded on its first request (or at start with --pin). `POST /v1/models/refresh` or
+    /// SIGHUP picks up directories added later. Combines with --model.
+    #[arg(long, value_name = "DIR")]
+    models_dir: Option<PathBuf>,
+    /// Models loaded at once, at most; to load another, the least recently used idle model is
+    /// unloaded. 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    max_loaded_models: usize,
+    /// Memory of the loaded models (weights + KV cache), at most, in MB; 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    models_memory_mb: usize,
+    /// Seconds a request waits for room to load its model (every loaded model pinned or
+    /// loading) before a 503 with Retry-After.
+    #[arg(long, default_value_t = 60.0)]
+    load_wait: f64,
+    /// Seconds a model may stay idle before it is unloaded; 0: never.
+    #[arg(long, default_value_t = 0.0)]
+    keep_alive: f64,
+    /// A model loaded at start and never evicted (repeatable). With --models-dir, `/ready` waits
+    /// for the pinned models only.
+    #[arg(long = "pin", value_name = "NAME")]
+    pins: Vec<String>,
+    /// Reload a loaded model when its files change (checked every 2 s): the new weights load
+    /// beside the old, and no request fails.
+    #[arg(long)]
+    watch: bool,
 }
 
 /// Longest accepted timeout (about 11.6 days): far past any request, and far from the
@@ -118,8 +145,8 @@ fn memory_mb() -> Option<usize> {
     Some(kb / 1024)
 }
 
-fn parse_models(specs: &[String]) -> Result<Vec<(String, ModelSource)>, String> {
-    if specs.is_empty() {
+fn parse_models(specs: &[String], models_dir: bool) -> Result<Vec<(String, ModelSource)>, String> {
+    if specs.is_empty() && !models_dir {
         return Ok(vec![(EMBEDDED_NAME.to_string(), ModelSource::Embedded)]);
     }
     let mut out: Vec<(String, ModelSource)> = Vec::new();
@@ -174,6 +201,7 @@ const MAX_QUEUE: usize = 1 << 20;
 const MAX_THREADS: usize = 1 << 10;
 const MAX_BODY_BYTES: usize = 1 << 30;
 const MAX_CONNECTIONS: usize = 1 << 20;
+const MAX_LOADED_MODELS: usize = 1 << 16;
 
 /// Every flag checked, before anything is allocated or bound; each error is one line naming
 /// its flag.
@@ -204,7 +232,26 @@ pub fn config(a: &ServeArgs, isa: Option<Isa>) -> Result<ServerConfig, String> {
         }
         k => k.clone(),
     };
-    let models = parse_models(&a.models)?;
+    in_range("--max-loaded-models", a.max_loaded_models, 0, MAX_LOADED_MODELS)?;
+    in_range("--models-memory-mb", a.models_memory_mb, 0, memory)?;
+    let load_wait = seconds("--load-wait", a.load_wait)?;
+    if !(0.0..=MAX_SECONDS).contains(&a.keep_alive) {
+        return Err(format!("--keep-alive {}: expected seconds in [0, {MAX_SECONDS}] (0: never unload)", a.keep_alive));
+    }
+    let dir_models: Vec<String> = match &a.models_dir {
+        None => Vec::new(),
+        Some(d) if !d.is_dir() => return Err(format!("--models-dir {}: not a directory", d.display())),
+        Some(d) => std::fs::read_dir(d)
+            .map_err(|e| format!("--models-dir {}: {e}", d.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("config.json").is_file())
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect(),
+    };
+    let models = parse_models(&a.models, a.models_dir.is_some())?;
+    if let Some((name, _)) = models.iter().find(|(n, _)| dir_models.contains(n)) {
+        return Err(format!("--model {name}: the name is also a directory of --models-dir"));
+    }
     // Each model gets its own pool of --kv-cache-mb, allocated and touched at load.
     if a.kv_cache_mb.saturating_mul(models.len()) > memory {
         return Err(format!(
@@ -228,33 +275,50 @@ pub fn config(a: &ServeArgs, isa: Option<Isa>) -> Result<ServerConfig, String> {
             ));
         }
     }
-    let names: Vec<&str> = models.iter().map(|(n, _)| n.as_str()).collect();
+    let names: Vec<&str> =
+        models.iter().map(|(n, _)| n.as_str()).chain(dir_models.iter().map(String::as_str)).collect();
     let threads = parse_threads(&a.threads, &names)?;
+    if let Some(p) = a.pins.iter().find(|p| !names.contains(&p.as_str())) {
+        return Err(format!("--pin {p}: no model named '{p}'"));
+    }
+    // With a budget of N loaded models, each gets a 1/N share of the cores unless --threads
+    // says otherwise, so one model's flood cannot take another's threads.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let share = (a.max_loaded_models > 0).then(|| (cores / a.max_loaded_models).max(1));
+    let spec_for = |name: &str, source: ModelSource| ModelSpec {
+        name: name.to_string(),
+        source,
+        load: LoadOptions {
+            dtype: a.dtype,
+            isa,
+            threads: threads.iter().find(|(n, _)| n == name).map(|&(_, t)| t).or(share),
+        },
+        engine: EngineConfig {
+            limits: Limits { max_batch_tokens: a.max_batch_tokens, max_seqs: a.max_seqs },
+            kv_cache_bytes: a.kv_cache_mb << 20,
+            kv_dtype: a.kv_dtype,
+            threads: None,
+            prefix_caching: !a.no_prefix_cache,
+        },
+        max_queue: a.max_queue,
+        chat_template: a.chat_template.clone(),
+    };
     // Checked now (readable, compiles), so a typo fails at start instead of at the first chat.
     if let Some(file) = &a.chat_template {
         inferneo_runtime::ChatTemplate::from_file(file, None).map_err(|e| format!("--chat-template {e}"))?;
     }
-    let specs = models
-        .iter()
-        .map(|(name, source)| ModelSpec {
-            name: name.clone(),
-            source: source.clone(),
-            load: LoadOptions {
-                dtype: a.dtype,
-                isa,
-                threads: threads.iter().find(|(n, _)| n == name).map(|&(_, t)| t),
-            },
-            engine: EngineConfig {
-                limits: Limits { max_batch_tokens: a.max_batch_tokens, max_seqs: a.max_seqs },
-                kv_cache_bytes: a.kv_cache_mb << 20,
-                kv_dtype: a.kv_dtype,
-                threads: None,
-                prefix_caching: !a.no_prefix_cache,
-            },
-            max_queue: a.max_queue,
-            chat_template: a.chat_template.clone(),
-        })
-        .collect();
+    let specs = models.iter().map(|(name, source)| spec_for(name, source.clone())).collect();
+    let repository = RepositoryConfig {
+        models_dir: a.models_dir.clone(),
+        defaults: Some(spec_for("", ModelSource::Embedded)),
+        threads: threads.clone(),
+        pinned: a.pins.clone(),
+        max_loaded_models: a.max_loaded_models,
+        memory_bytes: a.models_memory_mb << 20,
+        load_wait,
+        keep_alive: Duration::from_secs_f64(a.keep_alive),
+        watch: a.watch.then(|| Duration::from_secs(2)),
+    };
     Ok(ServerConfig {
         host: a.host.clone(),
         port: a.port,
@@ -268,6 +332,7 @@ pub fn config(a: &ServeArgs, isa: Option<Isa>) -> Result<ServerConfig, String> {
         max_connections_per_ip: a.max_connections_per_ip,
         first_byte_timeout,
         vllm_metrics: a.metrics_compat.as_deref() == Some("vllm"),
+        repository,
         ..ServerConfig::default()
     })
 }

@@ -123,6 +123,12 @@ fn bad_serve_flags_are_one_line_errors() {
         (vec!["--kv-cache-mb", "8"], "needs at least 72 MB"),
         (vec!["--kv-cache-mb", "30", "--kv-dtype", "f16"], "needs at least 36 MB"),
         (vec!["--port", "70000"], "--port"),
+        (vec!["--models-dir", "/nonexistent/models"], "--models-dir"),
+        (vec!["--max-loaded-models", "100000000"], "--max-loaded-models"),
+        (vec!["--models-memory-mb", "100000000"], "--models-memory-mb"),
+        (vec!["--load-wait", "0"], "--load-wait"),
+        (vec!["--keep-alive=-1"], "--keep-alive"),
+        (vec!["--pin", "nope"], "--pin nope"),
         (vec!["--api-key", ""], "--api-key"),
         (vec!["--api-key", "  "], "--api-key"),
     ] {
@@ -137,6 +143,22 @@ fn bad_serve_flags_are_one_line_errors() {
     let (status, err) = serve_bounded(&["--port", "0"], &[("INFERNEO_API_KEY", "")]);
     assert_eq!(status, Some(false), "{err}");
     assert!(err.contains("INFERNEO_API_KEY"), "{err}");
+}
+
+/// `--models-dir`: ready at once (nothing pinned), every model listed unloaded, the first request
+/// loads one.
+#[test]
+fn models_dir_serves_its_models_on_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_model(dir.path());
+    let s = serve(&["--models-dir", dir.path().to_str().unwrap(), "--kv-cache-mb", "8", "--max-loaded-models", "1"]);
+    let listed = http_get(s.addr, "/v1/models");
+    assert!(listed.contains("\"id\":\"tiny\"") && listed.contains("\"state\":\"unloaded\""), "{listed}");
+    let body = r#"{"model": "tiny", "prompt": "Hello", "max_tokens": 2}"#;
+    let out = http_body(s.addr, "/v1/completions", body);
+    assert!(out.contains("\"text_completion\""), "{out}");
+    let listed = http_get(s.addr, "/v1/models/tiny");
+    assert!(listed.contains("\"state\":\"ready\""), "{listed}");
 }
 
 /// When every configured model fails to load nothing can ever be served: the process exits
@@ -201,6 +223,14 @@ fn http_status(addr: SocketAddr, req: &str) -> Option<u16> {
     let mut text = String::new();
     c.read_to_string(&mut text).ok()?;
     text.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    text
 }
 
 fn http_body(addr: SocketAddr, path: &str, body: &str) -> String {
