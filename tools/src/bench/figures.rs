@@ -15,6 +15,9 @@ pub enum Mode {
     Http,
     /// N prompts generated together in-process, no HTTP (our engine, HF, CTranslate2).
     Batch,
+    /// Poisson arrivals at an offered request rate over HTTP (`inferneo bench`'s throughput
+    /// scenario): x is the offered rate, and the latency percentiles are what it cost.
+    Open,
 }
 
 /// One load level: clients or batch size, and what it gave.
@@ -24,6 +27,8 @@ pub struct Point {
     pub tokens_per_s: f64,
     pub ttft_p50_ms: Option<f64>,
     pub ttft_p99_ms: Option<f64>,
+    /// Request latency p50, p95, p99 (ms); the open-loop levels only.
+    pub latency_ms: Option<[f64; 3]>,
 }
 
 /// One system in one mode: one line on a chart.
@@ -54,7 +59,7 @@ pub fn from_result(doc: &Value, stem: &str, name: Option<&str>) -> Result<Vec<Se
         Vec::new()
     };
     if series.is_empty() {
-        return Err(format!("{}: no concurrency or batch figures in it", system.unwrap_or(stem)));
+        return Err(format!("{}: no concurrency, throughput or batch figures in it", system.unwrap_or(stem)));
     }
     Ok(series)
 }
@@ -87,12 +92,31 @@ fn bench_series(doc: &Value, scenarios: &Value, stem: &str, name: Option<&str>) 
                 tokens_per_s: num(l, "generated_tokens_per_s")?,
                 ttft_p50_ms: l.get("ttft").and_then(|t| num(t, "p50_ms")),
                 ttft_p99_ms: l.get("ttft").and_then(|t| num(t, "p99_ms")),
+                latency_ms: None,
             })
         })
         .collect();
     if !http.is_empty() {
         let label = format!("{system} (HTTP server)");
         out.push(Series { label, ours, mode: Mode::Http, new_tokens, points: http });
+    }
+    let levels = scenarios.get("throughput").and_then(Value::as_array).map_or(&[][..], |v| &v[..]);
+    let open: Vec<Point> = levels
+        .iter()
+        .filter_map(|l| {
+            let lat = l.get("latency")?;
+            Some(Point {
+                x: num(l, "target_rps").or(num(l, "x"))?,
+                tokens_per_s: num(l, "generated_tokens_per_s")?,
+                ttft_p50_ms: None,
+                ttft_p99_ms: None,
+                latency_ms: Some([num(lat, "p50_ms")?, num(lat, "p95_ms")?, num(lat, "p99_ms")?]),
+            })
+        })
+        .collect();
+    if !open.is_empty() {
+        let label = format!("{system} (HTTP server)");
+        out.push(Series { label, ours, mode: Mode::Open, new_tokens, points: open });
     }
     let rows = scenarios.get("batch").and_then(Value::as_array).map_or(&[][..], |v| &v[..]);
     let batch = batch_points(rows, Some("p50_ttft_ms"));
@@ -128,12 +152,14 @@ fn batch_points(rows: &[Value], ttft_key: Option<&str>) -> Vec<Point> {
                 tokens_per_s: num(r, "generated_tokens_per_s")?,
                 ttft_p50_ms: ttft_key.and_then(|k| num(r, k)),
                 ttft_p99_ms: None,
+                latency_ms: None,
             })
         })
         .collect()
 }
 
-/// The charts `series` give, as (file name, SVG). `notes` (systems that are not available,
+/// The charts `series` give, as (file name, SVG): throughput vs clients, tokens/s against
+/// TTFT, throughput vs batch size, latency vs offered load. `notes` (systems that are not available,
 /// files that were skipped) go under every chart, so an absent line is explained where it is
 /// missed. A chart with no line is not drawn.
 pub fn charts(series: &[Series], notes: &[String]) -> Result<Vec<(&'static str, String)>, String> {
@@ -192,6 +218,30 @@ pub fn charts(series: &[Series], notes: &[String]) -> Result<Vec<(&'static str, 
         };
         let title = "Offline batch generation: throughput vs batch size";
         out.push(("throughput_vs_batch.svg", chart::draw(title, &[panel], &caption)?));
+    }
+    let open: Vec<&Series> = series.iter().filter(|s| s.mode == Mode::Open).collect();
+    if !open.is_empty() {
+        // One line per percentile of each system; the system's name only when there are several.
+        let mut lines = Vec::new();
+        for s in &open {
+            for (i, pct) in ["p50", "p95", "p99"].iter().enumerate() {
+                let label = if open.len() == 1 { pct.to_string() } else { format!("{} {pct}", s.label) };
+                let points = s.points.iter().filter_map(|p| Some((p.x, p.latency_ms?[i] / 1e3))).collect();
+                lines.push(Line { label, ours: s.ours, points });
+            }
+        }
+        let panel = Panel {
+            x_desc: "offered load (requests/s, Poisson arrivals)".into(),
+            y_desc: "request latency (s)".into(),
+            x_scale: XScale::Linear,
+            lines,
+        };
+        let caption = tail(vec![
+            "Open loop: requests arrive at the offered rate whatever the server's pace; past capacity".into(),
+            "the backlog shows as latency (and, after the bench's --drain seconds, as unfinished requests).".into(),
+        ]);
+        let title = "Serving over HTTP: request latency vs offered load";
+        out.push(("latency_vs_load.svg", chart::draw(title, &[panel], &caption)?));
     }
     Ok(out)
 }

@@ -370,7 +370,7 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
         None => Ok(()),
     };
     if let Some(dir) = &a.svg {
-        result = result.and(draw_run(&a, dir, &doc, &levels_by));
+        result = result.and(draw_run(&a, dir, &doc));
     }
     match soak_failure {
         Some(e) => Err(e),
@@ -396,9 +396,9 @@ fn draw_peers_only(a: &BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// `--svg DIR` after a run: this run's lines (and the --peers results beside them), and the
-/// throughput scenario's latency percentiles against offered load.
-fn draw_run(a: &BenchArgs, dir: &Path, doc: &Value, levels_by: &[(&str, Vec<Level>)]) -> Result<(), String> {
+/// `--svg DIR` after a run: this run's lines, drawn from its JSON document, and the --peers
+/// results beside them.
+fn draw_run(a: &BenchArgs, dir: &Path, doc: &Value) -> Result<(), String> {
     let p = match &a.peers {
         Some(d) => peers::load(d)?,
         None => peers::Peers::default(),
@@ -415,25 +415,7 @@ fn draw_run(a: &BenchArgs, dir: &Path, doc: &Value, levels_by: &[(&str, Vec<Leve
     // Err only says this run has no concurrency or batch figures: then only peers are drawn.
     let mut series = figures::from_result(doc, "this run", name.as_deref()).unwrap_or_default();
     series.extend(p.series);
-    let mut paths = figures::write(dir, &series, &p.notes)?;
-    if let Some((_, levels)) = levels_by.iter().find(|(s, _)| *s == "throughput") {
-        let pick = |f: fn(&stats::Summary) -> f64| levels.iter().map(|l| (l.x, f(&l.latency()))).collect::<Vec<_>>();
-        let line = |label: &str, points| chart::Line { label: label.into(), ours: true, points };
-        let panel = chart::Panel {
-            x_desc: "offered load (requests/s, Poisson arrivals)".into(),
-            y_desc: "request latency (s)".into(),
-            x_scale: chart::XScale::Linear,
-            lines: vec![line("p50", pick(|s| s.p50)), line("p95", pick(|s| s.p95)), line("p99", pick(|s| s.p99))],
-        };
-        let caption = [
-            "Open loop: requests arrive at the offered rate whatever the server's pace; past capacity".into(),
-            "the backlog shows as latency (and, after --drain seconds, as unfinished requests).".into(),
-        ];
-        let svg = chart::draw("Request latency vs offered load", &[panel], &caption)?;
-        let path = dir.join("latency_vs_load.svg");
-        std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
-        paths.push(path);
-    }
+    let paths = figures::write(dir, &series, &p.notes)?;
     for path in paths {
         eprintln!("  wrote {}", path.display());
     }

@@ -207,7 +207,7 @@ mod tests {
             peers.notes
         );
         assert!(peers.notes[1].starts_with("Skipped llama-f32.json: not valid JSON"), "{:?}", peers.notes);
-        assert!(peers.notes[2].contains("odd: no concurrency or batch figures"), "{:?}", peers.notes);
+        assert!(peers.notes[2].contains("odd: no concurrency, throughput or batch figures"), "{:?}", peers.notes);
         // The notes are printed under the chart, where the missing line is looked for.
         let charts = figures::charts(&peers.series, &peers.notes).unwrap();
         assert_eq!(charts.len(), 1);
