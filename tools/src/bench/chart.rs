@@ -181,14 +181,19 @@ const COLOURS: [RGBColor; 10] = [
 
 const PANEL_W: u32 = 440;
 const PANEL_H: u32 = 400;
-const LEGEND_W: u32 = 400;
+/// The legend's width: its marker and gap, then the longest label at about this many pixels a
+/// character (14 px sans-serif; a viewer's font may differ a little, so it is generous).
+const LEGEND_MARKER_W: u32 = 60;
+const LEGEND_CHAR_W: f64 = 7.8;
 const CAPTION_LINE_H: u32 = 17;
 
 /// Draws `panels` side by side under `title`, one legend for all, `caption` lines below.
 /// Returns the SVG document.
 pub fn draw(title: &str, panels: &[Panel], caption: &[String]) -> Result<String, String> {
     let legend_lines = panels.first().map_or(0, |p| p.lines.len()) as u32;
-    let w = PANEL_W * panels.len().max(1) as u32 + LEGEND_W;
+    let longest = panels.first().and_then(|p| p.lines.iter().map(|l| l.label.chars().count()).max()).unwrap_or(0);
+    let legend_w = LEGEND_MARKER_W + (LEGEND_CHAR_W * longest as f64).ceil() as u32;
+    let w = PANEL_W * panels.len().max(1) as u32 + legend_w;
     let plots_h = PANEL_H.max(60 + 22 * legend_lines);
     let h = 40 + plots_h + 10 + CAPTION_LINE_H * caption.len() as u32;
     let mut svg = String::new();
@@ -198,7 +203,7 @@ pub fn draw(title: &str, panels: &[Panel], caption: &[String]) -> Result<String,
         root.fill(&WHITE).map_err(err)?;
         let root = root.titled(title, ("sans-serif", 20)).map_err(err)?;
         let (main, bottom) = root.split_vertically(plots_h);
-        let (plots, legend) = main.split_horizontally(w - LEGEND_W);
+        let (plots, legend) = main.split_horizontally(w - legend_w);
         let areas = plots.split_evenly((1, panels.len().max(1)));
         for (area, panel) in areas.iter().zip(panels) {
             let ys = panel.lines.iter().flat_map(|l| l.points.iter().map(|p| p.1));
