@@ -68,17 +68,42 @@ fn num(v: &Value, key: &str) -> Option<f64> {
     v.get(key).and_then(Value::as_f64).filter(|x| x.is_finite())
 }
 
-/// `inferneo bench --json`: an HTTP line from the concurrency scenario, and for our own
-/// server (local) an engine-batch line from the batch scenario.
-fn bench_series(doc: &Value, scenarios: &Value, stem: &str, name: Option<&str>) -> Vec<Series> {
+/// A bench document's system: `name`, else its `system` (set by the peers harness), else
+/// "inferneo DTYPE" for our own server, else the model it was sent to.
+fn bench_system(doc: &Value, stem: &str, name: Option<&str>) -> String {
     let target = doc.get("target").cloned().unwrap_or(Value::Null);
     let ours = target.get("local").and_then(Value::as_bool).unwrap_or(false);
     let dtype = doc.get("dtype").or(target.get("dtype")).and_then(Value::as_str).unwrap_or("?");
-    let system = match (name, doc.get("system").and_then(Value::as_str)) {
+    match (name, doc.get("system").and_then(Value::as_str)) {
         (Some(n), _) | (None, Some(n)) => n.to_string(),
         (None, None) if ours => format!("inferneo {dtype}"),
         (None, None) => target.get("model").and_then(Value::as_str).unwrap_or(stem).to_string(),
-    };
+    }
+}
+
+/// The load levels of a bench document that have no point because every request failed, one
+/// note each: a line that stops short, or is missing, says why under the chart.
+pub fn failed_levels(doc: &Value, stem: &str, name: Option<&str>) -> Vec<String> {
+    let mut notes = Vec::new();
+    for (scenario, unit) in [("concurrency", "clients"), ("throughput", "req/s")] {
+        let levels = doc.pointer(&format!("/scenarios/{scenario}")).and_then(Value::as_array);
+        for l in levels.map_or(&[][..], |v| &v[..]) {
+            if l.get("succeeded").and_then(Value::as_u64) == Some(0) {
+                let x = num(l, "target_rps").or(num(l, "x")).unwrap_or(f64::NAN);
+                let errors = l.get("errors").map_or_else(String::new, |e| format!(" ({e})"));
+                let system = bench_system(doc, stem, name);
+                notes.push(format!("{system}: no point at {x} {unit}, every request failed{errors}"));
+            }
+        }
+    }
+    notes
+}
+
+/// `inferneo bench --json`: an HTTP line from the concurrency scenario, and for our own
+/// server (local) an engine-batch line from the batch scenario.
+fn bench_series(doc: &Value, scenarios: &Value, stem: &str, name: Option<&str>) -> Vec<Series> {
+    let ours = doc.pointer("/target/local").and_then(Value::as_bool).unwrap_or(false);
+    let system = bench_system(doc, stem, name);
     let new_tokens = doc.pointer("/workload/max_tokens").and_then(Value::as_u64);
     let mut out = Vec::new();
     let levels = scenarios.get("concurrency").and_then(Value::as_array).map_or(&[][..], |v| &v[..]);

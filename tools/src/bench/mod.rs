@@ -412,10 +412,12 @@ fn draw_run(a: &BenchArgs, dir: &Path, doc: &Value) -> Result<(), String> {
         None => format!("inferneo {}, this run", a.dtype.name()),
         Some(url) => format!("{url}, this run"),
     });
-    // Err only says this run has no concurrency or batch figures: then only peers are drawn.
+    // Err only says this run has no figures to draw: then only peers are drawn.
     let mut series = figures::from_result(doc, "this run", name.as_deref()).unwrap_or_default();
     series.extend(p.series);
-    let paths = figures::write(dir, &series, &p.notes)?;
+    let mut notes = figures::failed_levels(doc, "this run", name.as_deref());
+    notes.extend(p.notes);
+    let paths = figures::write(dir, &series, &notes)?;
     for path in paths {
         eprintln!("  wrote {}", path.display());
     }

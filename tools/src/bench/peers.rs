@@ -59,6 +59,7 @@ pub fn load(dir: &Path) -> Result<Peers, String> {
                 continue;
             }
         };
+        peers.notes.extend(figures::failed_levels(&doc, &stem(&path), None));
         match figures::from_result(&doc, &stem(&path), None) {
             Ok(series) => peers.series.extend(series),
             Err(why) => peers.notes.push(format!("Not drawn: {why}")),
@@ -137,9 +138,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, v: &serde_json::Value| std::fs::write(dir.path().join(name), v.to_string()).unwrap();
         write("hf.json", &offline_doc());
-        write("llama-q8_0.json", &bench_doc(false, Some("llama.cpp llama-server q8_0"), [70.0, 130.0, 170.0]));
+        let mut llama = bench_doc(false, Some("llama.cpp llama-server q8_0"), [70.0, 130.0, 170.0]);
+        // A level where every request failed: no point, a note instead.
+        llama["scenarios"]["concurrency"][2]["succeeded"] = json!(0);
+        llama["scenarios"]["concurrency"][2]["errors"] = json!({"unfinished": 16});
+        write("llama-q8_0.json", &llama);
         let peers = load(dir.path()).unwrap();
-        assert!(peers.notes.is_empty(), "{:?}", peers.notes);
+        assert_eq!(
+            peers.notes,
+            [r#"llama.cpp llama-server q8_0: no point at 16 clients, every request failed ({"unfinished":16})"#]
+        );
+        assert_eq!(peers.series.iter().find(|s| s.label.starts_with("llama")).unwrap().points.len(), 2);
         // This run, as mod.rs builds it: its own JSON document.
         let mut series = figures::from_result(&bench_doc(true, None, [45.0, 140.0, 400.0]), "", None).unwrap();
         series.extend(peers.series);
