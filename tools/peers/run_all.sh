@@ -8,7 +8,8 @@
 # f32 and int8, HF transformers (torch eager, fp32), CTranslate2 f32 and int8, llama.cpp's
 # llama-server on GGUF f32, f16 and q8_0. A step that fails leaves an error result and the
 # run goes on; compare.py prints every system, failed ones as "not available: <reason>".
-# Results: target/peers/results/*.json and table.md; logs: target/peers/logs/.
+# Results: target/peers/results/*.json and table.md, charts: target/peers/charts/*.svg;
+# logs: target/peers/logs/.
 # Environment: PEERS_ONLY="ours hf ct2 llama" redoes a subset (its results replaced, the others
 # kept); PEERS_PYTHON picks the Python that makes the venv (default python3).
 set -uo pipefail
@@ -19,7 +20,7 @@ QUICK=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -222,3 +223,13 @@ fi
 # 8. The table.
 log "all steps done in $(( $(date +%s) - T0 ))s"
 "$PYSYS" "$HERE/compare.py" --results "$RES" --out "$RES/table.md"
+
+# 9. The charts: every system on shared axes, one chart per mode (HTTP server, offline batch),
+# drawn by the inferneo binary from the results alone (`bench --scenarios none` measures nothing).
+if [ -x "$INF" ]; then
+  if "$INF" bench --scenarios none --peers "$RES" --svg "$WORK/charts" >"$LOGS/charts.log" 2>&1; then
+    log "charts: $WORK/charts/*.svg"
+  else
+    log "charts FAILED, see $LOGS/charts.log"
+  fi
+fi

@@ -76,10 +76,34 @@ fn every_scenario_reports_every_figure() {
     assert_eq!(batch.len(), 2);
     assert!(batch.iter().all(|b| b["generated_tokens_per_s"].as_f64().unwrap() > 0.0));
     check(&s["production"][0], false);
-    for f in ["latency_vs_load.svg", "throughput_vs_concurrency.svg"] {
+    for f in ["latency_vs_load.svg", "throughput_vs_concurrency.svg", "tokens_vs_ttft.svg", "throughput_vs_batch.svg"] {
         let text = std::fs::read_to_string(svg.join(f)).unwrap();
-        assert!(text.starts_with("<svg") && text.contains("<polyline"), "{f}");
+        assert!(text.starts_with("<svg") && text.contains("<polyline") && text.trim_end().ends_with("</svg>"), "{f}");
     }
+    let text = std::fs::read_to_string(svg.join("throughput_vs_batch.svg")).unwrap();
+    assert!(text.contains("inferneo f32 (engine batch)"), "the legend names the system and its mode");
+
+    // The same result, stored, redrawn without measuring anything (how run_all.sh draws).
+    let peers = dir.path().join("peers");
+    std::fs::create_dir(&peers).unwrap();
+    std::fs::copy(dir.path().join("b.json"), peers.join("ours-f32.json")).unwrap();
+    std::fs::write(peers.join("hf.json"), r#"{"system": "HF transformers (torch eager)", "error": "no torch"}"#)
+        .unwrap();
+    let out_dir = dir.path().join("redrawn");
+    let out = inferneo(&[
+        "bench",
+        "--scenarios",
+        "none",
+        "--peers",
+        peers.to_str().unwrap(),
+        "--svg",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(out_dir.join("throughput_vs_concurrency.svg")).unwrap();
+    assert!(
+        text.contains("inferneo f32 (HTTP server)") && text.contains("HF transformers (torch eager): not available")
+    );
 }
 
 #[test]
@@ -102,6 +126,9 @@ fn bad_bench_flags_are_one_line_errors() {
         (vec!["bench", "--url", "http://10.1.2.3:8000"], "loopback"),
         (vec!["bench", "--scenarios", "latency,nope"], "unknown scenario 'nope'"),
         (vec!["bench", "--rates", "1,x"], "--rates"),
+        (vec!["bench", "--svg", "/tmp", "--peers", "/no/such/results"], "--peers /no/such/results: no such directory"),
+        (vec!["bench", "--peers", "/tmp"], "--peers /tmp: needs --svg"),
+        (vec!["bench", "--scenarios", "none"], "--scenarios none"),
     ] {
         let out = inferneo(&args);
         assert!(!out.status.success(), "{args:?}");

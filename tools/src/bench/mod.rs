@@ -1,8 +1,12 @@
 //! `inferneo bench`: the seed report's scenarios (latency, throughput, concurrency, batch,
 //! production) against any loopback OpenAI-compatible `/v1/completions` endpoint, or our own
-//! server started in-process. Seeded, bounded in time; Markdown on stdout, JSON and SVG files.
+//! server started in-process. Seeded, bounded in time; Markdown on stdout, JSON and SVG files
+//! (with `--peers`, the peers harness's results drawn on the same axes).
 
+mod chart;
 mod client;
+mod figures;
+mod peers;
 mod report;
 mod run;
 mod soak;
@@ -16,7 +20,7 @@ use inferneo_runtime::{EngineConfig, Isa, LoadOptions, ModelSource, WeightDtype}
 use inferneo_server::{ModelSpec, Server, ServerConfig};
 use run::{Driver, Level, Load, Shape};
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const SCENARIOS: [&str; 5] = ["latency", "throughput", "concurrency", "batch", "production"];
@@ -48,7 +52,7 @@ pub struct BenchArgs {
     #[arg(long, env = "INFERNEO_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Comma-separated scenarios: latency, throughput, concurrency, batch, production, or all;
-    /// and `soak`, a check run only when named: --duration seconds of mixed traffic
+    /// `none` measures nothing and only draws the --peers results into --svg; and `soak`, a check run only when named: --duration seconds of mixed traffic
     /// (streaming, plain, cancelled, malformed) that fails on an unexpected status, memory
     /// growth past --soak-rss-growth-mb after the warm-up, or gauges not back to zero.
     #[arg(long, default_value = "all")]
@@ -108,9 +112,15 @@ pub struct BenchArgs {
     /// Write every figure and the machine description here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Write SVG plots into this directory.
+    /// Write SVG charts into this directory: throughput vs concurrency, tokens/s against
+    /// p50/p99 time to first token, throughput vs batch size, latency vs offered load.
     #[arg(long, value_name = "DIR")]
     svg: Option<PathBuf>,
+    /// The peers harness's results (tools/peers/run_all.sh: target/peers/results): draw every
+    /// system in them on the --svg charts beside this run, each on the chart of its mode (HTTP
+    /// server or offline batch). Failed peers and unreadable files are listed under the charts.
+    #[arg(long, value_name = "DIR")]
+    peers: Option<PathBuf>,
     /// A smoke run: tiny durations and levels (for tests).
     #[arg(long)]
     quick: bool,
@@ -129,6 +139,16 @@ fn secs(flag: &str, v: f64) -> Result<Duration, String> {
 }
 
 pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
+    // A wrong --peers directory fails now, not after minutes of measuring.
+    if let Some(dir) = &a.peers {
+        if a.svg.is_none() {
+            return Err(format!("--peers {}: needs --svg DIR, the directory its charts are written to", dir.display()));
+        }
+        peers::result_files(dir)?;
+    }
+    if a.scenarios.trim() == "none" {
+        return draw_peers_only(&a);
+    }
     if a.quick {
         (a.requests, a.duration, a.warmup, a.soak) = (3, 1.0, 0.0, 2.0);
         (a.rates, a.concurrency, a.batch_sizes) = ("2,4".into(), "1,2".into(), "1,2".into());
@@ -348,33 +368,7 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
     }
     println!("\nServer peak RSS: {}", rss.map_or("unknown (pass --server-pid)".into(), |m| format!("{m:.0} MB")));
 
-    if let Some(dir) = &a.svg {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        for (scenario, levels) in &levels_by {
-            let (name, title, x_label) = match *scenario {
-                "throughput" => ("latency_vs_load.svg", "Request latency vs offered load", "target requests/s"),
-                "concurrency" => ("throughput_vs_concurrency.svg", "Throughput vs concurrency", "concurrent clients"),
-                _ => continue,
-            };
-            let svg = if *scenario == "throughput" {
-                let pick =
-                    |f: fn(&stats::Summary) -> f64| levels.iter().map(|l| (l.x, f(&l.latency()))).collect::<Vec<_>>();
-                report::line_chart(
-                    title,
-                    x_label,
-                    "latency (s)",
-                    &[("p50", pick(|s| s.p50)), ("p95", pick(|s| s.p95)), ("p99", pick(|s| s.p99))],
-                )
-            } else {
-                let pts = levels.iter().map(|l| (l.x, l.tokens_per_s())).collect();
-                report::line_chart(title, x_label, "generated tokens/s", &[("inferneo", pts)])
-            };
-            let path = dir.join(name);
-            std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-    }
-    let result = if let Some(path) = &a.json {
-        let doc = json!({
+    let doc = json!({
             "machine": report::machine(&kernels.isa().to_string()),
             "target": {"url": a.url, "model": model_name, "local": a.url.is_none(), "dtype": a.dtype.name()},
             "workload": {"prompt_tokens": a.prompt_tokens, "max_tokens": a.max_tokens, "temperature": a.temperature,
@@ -383,14 +377,63 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
             "scenarios": results,
             "server_peak_rss_mb": rss,
             "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&doc).expect("json"))
-            .map_err(|e| format!("{}: {e}", path.display()))
-    } else {
-        Ok(())
+    });
+    let mut result = match &a.json {
+        Some(path) => std::fs::write(path, serde_json::to_string_pretty(&doc).expect("json"))
+            .map_err(|e| format!("{}: {e}", path.display())),
+        None => Ok(()),
     };
+    if let Some(dir) = &a.svg {
+        result = result.and(draw_run(&a, dir, &doc));
+    }
     match soak_failure {
         Some(e) => Err(e),
         None => result,
     }
+}
+
+/// `--scenarios none`: the charts of stored results only, nothing measured (how the peers
+/// harness draws its charts at the end of a run, and how docs/bench is redrawn).
+fn draw_peers_only(a: &BenchArgs) -> Result<(), String> {
+    let (Some(dir), Some(out)) = (&a.peers, &a.svg) else {
+        return Err(
+            "--scenarios none: nothing to measure, and nothing to draw without --peers DIR and --svg DIR".into()
+        );
+    };
+    let p = peers::load(dir)?;
+    for note in &p.notes {
+        eprintln!("  peers: {note}");
+    }
+    for path in figures::write(out, &p.series, &p.notes)? {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `--svg DIR` after a run: this run's lines, drawn from its JSON document, and the --peers
+/// results beside them.
+fn draw_run(a: &BenchArgs, dir: &Path, doc: &Value) -> Result<(), String> {
+    let p = match &a.peers {
+        Some(d) => peers::load(d)?,
+        None => peers::Peers::default(),
+    };
+    for note in &p.notes {
+        eprintln!("  peers: {note}");
+    }
+    // The peers' directory usually holds an inferneo run of its own (run_all.sh benches ours
+    // too), so this run's lines say which they are.
+    let name = a.peers.as_ref().map(|_| match &a.url {
+        None => format!("inferneo {}, this run", a.dtype.name()),
+        Some(url) => format!("{url}, this run"),
+    });
+    // Err only says this run has no figures to draw: then only peers are drawn.
+    let mut series = figures::from_result(doc, "this run", name.as_deref()).unwrap_or_default();
+    series.extend(p.series);
+    let mut notes = figures::failed_levels(doc, "this run", name.as_deref());
+    notes.extend(p.notes);
+    let paths = figures::write(dir, &series, &notes)?;
+    for path in paths {
+        eprintln!("  wrote {}", path.display());
+    }
+    Ok(())
 }
