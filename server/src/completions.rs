@@ -9,6 +9,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::models::{Admission, Served};
 use crate::repository::Registry;
+use crate::response_cache::{Cached, ResponseCache};
 use crate::stop::StopMatcher;
 use inferneo_runtime::engine::EventSink;
 use inferneo_runtime::tokenizer::IncrementalDecoder;
@@ -95,6 +96,9 @@ pub async fn validate(registry: &Registry, req: CompletionRequest, cpu: &CpuPool
     Ok(Validated { req, served, prompts })
 }
 
+/// The engine id of a replayed choice, which has no engine sequence.
+const REPLAYED: u64 = u64::MAX;
+
 /// Delivers a choice's engine events into the request's async channel.
 struct ChannelSink {
     index: usize,
@@ -120,7 +124,7 @@ struct Choice {
 }
 
 /// Something to send for one choice.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Update {
     pub index: usize,
     pub text: String,
@@ -141,12 +145,17 @@ struct TokenLogprob {
 }
 
 /// The log-probabilities of the tokens of one update or a whole choice.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Logprobs {
     entries: Vec<TokenLogprob>,
 }
 
 impl Logprobs {
+    /// About the bytes these take in memory (for the response cache's bound).
+    pub fn bytes(&self) -> usize {
+        self.entries.iter().map(|e| 48 + e.token.len() + e.top.iter().map(|(t, _)| 32 + t.len()).sum::<usize>()).sum()
+    }
+
     fn append(&mut self, other: Logprobs) {
         self.entries.extend(other.entries);
     }
@@ -208,7 +217,12 @@ pub struct Run {
     /// Choices per prompt (`n`): choice `i` belongs to prompt `i / n`.
     n: usize,
     served: Arc<Served>,
-    _admission: Admission,
+    /// Room in the model's engine; `None` for a replay from the response cache.
+    _admission: Option<Admission>,
+    /// A replay: the stored updates still to send (no engine sequence runs).
+    replay: Option<std::collections::VecDeque<Update>>,
+    /// Where to store this run's result when it succeeds, and the updates sent so far.
+    cache: Option<(Arc<ResponseCache>, String, Vec<Update>)>,
     rx: UnboundedReceiver<(usize, Event)>,
     /// Events received while waiting for one choice's last event (see `next`).
     backlog: std::collections::VecDeque<(usize, Event)>,
@@ -246,8 +260,42 @@ impl Run {
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Run, ApiError> {
+        Run::build(p, flavor, arrival, timeout, metrics, None)
+    }
+
+    /// A run that sends `cached` (a stored result of the same request) instead of running
+    /// the model.
+    pub fn replay(
+        p: Validated,
+        flavor: Flavor,
+        arrival: Instant,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+        cached: &Cached,
+    ) -> Result<Run, ApiError> {
+        Run::build(p, flavor, arrival, timeout, metrics, Some(cached))
+    }
+
+    /// Stores the run's result in `cache` under `key` once it succeeds.
+    pub fn cache_into(&mut self, cache: Arc<ResponseCache>, key: String) {
+        if self.replay.is_none() {
+            self.cache = Some((cache, key, Vec::new()));
+        }
+    }
+
+    fn build(
+        p: Validated,
+        flavor: Flavor,
+        arrival: Instant,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+        replay: Option<&Cached>,
+    ) -> Result<Run, ApiError> {
         let n_choices = p.prompts.len() * p.req.n;
-        let admission = p.served.admit(n_choices)?;
+        let admission = match replay {
+            None => Some(p.served.admit(n_choices)?),
+            Some(_) => None,
+        };
         let (tx, rx) = unbounded_channel();
         let eos = p.served.tokenizer.as_ref().and_then(|t| t.eos_id()).or(p.served.config().eos_token_id);
         let stop_tokens: Vec<u32> = if p.req.ignore_eos { Vec::new() } else { eos.into_iter().collect() };
@@ -284,19 +332,22 @@ impl Run {
                     prompt_logprobs: p.req.echo && p.req.logprobs.is_some(),
                 };
                 let sink = Box::new(ChannelSink { index, tx: tx.clone() });
-                let engine_id = match p.served.engine.submit_with(req, sink) {
-                    Ok(id) => id,
-                    Err(e) => {
-                        // Cancel the choices already submitted before reporting.
-                        choices.iter().for_each(|c: &Choice| p.served.engine.cancel(c.engine_id));
-                        return Err(ApiError::bad_request(e.to_string()));
-                    }
+                let engine_id = match replay {
+                    Some(_) => REPLAYED,
+                    None => match p.served.engine.submit_with(req, sink) {
+                        Ok(id) => id,
+                        Err(e) => {
+                            // Cancel the choices already submitted before reporting.
+                            choices.iter().for_each(|c: &Choice| p.served.engine.cancel(c.engine_id));
+                            return Err(ApiError::bad_request(e.to_string()));
+                        }
+                    },
                 };
                 choices.push(Choice {
                     engine_id,
                     matcher: StopMatcher::new(p.req.stop.clone()),
                     decoded: echo.get(pi).map_or(0, |e| e.chars().count()),
-                    generated: 0,
+                    generated: replay.and_then(|c| c.generated.get(index).copied()).unwrap_or(0),
                     finish: None,
                     last_token: None,
                 });
@@ -316,6 +367,8 @@ impl Run {
             n: p.req.n,
             served: p.served.clone(),
             _admission: admission,
+            replay: replay.map(|c| c.updates.iter().cloned().collect()),
+            cache: None,
             rx,
             backlog: Default::default(),
             choices,
@@ -373,6 +426,26 @@ impl Run {
     /// its `Finished` right after it, so waiting for that costs nothing; other choices' events
     /// that come in between wait in the backlog.
     pub async fn next(&mut self) -> Result<Option<Update>, ApiError> {
+        if let Some(queue) = self.replay.as_mut() {
+            let Some(u) = queue.pop_front() else { return Ok(None) };
+            if let Some(f) = u.finish {
+                self.choices[u.index].finish = Some(f);
+            }
+            if !std::mem::replace(&mut self.first_token_seen, true) {
+                let ttft = self.arrival.elapsed().as_secs_f64();
+                self.ttft = Some(ttft);
+                self.metrics.ttft(&self.model, ttft);
+            }
+            return Ok(Some(u));
+        }
+        let update = self.next_live().await?;
+        if let (Some((_, _, sent)), Some(u)) = (self.cache.as_mut(), update.as_ref()) {
+            sent.push(u.clone());
+        }
+        Ok(update)
+    }
+
+    async fn next_live(&mut self) -> Result<Option<Update>, ApiError> {
         loop {
             if self.done() {
                 return Ok(None);
@@ -500,6 +573,10 @@ impl Run {
     pub fn record(&mut self, status: u16) {
         if std::mem::replace(&mut self.recorded, true) {
             return;
+        }
+        if let Some((cache, key, updates)) = self.cache.take().filter(|_| status == 200 && self.done()) {
+            let generated = self.choices.iter().map(|c| c.generated).collect();
+            cache.insert(&self.model, self.served.load_id, key, Cached::new(updates, generated));
         }
         self.metrics.request(&self.model, status);
         self.metrics.tokens(&self.model, self.prompt_tokens, self.completion_tokens());
@@ -658,7 +735,7 @@ impl Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
-        for c in self.choices.iter().filter(|c| c.finish.is_none()) {
+        for c in self.choices.iter().filter(|c| c.finish.is_none() && c.engine_id != REPLAYED) {
             self.served.engine.cancel(c.engine_id);
         }
         // Dropped unrecorded: hyper dropped the handler because the client disconnected.

@@ -9,6 +9,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::models::ModelSpec;
 use crate::repository::{LoadOverrides, Registry, RepositoryConfig};
+use crate::response_cache::{self, ResponseCache};
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming};
@@ -66,6 +67,8 @@ pub struct ServerConfig {
     pub vllm_metrics: bool,
     /// The models directory, the budget of loaded models, keep-alive, pins and `--watch`.
     pub repository: RepositoryConfig,
+    /// Bytes of finished deterministic results kept for replay (`--response-cache-mb`); 0: off.
+    pub response_cache_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +89,7 @@ impl Default for ServerConfig {
             drain_delay: Duration::ZERO,
             fault_injection: false,
             vllm_metrics: false,
+            response_cache_bytes: 0,
             repository: RepositoryConfig::default(),
         }
     }
@@ -97,6 +101,8 @@ struct App {
     /// Tokenizing and detokenizing, off the async workers.
     cpu: CpuPool,
     metrics: Arc<Metrics>,
+    /// Results of deterministic requests (`--response-cache-mb`); `None` when off.
+    cache: Option<Arc<ResponseCache>>,
     draining: AtomicBool,
     /// Shutdown began: /ready answers 503 (requests are still served until `draining`).
     not_ready: AtomicBool,
@@ -122,11 +128,14 @@ impl Server {
         let registry =
             Registry::start(config.models.clone(), config.repository.clone(), metrics.clone(), config.drain_timeout)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let cache =
+            (config.response_cache_bytes > 0).then(|| Arc::new(ResponseCache::new(config.response_cache_bytes)));
         let app = Arc::new(App {
             config,
             registry,
             cpu: CpuPool::per_core(),
             metrics,
+            cache,
             draining: AtomicBool::new(false),
             not_ready: AtomicBool::new(false),
         });
@@ -576,7 +585,10 @@ fn ready(app: &App) -> Response<Body> {
 }
 
 fn metrics(app: &App) -> Response<Body> {
-    let text = app.metrics.render_with(&app.registry.gauges(), app.config.vllm_metrics);
+    let mut text = app.metrics.render_with(&app.registry.gauges(), app.config.vllm_metrics);
+    if let Some(cache) = &app.cache {
+        cache.render(&mut text);
+    }
     let mut r = Response::new(full(text));
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     r
@@ -717,6 +729,14 @@ async fn completions(
     flavor: Flavor,
 ) -> Result<Response<Body>, ApiError> {
     let log = req.extensions().get::<RequestLog>().cloned();
+    // `Cache-Control: no-cache` / `no-store` opt out of the response cache, as HTTP has it.
+    let use_cache = !req
+        .headers()
+        .get_all(hyper::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| matches!(d.trim().to_ascii_lowercase().as_str(), "no-cache" | "no-store"));
     let v = read_json(app, req).await?;
     let parsed = match flavor {
         Flavor::Completion => CompletionRequest::parse(&v)?,
@@ -725,7 +745,20 @@ async fn completions(
     let (stream, include_usage) = (parsed.stream, parsed.include_usage);
     let validated = validate(&app.registry, parsed, &app.cpu).await?;
     let model = validated.served.name.clone();
-    let mut run = match Run::start(validated, flavor, arrival, app.config.request_timeout, app.metrics.clone()) {
+    let cache =
+        app.cache.as_ref().filter(|_| use_cache).and_then(|c| Some((c, response_cache::key(&validated, flavor)?)));
+    let (timeout, metrics) = (app.config.request_timeout, app.metrics.clone());
+    let started = match cache {
+        None => Run::start(validated, flavor, arrival, timeout, metrics),
+        Some((cache, key)) => match cache.get(&key) {
+            Some(hit) => Run::replay(validated, flavor, arrival, timeout, metrics, &hit),
+            None => Run::start(validated, flavor, arrival, timeout, metrics).map(|mut r| {
+                r.cache_into(cache.clone(), key);
+                r
+            }),
+        },
+    };
+    let mut run = match started {
         Ok(mut r) => {
             if let Some(log) = log {
                 log.logged_by_run.store(true, Ordering::SeqCst);

@@ -5,7 +5,8 @@
 //!
 //! Reading order: `http.rs` (accept loop, routing, limits, drain) → `api.rs` (request parsing)
 //! → `completions.rs` (engine sequences to OpenAI choices) → `stop.rs`, `metrics.rs`,
-//! `models.rs` (loading and admission), `error.rs`.
+//! `models.rs` (loading and admission), `repository.rs` (models on demand under a budget),
+//! `response_cache.rs` (replaying deterministic results), `error.rs`.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -17,6 +18,7 @@ mod http;
 pub mod metrics;
 mod models;
 mod repository;
+mod response_cache;
 pub mod stop;
 
 pub use http::{run_blocking, Server, ServerConfig};

@@ -42,6 +42,9 @@ pub struct Served {
     pub weights_bytes: usize,
     /// The engine's KV pool, allocated in full at load.
     pub kv_cache_bytes: usize,
+    /// This load's number, unique in the process: a reload is a new load, so results cached for
+    /// the old weights are never served for the new ones.
+    pub load_id: u64,
     capacity: usize,
     in_flight: AtomicUsize,
 }
@@ -146,6 +149,10 @@ pub(crate) fn load(spec: &ModelSpec) -> Result<Served, String> {
         dtype: spec.load.dtype,
         weights_bytes,
         kv_cache_bytes,
+        load_id: {
+            static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            LOADS.fetch_add(1, Ordering::Relaxed)
+        },
         capacity,
         in_flight: AtomicUsize::new(0),
     })

@@ -116,6 +116,11 @@ pub struct ServeArgs {
     /// beside the old, and no request fails.
     #[arg(long)]
     watch: bool,
+    /// Keep finished results of deterministic requests (temperature 0, or a given seed) and
+    /// answer a repeat of the same request from them, streamed or not; bounded in MB, least
+    /// recently used out first; 0: off. `Cache-Control: no-cache` opts a request out.
+    #[arg(long, default_value_t = 0)]
+    response_cache_mb: usize,
 }
 
 /// Longest accepted timeout (about 11.6 days): far past any request, and far from the
@@ -333,6 +338,7 @@ pub fn config(a: &ServeArgs, isa: Option<Isa>) -> Result<ServerConfig, String> {
         first_byte_timeout,
         vllm_metrics: a.metrics_compat.as_deref() == Some("vllm"),
         repository,
+        response_cache_bytes: in_range("--response-cache-mb", a.response_cache_mb, 0, memory)? << 20,
         ..ServerConfig::default()
     })
 }
