@@ -120,7 +120,7 @@ fn concurrent_clients_over_more_models_than_the_budget_never_fail() {
     }
     let s = TestServer::start(repo_config(dir.path(), 2), true);
     let want = std::sync::Arc::new(want);
-    let until = Instant::now() + Duration::from_secs(8);
+    let until = Instant::now() + Duration::from_secs(20);
     let clients: Vec<_> = (0..16)
         .map(|c| {
             let (addr, want) = (s.addr, want.clone());
@@ -224,4 +224,43 @@ fn reload_under_load_fails_no_request_and_never_mixes_weights() {
         assert!(seen[..switch].iter().all(|v| *v == old));
         assert!(seen[switch..].iter().all(|v| *v == new), "a response from neither engine");
     }
+}
+
+#[test]
+fn keep_alive_unloads_an_idle_model_and_pins_stay() {
+    let dir = models_dir(false);
+    let mut config = repo_config(dir.path(), 0);
+    config.repository.keep_alive = Duration::from_millis(500);
+    config.repository.pinned = vec!["c".into()];
+    let s = TestServer::start(config, true);
+    // The pinned model is loaded before /ready.
+    wait_states(s.addr, &[("c", "ready"), ("a", "unloaded")]);
+    complete(s.addr, body("a", "Hello"));
+    assert!(states(s.addr).contains(&("a".into(), "ready".into())));
+    // Idle past the keep-alive: unloaded; the pinned model, idle as long, stays.
+    wait_states(s.addr, &[("a", "unloaded"), ("c", "ready")]);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(states(s.addr).contains(&("c".into(), "ready".into())), "{:?}", states(s.addr));
+    // And comes back on its next request.
+    complete(s.addr, body("a", "Hello"));
+}
+
+#[test]
+fn watch_reloads_a_model_whose_files_change() {
+    let dir = models_dir(false);
+    let mut config = repo_config(dir.path(), 0);
+    config.repository.watch = Some(Duration::from_millis(200));
+    let s = TestServer::start(config, true);
+    let old = text(&complete(s.addr, body("a", "Hello")));
+    write_model_dir(&dir.path().join("a"), &Preset::Tiny.config(), 9, StoreDtype::F32).unwrap();
+    let t0 = Instant::now();
+    loop {
+        let now = text(&complete(s.addr, body("a", "Hello")));
+        if now != old {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "the changed files were never reloaded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(metric(s.addr, "inferneo_model_loads_total{model=\"a\"}").unwrap() >= 2.0);
 }
