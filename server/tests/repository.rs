@@ -264,3 +264,40 @@ fn watch_reloads_a_model_whose_files_change() {
     }
     assert!(metric(s.addr, "inferneo_model_loads_total{model=\"a\"}").unwrap() >= 2.0);
 }
+
+#[test]
+fn with_nothing_evictable_a_request_waits_then_gets_503_with_retry_after() {
+    let dir = models_dir(false);
+    let mut config = repo_config(dir.path(), 1);
+    config.repository.pinned = vec!["a".into()];
+    config.repository.load_wait = Duration::from_millis(400);
+    let s = TestServer::start(config, true);
+    wait_states(s.addr, &[("a", "ready")]);
+    let t0 = Instant::now();
+    let r = post(s.addr, "/v1/completions", &body("b", "Hello"));
+    let waited = t0.elapsed();
+    let e = r.error(503);
+    assert!(r.header("retry-after").is_some(), "{r:?}");
+    assert!(waited >= Duration::from_millis(400), "answered after {waited:?}, before --load-wait");
+    assert!(e["message"].as_str().unwrap().contains('b'), "{e}");
+    // The pinned model still serves.
+    complete(s.addr, body("a", "Hello"));
+}
+
+#[test]
+fn the_memory_budget_evicts_like_the_model_count() {
+    let dir = models_dir(false);
+    // Measure one model's resident bytes, then allow one and a half of them.
+    let probe = TestServer::start(repo_config(dir.path(), 0), true);
+    complete(probe.addr, body("a", "Hello"));
+    let one = get(probe.addr, "/v1/models/a").json()["memory_bytes"].as_u64().unwrap() as usize;
+    drop(probe);
+    let mut config = repo_config(dir.path(), 0);
+    config.repository.memory_bytes = one * 3 / 2;
+    let s = TestServer::start(config, true);
+    let a = text(&complete(s.addr, body("a", "Hello")));
+    complete(s.addr, body("b", "Hello"));
+    wait_states(s.addr, &[("a", "unloaded"), ("b", "ready")]);
+    assert_eq!(text(&complete(s.addr, body("a", "Hello"))), a);
+    wait_states(s.addr, &[("a", "ready"), ("b", "unloaded")]);
+}
