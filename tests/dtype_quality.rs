@@ -5,31 +5,9 @@
 
 mod common;
 
+use common::compare;
+
 use inferneo_runtime::{Gpt2, KvCache, Logits, Preset, WeightDtype};
-
-struct Quality {
-    max_abs: f32,
-    top1: f64,
-    mean_kl: f64,
-}
-
-fn log_softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
-    row.iter().map(|&v| v as f64 - lse).collect()
-}
-
-fn compare(reference: &[f32], got: &[f32], vocab: usize) -> Quality {
-    let rows = reference.len() / vocab;
-    let (mut max_abs, mut agree, mut kl) = (0.0f32, 0usize, 0.0f64);
-    for (r, g) in reference.chunks(vocab).zip(got.chunks(vocab)) {
-        max_abs = r.iter().zip(g).fold(max_abs, |m, (a, b)| m.max((a - b).abs()));
-        agree += (common::argmax(r) == common::argmax(g)) as usize;
-        let (lp, lq) = (log_softmax(r), log_softmax(g));
-        kl += lp.iter().zip(&lq).map(|(p, q)| p.exp() * (p - q)).sum::<f64>();
-    }
-    Quality { max_abs, top1: agree as f64 / rows as f64, mean_kl: kl / rows as f64 }
-}
 
 fn logits(model: &Gpt2, tokens: &[u32]) -> Vec<f32> {
     let mut cache = KvCache::new(model.config());

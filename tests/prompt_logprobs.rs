@@ -5,18 +5,11 @@
 
 mod common;
 
-use common::Golden;
+use common::{log_softmax, Golden};
 use inferneo_runtime::scheduler::Limits;
 use inferneo_runtime::{
     Engine, EngineConfig, Event, Finish, GenerateRequest, Gpt2, Preset, PromptLogprob, WeightDtype,
 };
-
-/// HF's log-softmax of `row`, in f64.
-fn log_softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
-    let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
-    row.iter().map(|&x| x as f64 - lse).collect()
-}
 
 fn prompt_logprobs(engine: &Engine, prompt: &[u32], max_tokens: usize) -> (Vec<PromptLogprob>, usize) {
     let req = GenerateRequest {

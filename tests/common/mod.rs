@@ -107,3 +107,31 @@ pub fn available_kernels() -> Vec<Kernels> {
         })
         .collect()
 }
+
+/// How far one model's logits are from a reference's: max abs difference, top-1 agreement
+/// and mean KL(reference || got) over the rows.
+pub struct Quality {
+    pub max_abs: f32,
+    pub top1: f64,
+    pub mean_kl: f64,
+}
+
+/// log-softmax of `row`, in f64.
+pub fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+    row.iter().map(|&v| v as f64 - lse).collect()
+}
+
+/// [`Quality`] of `got` against `reference`, both `[rows, vocab]`.
+pub fn compare(reference: &[f32], got: &[f32], vocab: usize) -> Quality {
+    let rows = reference.len() / vocab;
+    let (mut max_abs, mut agree, mut kl) = (0.0f32, 0usize, 0.0f64);
+    for (r, g) in reference.chunks(vocab).zip(got.chunks(vocab)) {
+        max_abs = r.iter().zip(g).fold(max_abs, |m, (a, b)| m.max((a - b).abs()));
+        agree += (argmax(r) == argmax(g)) as usize;
+        let (lp, lq) = (log_softmax(r), log_softmax(g));
+        kl += lp.iter().zip(&lq).map(|(p, q)| p.exp() * (p - q)).sum::<f64>();
+    }
+    Quality { max_abs, top1: agree as f64 / rows as f64, mean_kl: kl / rows as f64 }
+}
