@@ -18,6 +18,7 @@ mod grid;
 mod isa;
 mod ops;
 mod pack;
+mod quant;
 pub mod reference;
 mod rows;
 mod simd;
@@ -28,7 +29,8 @@ pub use buffer::{AllocError, HugeBuf};
 pub use cpu::{default_threads, Isa, ISA_ENV};
 pub use dispatch::{kernels, Epilogue, Kernels};
 pub use grid::Dims;
-pub use pack::{ActQuant, Layout, PackedKn, Panels, QFormat, WeightDtype};
+pub use pack::{ActQuant, Layout, PackBuilder, PackedKn, Panels, QFormat, WeightDtype};
+pub use quant::{QuantForm, Quantized};
 pub use rows::Norm;
 pub use team::Team;
 
