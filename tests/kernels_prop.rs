@@ -174,6 +174,33 @@ proptest! {
         }
     }
 
+    /// `bf16dot` equals its oracle bit for bit (GELU within its approximation error) on every
+    /// ISA whose pair product is the widened FMA, on ragged shapes including odd k. AVX512-BF16's
+    /// `vdpbf16ps` is documented to round as the oracle does; it is held to within one rounding
+    /// of each sum instead (`k` roundings of at most half an ulp of the running sum of
+    /// magnitudes), so a CPU that fuses a pair's two sums still passes while a wrong layout or
+    /// order of pairs does not.
+    #[test]
+    fn bf16dot_matches_reference(m in 1usize..30, k in 1usize..90, n in 1usize..300, seed: u64, acc: bool, bias: bool, gelu: bool) {
+        let (x, w, b, prior) = (vals(m * k, seed), vals(k * n, seed ^ 1), vals(n, seed ^ 2), vals(m * n, seed ^ 3));
+        let ep = Epilogue { gelu, accumulate: acc };
+        let mut want = vec![0.0; m * n];
+        reference::matmul_bf16dot(&x, &w, bias.then_some(&b[..]), &mut want, m, k, n);
+        reference_epilogue(&mut want, ep, &prior);
+        for kern in kernels() {
+            let packed = kern.pack(&w, Layout::KN, k, n, WeightDtype::Bf16dot);
+            let out = poisoned_product(kern, &x, &packed, bias.then_some(&b[..]), m, ep, &prior);
+            let exact = kern.bf16dot_name() != "vdpbf16ps";
+            let tol = |i: usize| {
+                let (r, c) = (i / n, i % n);
+                let sum: f32 = (0..k).map(|p| (x[r * k + p] * w[p * n + c]).abs()).sum();
+                let rounding = if exact { 0.0 } else { k as f32 * sum * f32::EPSILON };
+                rounding + if gelu { ELEM_ABS * (1.0 + want[i].abs()) } else { 0.0 }
+            };
+            assert_close(&format!("bf16dot/{} ({})", kern.isa(), kern.bf16dot_name()), &out, &want, tol);
+        }
+    }
+
     /// The oracle's `w8a8` against the f32 product: within the two quantization errors,
     /// `sum_k |x| s_w / 2 + |w| s_x / 2 + s_x s_w / 4` (so the scheme itself is checked).
     #[test]
@@ -624,6 +651,12 @@ fn identity_products_are_exact() {
                 kern.matmul_kn(&x, &kern.pack(&eye, Layout::KN, n, n, dtype), None, &mut out, 5, Epilogue::STORE);
                 if dtype == WeightDtype::W8a8 {
                     continue; // its input is quantized too: covered by w8a8_matches_reference
+                }
+                if dtype == WeightDtype::Bf16dot {
+                    // Its input is rounded to bf16, and times one that is exact.
+                    let rounded: Vec<f32> = x.iter().map(|&v| reference::bf16_round(v)).collect();
+                    assert_eq!(out, rounded, "identity, n = {n}, {} {dtype}", kern.isa());
+                    continue;
                 }
                 if dtype == WeightDtype::Int8 {
                     // q = 127 with scale 1/127: exact up to the rounding of that scale, and of

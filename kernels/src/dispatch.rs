@@ -6,7 +6,8 @@
 use crate::cpu::Isa;
 use crate::grid::{balanced_tile, for_chunks, Cuts, Dims};
 use crate::isa::{self, Table};
-use crate::rows::{pack_in_parallel, Norm, Spare, SPARE_WORDS};
+use crate::pack::bf16_bits;
+use crate::rows::{pack_in_parallel, Norm, Spare, SPARE_BF16, SPARE_WORDS};
 use crate::team;
 use crate::{ActQuant, Attention, Layout, MatmulKn, MatmulQ, PackedKn, Panels, QFormat, WeightDtype};
 use std::sync::OnceLock;
@@ -116,6 +117,9 @@ impl Kernels {
             return self.product_q(normed.as_deref().unwrap_or(&x[..m * k]), panels, bias, out, dims, epilogue);
         }
         assert_eq!(w.nr(), self.table.kn_nr, "matmul_kn: weights packed for another ISA");
+        if let Panels::Bf16Pairs(_) = w.panels() {
+            return self.product_bf16dot(x, norm, w, bias, out, dims, epilogue);
+        }
         let f = self.table.matmul_kn;
         let w = w.panels();
         // Several rows: interleave them in blocks of MR (BLIS's packed A) once, shared by all
@@ -258,6 +262,20 @@ impl Kernels {
         (iters as f64 * 12.0 * (t.lanes * t.format.kq) as f64 * 2.0, v)
     }
 
+    /// Runs `iters` rounds of 12 independent chains of the `bf16dot` pair product on one
+    /// thread: the bf16 dot-product peak probe. Returns the FLOPs executed (4 per lane per pair:
+    /// two products, two sums) and a value that depends on the work.
+    pub fn bf16dot_probe(&self, iters: usize) -> (f64, f32) {
+        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+        let v = unsafe { (self.table.bf16dot.probe)(iters, 1.0) };
+        (iters as f64 * 12.0 * self.lanes() as f64 * 4.0, v)
+    }
+
+    /// The instruction the `bf16dot` kernels reduce with, for reports.
+    pub fn bf16dot_name(&self) -> &'static str {
+        self.table.bf16dot.name
+    }
+
     /// The instruction the `w8a8` kernels reduce with, for reports.
     pub fn int_dot_name(&self) -> &'static str {
         self.table.w8a8.name
@@ -289,6 +307,77 @@ impl Epilogue {
     pub const GELU: Epilogue = Epilogue { gelu: true, accumulate: false };
     /// `out += x W + b`.
     pub const ACCUMULATE: Epilogue = Epilogue { gelu: false, accumulate: true };
+}
+
+impl Kernels {
+    /// A `bf16dot` product: the rows packed (and layer-normed) as for the float kernels, then
+    /// rounded to bf16 in the layout this ISA's pair kernel takes, then the kernel over column
+    /// chunks.
+    #[allow(clippy::too_many_arguments)]
+    fn product_bf16dot(
+        &self,
+        x: &[f32],
+        norm: Option<Norm>,
+        w: &PackedKn,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        dims: Dims,
+        epilogue: Epilogue,
+    ) {
+        let Dims { m, k, n } = dims;
+        let t = self.table.bf16dot;
+        let mr = if m > 1 { balanced_tile(m, self.table.kn_mr) } else { 1 };
+        let rows = self.pack_rows(&x[..m * k], k, mr, norm);
+        let per_row = crate::ops::matmul_bf16::act_len(t.words, k);
+        let mut acts = Spare::take(&SPARE_BF16, m.div_ceil(mr) * mr * per_row);
+        if k > 0 {
+            let round =
+                |b: usize, block: &mut [f32]| round_bf16_block(&rows[b * mr * k..][..mr * k], k, mr, t.words, block);
+            if pack_in_parallel(m * k) {
+                team::for_each_chunk_mut(&mut acts, mr * per_row, round);
+            } else {
+                acts.chunks_exact_mut(mr * per_row).enumerate().for_each(|(b, block)| round(b, block));
+            }
+        }
+        drop(rows);
+        let x_mr = if m > 1 { mr } else { 0 };
+        let cuts = Cuts::for_product(m, self.table.kn_nr, self.table.kn_decode_cols, x_mr);
+        for_chunks(&mut out[..m * n], dims, cuts, |c| {
+            let a = MatmulKn {
+                x: &acts[c.row0 * per_row..],
+                x_mr,
+                k,
+                w: w.panels(),
+                n,
+                bias,
+                col0: c.col0,
+                gelu: epilogue.gelu,
+                accumulate: epilogue.accumulate,
+            };
+            // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+            unsafe { (t.matmul)(&a, &mut c.rows) }
+        });
+    }
+}
+
+/// One block of `mr` packed rows (`src`: `[k][mr]`) rounded to bf16 ([`bf16_bits`]) into `dst`:
+/// pair words `[ceil(k / 2)][mr]` (`words`), each carried in an f32 slot as its bits, else
+/// bf16-valued floats `[2 ceil(k / 2)][mr]`; a missing odd k is zero.
+fn round_bf16_block(src: &[f32], k: usize, mr: usize, words: bool, dst: &mut [f32]) {
+    let at = |kk: usize, r: usize| if kk < k { bf16_bits(src[kk * mr + r]) } else { 0 };
+    if words {
+        for (i, d) in dst.chunks_exact_mut(mr).enumerate() {
+            for (r, v) in d.iter_mut().enumerate() {
+                *v = f32::from_bits(at(2 * i + 1, r) << 16 | at(2 * i, r));
+            }
+        }
+    } else {
+        for (kk, d) in dst.chunks_exact_mut(mr).enumerate() {
+            for (r, v) in d.iter_mut().enumerate() {
+                *v = f32::from_bits(at(kk, r) << 16);
+            }
+        }
+    }
 }
 
 /// An integer-dot matrix's packed parts.

@@ -24,11 +24,21 @@ pub enum WeightDtype {
     /// (symmetric, one scale per row, at run time) and reduces in exact integer dot products
     /// (AVX-512 VNNI `vpdpbusd`, AVX2 `vpmaddwd`).
     W8a8,
+    /// bf16 weights times activations rounded to bf16, one pair of k at a time, summed in f32:
+    /// AVX512-BF16's `vdpbf16ps` where the CPU has it, the same arithmetic on f32 FMAs
+    /// elsewhere (see `reference::matmul_bf16dot` for exactly what is rounded where).
+    Bf16dot,
 }
 
 impl WeightDtype {
-    pub const ALL: [WeightDtype; 5] =
-        [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Int8, WeightDtype::W8a8];
+    pub const ALL: [WeightDtype; 6] = [
+        WeightDtype::F32,
+        WeightDtype::F16,
+        WeightDtype::Bf16,
+        WeightDtype::Int8,
+        WeightDtype::W8a8,
+        WeightDtype::Bf16dot,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -37,6 +47,7 @@ impl WeightDtype {
             WeightDtype::Bf16 => "bf16",
             WeightDtype::Int8 => "int8",
             WeightDtype::W8a8 => "w8a8",
+            WeightDtype::Bf16dot => "bf16dot",
         }
     }
 
@@ -44,7 +55,7 @@ impl WeightDtype {
     pub fn size(self) -> usize {
         match self {
             WeightDtype::F32 => 4,
-            WeightDtype::F16 | WeightDtype::Bf16 => 2,
+            WeightDtype::F16 | WeightDtype::Bf16 | WeightDtype::Bf16dot => 2,
             WeightDtype::Int8 | WeightDtype::W8a8 => 1,
         }
     }
@@ -56,7 +67,7 @@ impl FromStr for WeightDtype {
         WeightDtype::ALL
             .into_iter()
             .find(|d| d.name() == s)
-            .ok_or_else(|| format!("unknown weight dtype '{s}' (expected f32, f16, bf16, int8 or w8a8)"))
+            .ok_or_else(|| format!("unknown weight dtype '{s}' (expected f32, f16, bf16, int8, w8a8 or bf16dot)"))
     }
 }
 
@@ -80,6 +91,10 @@ pub enum Panels {
     F32(HugeBuf<f32>),
     F16(HugeBuf<f16>),
     Bf16(HugeBuf<bf16>),
+    /// `bf16dot` weights: each panel `[ceil(k / 2)][nr]` words, a word holding the bf16 bits of
+    /// `W[2i, c]` in its low half and of `W[2i + 1, c]` in its high half (zero past `k`): the
+    /// operand layout of `vdpbf16ps`. Values rounded as [`bf16_bits`] says.
+    Bf16Pairs(HugeBuf<u32>),
     /// Quantized values and one scale per column (padded to whole panels).
     Int8 {
         q: HugeBuf<i8>,
@@ -143,6 +158,10 @@ impl PackedKn {
                 let q = fill(k, n, nr, |kk, c| quantize(at(kk, c), scale[c]));
                 Panels::Int8 { q, scale }
             }
+            WeightDtype::Bf16dot => Panels::Bf16Pairs(fill(k.div_ceil(2), n, nr, |i, c| {
+                let hi = if 2 * i + 1 < k { bf16_bits(at(2 * i + 1, c)) } else { 0 };
+                hi << 16 | bf16_bits(at(2 * i, c))
+            })),
             WeightDtype::W8a8 => unreachable!("checked above"),
         };
         PackedKn { k, n, nr, panels }
@@ -197,6 +216,7 @@ impl PackedKn {
             Panels::F32(_) => WeightDtype::F32,
             Panels::F16(_) => WeightDtype::F16,
             Panels::Bf16(_) => WeightDtype::Bf16,
+            Panels::Bf16Pairs(_) => WeightDtype::Bf16dot,
             Panels::Int8 { .. } | Panels::IntDot { acts: ActQuant::Int24, .. } => WeightDtype::Int8,
             Panels::IntDot { acts: ActQuant::Int8, .. } => WeightDtype::W8a8,
         }
@@ -212,6 +232,7 @@ impl PackedKn {
             Panels::F32(v) => v.len() * 4,
             Panels::F16(v) => v.len() * 2,
             Panels::Bf16(v) => v.len() * 2,
+            Panels::Bf16Pairs(v) => v.len() * 4,
             Panels::Int8 { q, scale } => q.len() + scale.len() * 4,
             Panels::IntDot { q, scale, corr, .. } => q.len() + scale.len() * 4 + corr.len() * 4,
         }
@@ -227,6 +248,13 @@ impl PackedKn {
             Panels::F32(v) => out.iter_mut().enumerate().for_each(|(kk, o)| *o = v[idx(kk)]),
             Panels::F16(v) => out.iter_mut().enumerate().for_each(|(kk, o)| *o = v[idx(kk)].to_f32()),
             Panels::Bf16(v) => out.iter_mut().enumerate().for_each(|(kk, o)| *o = v[idx(kk)].to_f32()),
+            Panels::Bf16Pairs(v) => {
+                let panel = &v[(col / self.nr) * self.k.div_ceil(2) * self.nr..];
+                for (kk, o) in out.iter_mut().enumerate() {
+                    let word = panel[kk / 2 * self.nr + off];
+                    *o = f32::from_bits(if kk % 2 == 0 { word << 16 } else { word & 0xFFFF_0000 });
+                }
+            }
             Panels::Int8 { q, scale } => {
                 out.iter_mut().enumerate().for_each(|(kk, o)| *o = q[idx(kk)] as f32 * scale[col])
             }
@@ -260,6 +288,24 @@ fn column_scales(k: usize, n: usize, padded: usize, at: &(impl Fn(usize, usize) 
         .into_par_iter()
         .map(|c| if c < n { (0..k).fold(0.0f32, |m, kk| m.max(at(kk, c).abs())) / 127.0 } else { 0.0 })
         .collect()
+}
+
+/// The bf16 bits of `v` as `bf16dot` rounds weights and activations: to nearest, ties to even;
+/// subnormal inputs to a zero of their sign (as AVX512-BF16's conversions treat them, so the
+/// result is never a bf16 subnormal); NaN stays NaN (quiet). The independent definition is
+/// `reference::bf16_round`.
+#[inline(always)]
+pub(crate) fn bf16_bits(v: f32) -> u32 {
+    let b = v.to_bits();
+    if b & 0x7F80_0000 == 0 {
+        (b >> 16) & 0x8000
+    } else if v.is_nan() {
+        (b >> 16) | 0x0040
+    } else {
+        // Adding 0x7FFF plus the lowest kept bit rounds half to even; a carry out of the
+        // mantissa bumps the exponent (up to infinity), which is the correct rounding.
+        (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+    }
 }
 
 fn quantize(v: f32, scale: f32) -> i8 {

@@ -15,6 +15,36 @@ pub fn matmul_kn(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], m:
     }
 }
 
+/// `v` rounded to bf16 as `bf16dot` rounds weights and activations, returned as f32 (exact):
+/// a subnormal `v` becomes a zero of its sign (AVX512-BF16's conversions treat subnormal inputs
+/// as zero), then to nearest bf16, ties to even (NaN stays NaN, overflow goes to infinity).
+pub fn bf16_round(v: f32) -> f32 {
+    let v = if v.is_subnormal() { 0.0f32.copysign(v) } else { v };
+    half::bf16::from_f32(v).to_f32()
+}
+
+/// The `bf16dot` product: `x` and `w` rounded by [`bf16_round`], then for each output, from
+/// `0.0` in f32, over the pairs of k in order: `acc += x[2i+1] w[2i+1]`, then `acc += x[2i]
+/// w[2i]` (a missing odd k of an odd `k` counts as `0 * 0`), each product exact (two 8-bit
+/// significands) and each sum rounded to nearest even, as `vdpbf16ps` defines its lanes; then
+/// `+ bias` in f32.
+pub fn matmul_bf16dot(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], m: usize, k: usize, n: usize) {
+    for i in 0..m {
+        let xr = |p: usize| if p < k { bf16_round(x[i * k + p]) } else { 0.0 };
+        for j in 0..n {
+            let wr = |p: usize| if p < k { bf16_round(w[p * n + j]) } else { 0.0 };
+            let mut acc = 0.0f32;
+            for pair in 0..k.div_ceil(2) {
+                let (even, odd) = (2 * pair, 2 * pair + 1);
+                // A fused multiply-add: the exact product, one rounding of the sum.
+                acc = xr(odd).mul_add(wr(odd), acc);
+                acc = xr(even).mul_add(wr(even), acc);
+            }
+            out[i * n + j] = bias.map_or(acc, |b| acc + b[j]);
+        }
+    }
+}
+
 /// The `w8a8` product: `w` quantized per column (`scale = max |w| / 127`, round half away from
 /// zero), each row of `x` per row (`scale = max |x| / 127`, ties to even), the integer dot
 /// product exact, then `((dot as f32) * w_scale) * x_scale + bias` in f32, in that order.

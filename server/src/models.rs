@@ -182,7 +182,7 @@ pub(crate) fn weight_bytes_estimate(c: &Config, dtype: WeightDtype) -> usize {
     let matrices = c.vocab_size * c.n_embd + c.n_layer * (4 * c.n_embd * c.n_embd + 2 * c.n_embd * c.n_inner());
     let width = match dtype {
         WeightDtype::F32 => 4,
-        WeightDtype::F16 | WeightDtype::Bf16 => 2,
+        WeightDtype::F16 | WeightDtype::Bf16 | WeightDtype::Bf16dot => 2,
         WeightDtype::Int8 | WeightDtype::W8a8 => 1,
     };
     matrices * width + (c.n_params() - matrices) * 4

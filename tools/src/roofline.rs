@@ -59,6 +59,12 @@ pub fn int_dot_peak(k: Kernels) -> f64 {
     all_core_rate(1_000_000, |iters| k.int_dot_probe(iters))
 }
 
+/// All-core peak of the `bf16dot` pair product in FLOP/s (AVX512-BF16's `vdpbf16ps` where the
+/// CPU has it, else the FMAs it falls back to).
+pub fn bf16dot_peak(k: Kernels) -> f64 {
+    all_core_rate(1_000_000, |iters| k.bf16dot_probe(iters))
+}
+
 /// Operations/s of a one-thread `probe(iters) -> (operations, value)` run on every thread at
 /// once (the value keeps the work from being optimised away).
 fn all_core_rate(iters: usize, probe: impl Fn(usize) -> (f64, f32) + Sync) -> f64 {
@@ -158,6 +164,7 @@ struct Roofs {
     bw_4k: f64,
     peak: f64,
     int_peak: f64,
+    bf16_peak: f64,
 }
 
 impl Roofs {
@@ -168,6 +175,7 @@ impl Roofs {
             bw_4k: read_bandwidth(k, bw_bytes, false),
             peak: fma_peak(k),
             int_peak: int_dot_peak(k),
+            bf16_peak: bf16dot_peak(k),
         }
     }
 
@@ -177,6 +185,7 @@ impl Roofs {
             bw_4k: self.bw_4k.max(o.bw_4k),
             peak: self.peak.max(o.peak),
             int_peak: self.int_peak.max(o.int_peak),
+            bf16_peak: self.bf16_peak.max(o.bf16_peak),
         }
     }
 }
@@ -193,6 +202,8 @@ struct Case {
     /// 1; int8 on VNNI: 3, one per byte digit of its 24-bit activations): its compute roof is
     /// the integer-dot peak over that. `None`: the FMA peak.
     dot_passes: Option<usize>,
+    /// Runs on the `bf16dot` pair product: its compute roof is that product's peak.
+    bf16_pairs: bool,
     secs: f64,
     streamed: Option<f64>,
 }
@@ -210,7 +221,8 @@ fn sweep(k: Kernels, plan: Plan, cases: &mut Vec<Case>) {
         for &dtype in dtypes {
             // Every dtype at decode size (bandwidth-bound); f32, int8 and w8a8 (the kernels
             // batches run on) across all M.
-            let across = matches!(dtype, WeightDtype::F32 | WeightDtype::Int8 | WeightDtype::W8a8);
+            let across =
+                matches!(dtype, WeightDtype::F32 | WeightDtype::Int8 | WeightDtype::W8a8 | WeightDtype::Bf16dot);
             let ms: &[usize] = if across { &MS } else { &MS[..1] };
             let ms: Vec<usize> = ms
                 .iter()
@@ -234,6 +246,7 @@ fn sweep(k: Kernels, plan: Plan, cases: &mut Vec<Case>) {
                 Panels::IntDot { acts: ActQuant::Int24, .. } => Some(3),
                 _ => None,
             };
+            let bf16_pairs = matches!(packed.panels(), Panels::Bf16Pairs(_));
             for m in ms {
                 let x = vec![0.5f32; m * kk];
                 let mut out = vec![0.0f32; m * n];
@@ -243,7 +256,7 @@ fn sweep(k: Kernels, plan: Plan, cases: &mut Vec<Case>) {
                     .then(|| streamed_secs(k, &copies, &x, &bias, &mut out, m, if plan.quick { 2 } else { 5 }));
                 if first_round {
                     let bytes = packed.bytes() + 4 * (m * kk + m * n + n);
-                    cases.push(Case { label, k: kk, n, dtype, m, bytes, dot_passes, secs, streamed });
+                    cases.push(Case { label, k: kk, n, dtype, m, bytes, dot_passes, bf16_pairs, secs, streamed });
                 } else {
                     let c = &mut cases[next];
                     c.secs = c.secs.min(secs);
@@ -271,10 +284,14 @@ pub fn report(k: Kernels, plan: Plan) -> Result<serde_json::Value, String> {
         per_round.push(Roofs::measure(k, plan.quick));
         sweep(k, plan, &mut cases);
     }
-    let Roofs { bw, bw_4k, peak, int_peak } = per_round.iter().fold(Roofs::default(), |a, &r| a.max(r));
+    let Roofs { bw, bw_4k, peak, int_peak, bf16_peak } = per_round.iter().fold(Roofs::default(), |a, &r| a.max(r));
     let mut rows = Vec::new();
     for c in &cases {
-        let peak = c.dot_passes.map_or(peak, |p| int_peak / p as f64);
+        let peak = match (c.dot_passes, c.bf16_pairs) {
+            (Some(p), _) => int_peak / p as f64,
+            (None, true) => bf16_peak,
+            (None, false) => peak,
+        };
         let flops = 2.0 * (c.m * c.k * c.n) as f64;
         let bytes = c.bytes as f64;
         let roof = peak.min(bw * flops / bytes);
@@ -284,7 +301,12 @@ pub fn report(k: Kernels, plan: Plan) -> Result<serde_json::Value, String> {
             "gflops": flops / secs / 1e9, "gbps": bytes / secs / 1e9,
             "roofline_gflops": roof / 1e9, "fraction_of_roofline": flops / secs / roof,
             "bound": if bw * flops / bytes < peak { "memory" } else { "compute" },
-            "compute_roof": match c.dot_passes { None => "fma", Some(1) => "int_dot", Some(_) => "int_dot_3_digits" },
+            "compute_roof": match (c.dot_passes, c.bf16_pairs) {
+                (None, false) => "fma",
+                (None, true) => "bf16_dot",
+                (Some(1), _) => "int_dot",
+                (Some(_), _) => "int_dot_3_digits",
+            },
             "streamed_seconds": streamed,
             "streamed_gbps": streamed.map(|t| bytes / t / 1e9),
             "streamed_fraction_of_roofline": streamed.map(|t| flops / t / roof),
@@ -301,10 +323,13 @@ pub fn report(k: Kernels, plan: Plan) -> Result<serde_json::Value, String> {
         "fma_peak_gflops": peak / 1e9,
         "int_dot_peak_gops": int_peak / 1e9,
         "int_dot_instruction": k.int_dot_name(),
+        "bf16_dot_peak_gflops": bf16_peak / 1e9,
+        "bf16_dot_instruction": k.bf16dot_name(),
         "fork_join_us": { "back_to_back": join_hot * 1e6, "after_200us_gap_median": join_after_gap * 1e6 },
         "per_round": {
             "read_bandwidth_gbps": gbps(|r| r.bw),
             "fma_peak_gflops": gbps(|r| r.peak),
+            "bf16_dot_peak_gflops": gbps(|r| r.bf16_peak),
         },
         "kernels": rows,
     });
@@ -314,11 +339,12 @@ pub fn report(k: Kernels, plan: Plan) -> Result<serde_json::Value, String> {
 pub fn run(k: Kernels, as_json: bool, plan: Plan) -> Result<(), String> {
     let report = report(k, plan)?;
     let num = |key: &str| report[key].as_f64().unwrap_or(0.0);
-    let (bw, bw_4k, peak, int_peak) = (
+    let (bw, bw_4k, peak, int_peak, bf16_peak) = (
         num("read_bandwidth_gbps") * 1e9,
         num("read_bandwidth_4k_pages_gbps") * 1e9,
         num("fma_peak_gflops") * 1e9,
         num("int_dot_peak_gops") * 1e9,
+        num("bf16_dot_peak_gflops") * 1e9,
     );
     let (join_hot, join_after_gap) = (
         report["fork_join_us"]["back_to_back"].as_f64().unwrap_or(0.0) / 1e6,
@@ -339,6 +365,11 @@ pub fn run(k: Kernels, as_json: bool, plan: Plan) -> Result<(), String> {
         "integer-dot peak ({}): {:.1} GOP/s (the compute roof of w8a8 rows, and a third of it of int8 rows where int8 runs on it: three byte digits per activation; GFLOP/s there means GOP/s)",
         k.int_dot_name(),
         int_peak / 1e9
+    );
+    println!(
+        "bf16 dot-product peak ({}): {:.1} GFLOP/s (the compute roof of bf16dot rows: two products and two sums per lane and pair)",
+        k.bf16dot_name(),
+        bf16_peak / 1e9
     );
     println!(
         "fork-join over the kernel team: {:.1} us back to back, {:.1} us (median) after a 200 us gap",

@@ -213,11 +213,13 @@ fn roofline_json_has_every_figure() {
         std::env::var("RAYON_NUM_THREADS").map_or(inferneo_kernels::default_threads(), |v| v.parse().unwrap());
     assert_eq!(v["threads"], threads);
     assert!(v["int_dot_peak_gops"].as_f64().unwrap() > 0.1 && v["int_dot_instruction"].is_string());
+    assert!(v["bf16_dot_peak_gflops"].as_f64().unwrap() > 0.1 && v["bf16_dot_instruction"].is_string());
     let rows = v["kernels"].as_array().unwrap();
     // int8 and w8a8 are measured at every M, like f32; w8a8 against the integer-dot peak, int8
     // against the FMA peak or, on the integer dot, a third of its peak.
     assert!(rows.iter().any(|r| r["dtype"] == "int8" && r["m"] == 32));
     assert!(rows.iter().any(|r| r["dtype"] == "w8a8" && r["m"] == 32));
+    assert!(rows.iter().any(|r| r["dtype"] == "bf16dot" && r["m"] == 32));
     let int8_roof =
         if Isa::from_env().ok().and_then(Kernels::for_isa).is_some_and(|k| {
             matches!(k.pack(&[0.0], Layout::KN, 1, 1, WeightDtype::Int8).panels(), Panels::IntDot { .. })
@@ -230,6 +232,7 @@ fn roofline_json_has_every_figure() {
         let roof = match r["dtype"].as_str().unwrap() {
             "w8a8" => "int_dot",
             "int8" => int8_roof,
+            "bf16dot" => "bf16_dot",
             _ => "fma",
         };
         assert_eq!(r["compute_roof"], roof, "{r}");

@@ -46,3 +46,8 @@ pub(super) fn w8a8_table() -> super::QTable {
 fn int8_table() -> Option<super::Q24Table> {
     None
 }
+
+/// No bf16 dot product in AVX2: `bf16dot` widens the halves to f32 for the FMAs.
+pub(super) fn bf16dot_table() -> super::Bf16Table {
+    widened_bf16_table()
+}

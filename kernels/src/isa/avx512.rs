@@ -58,3 +58,27 @@ pub(super) fn w8a8_table() -> super::QTable {
         super::avx2::w8a8_table()
     }
 }
+
+// The `bf16dot` tile of `vdpbf16ps`: 12 x 32, 24 accumulators + 2 weight vectors + 1 broadcast
+// pair word (as for f32, each instruction covering two k).
+super::instantiate_bf16!(
+    #[target_feature(enable = "avx512f,avx512bf16,avx2,fma,f16c")]
+    dot: crate::simd::avx512::Bf16Avx512,
+    token:
+        // SAFETY: `bf16dot_table` below hands these out only after `Bf16Avx512::detect()`
+        // succeeded.
+        unsafe { crate::simd::avx512::Bf16Avx512::assume() },
+    vecs: 2,
+    mr: 12,
+    decode_vecs: 8
+);
+
+/// `vdpbf16ps` where the CPU has AVX512-BF16; otherwise the same sums on FMAs over widened
+/// halves.
+pub(super) fn bf16dot_table() -> super::Bf16Table {
+    if crate::simd::avx512::Bf16Avx512::detect().is_some() {
+        pairs_bf16_table()
+    } else {
+        widened_bf16_table()
+    }
+}

@@ -30,3 +30,7 @@ pub(super) fn w8a8_table() -> super::QTable {
 fn int8_table() -> Option<super::Q24Table> {
     None
 }
+
+pub(super) fn bf16dot_table() -> super::Bf16Table {
+    widened_bf16_table()
+}

@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod elementwise;
 pub mod matmul;
+pub mod matmul_bf16;
 pub mod matmul_q;
 pub mod norm;
 

@@ -61,6 +61,21 @@ impl Simd for Avx2 {
         }
     }
     #[inline(always)]
+    fn load_bf16_even(self, s: &[u32]) -> __m256 {
+        let s = &s[..8];
+        // SAFETY: `s` holds 8 words = 32 bytes (checked above); AVX2 proven by the token.
+        unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_loadu_si256(s.as_ptr().cast()))) }
+    }
+    #[inline(always)]
+    fn load_bf16_odd(self, s: &[u32]) -> __m256 {
+        let s = &s[..8];
+        // SAFETY: `s` holds 8 words = 32 bytes (checked above); AVX2 proven by the token.
+        unsafe {
+            let w = _mm256_loadu_si256(s.as_ptr().cast());
+            _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(0xFFFF_0000u32 as i32)))
+        }
+    }
+    #[inline(always)]
     fn load_i8(self, s: &[i8]) -> __m256 {
         let s = &s[..8];
         // SAFETY: `s` holds 8 bytes (checked above); `_mm_loadl_epi64` reads exactly 8; AVX2 proven.

@@ -1,6 +1,6 @@
 //! AVX-512F [`Simd`] implementation (16 lanes of `f32` in a `__m512`).
 
-use super::{IntDot, IntDot24, Simd};
+use super::{Bf16Dot, IntDot, IntDot24, Simd};
 use std::arch::x86_64::*;
 
 /// Token proving the CPU supports AVX-512F (and the AVX2/FMA/F16C it implies on every such CPU).
@@ -61,6 +61,21 @@ impl Simd for Avx512 {
         // SAFETY: `s` holds 16 bf16 = 32 bytes (checked above); AVX-512F proven by the token.
         unsafe {
             _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(s.as_ptr().cast()))))
+        }
+    }
+    #[inline(always)]
+    fn load_bf16_even(self, s: &[u32]) -> __m512 {
+        let s = &s[..16];
+        // SAFETY: `s` holds 16 words = 64 bytes (checked above); AVX-512F proven by the token.
+        unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_loadu_si512(s.as_ptr().cast()))) }
+    }
+    #[inline(always)]
+    fn load_bf16_odd(self, s: &[u32]) -> __m512 {
+        let s = &s[..16];
+        // SAFETY: `s` holds 16 words = 64 bytes (checked above); AVX-512F proven by the token.
+        unsafe {
+            let w = _mm512_loadu_si512(s.as_ptr().cast());
+            _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(0xFFFF_0000u32 as i32)))
         }
     }
     #[inline(always)]
@@ -264,5 +279,54 @@ impl IntDot24 for Vnni512 {
             }
         }
         super::digit_words_of(&q[n..], &mut out[n..]);
+    }
+}
+
+/// Token proving the CPU supports AVX512-BF16 (`vdpbf16ps`) on top of AVX-512F.
+#[derive(Clone, Copy, Debug)]
+pub struct Bf16Avx512 {
+    _private: (),
+}
+
+impl Bf16Avx512 {
+    /// Returns the token if the running CPU (and OS) support AVX-512F and AVX512-BF16.
+    pub fn detect() -> Option<Self> {
+        (Avx512::detect().is_some() && is_x86_feature_detected!("avx512bf16")).then_some(Bf16Avx512 { _private: () })
+    }
+
+    /// # Safety
+    /// The caller must have established that AVX-512F and AVX512-BF16 are available, e.g. by
+    /// running inside a `#[target_feature]` function only called after [`Bf16Avx512::detect`].
+    #[inline(always)]
+    pub unsafe fn assume() -> Self {
+        Bf16Avx512 { _private: () }
+    }
+}
+
+impl Bf16Dot for Bf16Avx512 {
+    type S = Avx512;
+    type W = __m512i;
+    const NAME: &'static str = "vdpbf16ps";
+
+    #[inline(always)]
+    fn simd(self) -> Avx512 {
+        // SAFETY: AVX512-BF16 implies AVX-512F (checked by `detect`).
+        unsafe { Avx512::assume() }
+    }
+    #[inline(always)]
+    fn load_pairs(self, w: &[u32]) -> __m512i {
+        let w = &w[..16];
+        // SAFETY: `w` holds 16 words = 64 bytes (checked above); AVX-512F proven by the token.
+        unsafe { _mm512_loadu_si512(w.as_ptr().cast()) }
+    }
+    #[inline(always)]
+    fn dot_pairs(self, acc: __m512, x: u32, w: __m512i) -> __m512 {
+        // SAFETY: the token proves AVX512-BF16; `__m512bh` and `__m512i` are both 64 bytes of
+        // plain bits, so the transmutes only retype them.
+        unsafe {
+            let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(x as i32));
+            let w: __m512bh = std::mem::transmute(w);
+            _mm512_dpbf16_ps(acc, x, w)
+        }
     }
 }

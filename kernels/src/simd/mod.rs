@@ -76,6 +76,26 @@ pub(crate) fn digit_words_of(q: &[f32], out: &mut [i32]) {
     }
 }
 
+/// The pair product of AVX512-BF16's `vdpbf16ps`: each f32 lane takes a word of two bf16
+/// weights (even k low, odd k high) and the same word of two activations for every lane, and
+/// adds `x_odd * w_odd`, then `x_even * w_even`: each product exact (8-bit significands), each
+/// sum rounded to nearest even (Intel's definition of the instruction).
+pub trait Bf16Dot: Copy {
+    /// The float side (epilogue) of the same ISA.
+    type S: Simd;
+    /// `LANES` pair words.
+    type W: Copy;
+    /// The instruction it reduces with, for reports.
+    const NAME: &'static str;
+
+    fn simd(self) -> Self::S;
+    /// Loads `LANES` pair words.
+    fn load_pairs(self, w: &[u32]) -> Self::W;
+    /// `acc + x_odd * w_odd + x_even * w_even` per lane, summed in that order, for the
+    /// activation pair word `x`.
+    fn dot_pairs(self, acc: <Self::S as Simd>::V, x: u32, w: Self::W) -> <Self::S as Simd>::V;
+}
+
 /// One SIMD register's worth of `f32` lanes and the operations kernels need.
 pub trait Simd: Copy {
     /// Number of `f32` lanes in [`Simd::V`].
@@ -93,6 +113,11 @@ pub trait Simd: Copy {
     fn load_bf16(self, s: &[half::bf16]) -> Self::V;
     /// Loads `LANES` signed bytes, converted to f32 (exact).
     fn load_i8(self, s: &[i8]) -> Self::V;
+    /// Loads `LANES` bf16 pair words (`Panels::Bf16Pairs`) and widens their low halves (the
+    /// even k) to f32: exact, a shift.
+    fn load_bf16_even(self, s: &[u32]) -> Self::V;
+    /// [`Simd::load_bf16_even`] for the high halves (the odd k): exact, a mask.
+    fn load_bf16_odd(self, s: &[u32]) -> Self::V;
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     fn sub(self, a: Self::V, b: Self::V) -> Self::V;
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;

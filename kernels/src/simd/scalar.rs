@@ -35,6 +35,14 @@ impl Simd for Scalar {
         s[0] as f32
     }
     #[inline(always)]
+    fn load_bf16_even(self, s: &[u32]) -> f32 {
+        f32::from_bits(s[0] << 16)
+    }
+    #[inline(always)]
+    fn load_bf16_odd(self, s: &[u32]) -> f32 {
+        f32::from_bits(s[0] & 0xFFFF_0000)
+    }
+    #[inline(always)]
     fn add(self, a: f32, b: f32) -> f32 {
         a + b
     }
