@@ -35,13 +35,22 @@ pub trait PairReduce: Copy {
     /// One pair of an `R`-row tile over `Q` weight vectors (`w[q]`: that vector's pair words).
     /// `x`: this pair's activations, row `r`'s word at `x[r]` (`WORDS`), else its even value at
     /// `x[r]` and its odd one at `x[xs + r]`.
-    fn step<const R: usize, const Q: usize>(
+    ///
+    /// # Safety
+    /// `R <= xs` and `x` holds this pair's activations: `xs` values (`WORDS`), else `2 * xs`.
+    /// (Bounds-checked, the activation reads put a panic path in the tile's loop, and LLVM then
+    /// spills the accumulators on every pair, as `matmul.rs`'s `kn_step` explains.)
+    unsafe fn step<const R: usize, const Q: usize>(
         self,
         acc: &mut [[<Self::S as Simd>::V; Q]; R],
         w: [&[u32]; Q],
         x: &[f32],
         xs: usize,
     );
+
+    /// One pair of 12 independent chains, weights and activations in registers: the body of
+    /// [`pair_probe`].
+    fn probe_round(self, acc: &mut [<Self::S as Simd>::V; 12], w: &[u32], x: (f32, f32));
 }
 
 /// `vdpbf16ps` on pair words.
@@ -58,7 +67,7 @@ impl<D: Bf16Dot> PairReduce for Pairs<D> {
     }
 
     #[inline(always)]
-    fn step<const R: usize, const Q: usize>(
+    unsafe fn step<const R: usize, const Q: usize>(
         self,
         acc: &mut [[<D::S as Simd>::V; Q]; R],
         w: [&[u32]; Q],
@@ -71,10 +80,20 @@ impl<D: Bf16Dot> PairReduce for Pairs<D> {
             wv[q] = d.load_pairs(w[q]);
         }
         for r in 0..R {
-            let xw = x[r].to_bits();
+            // SAFETY: `r < R <= xs <= x.len()` (the caller's contract).
+            let xw = unsafe { x.get_unchecked(r) }.to_bits();
             for q in 0..Q {
                 acc[r][q] = d.dot_pairs(acc[r][q], xw, wv[q]);
             }
+        }
+    }
+
+    #[inline(always)]
+    fn probe_round(self, acc: &mut [<D::S as Simd>::V; 12], w: &[u32], x: (f32, f32)) {
+        let word = crate::pack::bf16_bits(x.1) << 16 | crate::pack::bf16_bits(x.0);
+        let w = self.0.load_pairs(w);
+        for a in acc.iter_mut() {
+            *a = self.0.dot_pairs(*a, word, w);
         }
     }
 }
@@ -93,7 +112,13 @@ impl<S: Simd> PairReduce for Widened<S> {
     }
 
     #[inline(always)]
-    fn step<const R: usize, const Q: usize>(self, acc: &mut [[S::V; Q]; R], w: [&[u32]; Q], x: &[f32], xs: usize) {
+    unsafe fn step<const R: usize, const Q: usize>(
+        self,
+        acc: &mut [[S::V; Q]; R],
+        w: [&[u32]; Q],
+        x: &[f32],
+        xs: usize,
+    ) {
         let s = self.0;
         // Odd halves for every row, then even ones: per accumulator the order is the
         // definition's, and only one set of widened weights is live at a time (the AVX2 6 x 16
@@ -103,7 +128,8 @@ impl<S: Simd> PairReduce for Widened<S> {
             wv[q] = s.load_bf16_odd(w[q]);
         }
         for r in 0..R {
-            let xv = s.splat(x[xs + r]);
+            // SAFETY: `xs + r < 2 * xs <= x.len()` (the caller's contract: `r < R <= xs`).
+            let xv = s.splat(unsafe { *x.get_unchecked(xs + r) });
             for q in 0..Q {
                 acc[r][q] = s.fma(xv, wv[q], acc[r][q]);
             }
@@ -112,10 +138,22 @@ impl<S: Simd> PairReduce for Widened<S> {
             wv[q] = s.load_bf16_even(w[q]);
         }
         for r in 0..R {
-            let xv = s.splat(x[r]);
+            // SAFETY: as above, `r < xs`.
+            let xv = s.splat(unsafe { *x.get_unchecked(r) });
             for q in 0..Q {
                 acc[r][q] = s.fma(xv, wv[q], acc[r][q]);
             }
+        }
+    }
+
+    #[inline(always)]
+    fn probe_round(self, acc: &mut [S::V; 12], w: &[u32], x: (f32, f32)) {
+        let s = self.0;
+        let (wo, we) = (s.load_bf16_odd(w), s.load_bf16_even(w));
+        let (xo, xe) = (s.splat(x.1), s.splat(x.0));
+        for a in acc.iter_mut() {
+            *a = s.fma(xo, wo, *a);
+            *a = s.fma(xe, we, *a);
         }
     }
 }
@@ -238,7 +276,8 @@ fn pair_tile<P: PairReduce, const C: usize, const R: usize, const Q: usize>(
             // its accumulators on every pair, as `matmul.rs`'s `kn_step` explains.)
             wq[q] = unsafe { tile_w.get_unchecked(at..at + l) };
         }
-        p.step::<R, Q>(&mut acc, wq, xk, xs);
+        // SAFETY: `R <= xs` (asserted above) and `xk` is one pair's `step` values.
+        unsafe { p.step::<R, Q>(&mut acc, wq, xk, xs) };
     }
     for r in 0..R {
         for q in 0..p_count {
@@ -248,20 +287,22 @@ fn pair_tile<P: PairReduce, const C: usize, const R: usize, const Q: usize>(
 }
 
 /// Runs `iters` rounds of 12 independent chains of the pair product on one thread: the
-/// `bf16dot` peak probe (4 FLOPs per lane per pair: two products, two sums).
+/// `bf16dot` peak probe (4 FLOPs per lane per pair: two products, two sums). The operands are
+/// opaque to the compiler (`black_box`) but loop-invariant, so the loop is the reduction's
+/// instructions alone, as `elementwise::fma_probe` is the FMA's: with known ones LLVM folds
+/// `fma(1.0, w, acc)` into an add, which Zen 3 runs on other pipes (a "peak" 1.7x the FMA's).
 #[inline(always)]
 pub fn pair_probe<P: PairReduce>(p: P, iters: usize, seed: f32) -> f32 {
     let s = p.simd();
-    let words = [0x3F80_3F80u32 ^ (seed.to_bits() & 0xFF); 16];
-    let x = [seed; 24];
-    let mut acc = [[s.splat(seed); 1]; 12];
+    let words = std::hint::black_box([0x3F80_3F80u32 ^ (seed.to_bits() & 0xFF); 16]);
+    let x = std::hint::black_box((seed, 0.5));
+    let mut acc = [s.splat(seed); 12];
     for _ in 0..iters {
-        // The weights are reloaded from L1 each round, as in a real tile.
-        p.step::<12, 1>(&mut acc, [&words[..P::S::LANES]], &x, 1);
+        p.probe_round(&mut acc, &words[..P::S::LANES], x);
     }
     let mut t = s.zero();
     for v in acc {
-        t = s.add(t, v[0]);
+        t = s.add(t, v);
     }
     s.hsum(t)
 }
