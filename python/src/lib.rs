@@ -276,7 +276,7 @@ impl Model {
         Ok(d)
     }
 
-    /// "f32", "f16", "bf16", "int8" or "w8a8".
+    /// "f32", "f16", "bf16", "int8", "w8a8" or "w4a8".
     #[getter]
     fn dtype(&self) -> &'static str {
         self.core.model.dtype().name()

@@ -116,8 +116,9 @@ struct ModelArg {
     /// llama.cpp GGUF file of a GPT-2 (F32, F16, BF16, Q8_0 or Q4_0 tensors).
     #[arg(long, value_name = "DIR|FILE.gguf")]
     model: Option<PathBuf>,
-    /// Weight storage at run time: f32, f16, bf16, int8 (weight-only, per-channel scales) or w8a8
-    /// (the same int8 weights with int8 activations and integer dot products: fastest, least exact).
+    /// Weight storage at run time: f32, f16, bf16, int8 (weight-only, per-channel scales), w8a8
+    /// (the same int8 weights with int8 activations and integer dot products) or w4a8 (4-bit
+    /// weights, a scale per 32 k, int8 activations: half w8a8's bytes, least exact).
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
 }

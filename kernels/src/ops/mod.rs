@@ -7,6 +7,7 @@ pub mod attention;
 pub mod elementwise;
 pub mod matmul;
 pub mod matmul_q;
+pub mod matmul_w4;
 pub mod norm;
 
 use crate::simd::Simd;
