@@ -118,7 +118,7 @@ struct ModelArg {
     model: Option<PathBuf>,
     /// Weight storage at run time: f32, f16, bf16, int8 (weight-only, per-channel scales), w8a8
     /// (the same int8 weights with int8 activations and integer dot products) or w4a8 (4-bit
-    /// weights, a scale per 32 k, int8 activations: half w8a8's bytes, least exact).
+    /// weights, a scale per 32 k, int8 activations: 5/8 of w8a8's bytes, least exact).
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
 }
