@@ -9,7 +9,9 @@ use crate::isa::{self, Table};
 use crate::pack::bf16_bits;
 use crate::rows::{pack_in_parallel, Norm, Spare, SPARE_BF16, SPARE_WORDS};
 use crate::team;
-use crate::{ActQuant, Attention, Layout, MatmulKn, MatmulQ, PackedKn, Panels, QFormat, WeightDtype};
+use crate::{
+    ActQuant, Attention, Layout, MatmulKn, MatmulQ, MatmulW4, PackedKn, Panels, QFormat, W4Values, WeightDtype,
+};
 use std::sync::OnceLock;
 
 /// Kernels bound to one ISA. Cheap to copy.
@@ -54,11 +56,17 @@ impl Kernels {
         let q = self.table.w8a8;
         match dtype {
             WeightDtype::W8a8 => PackedKn::pack_int_dot(w, layout, k, n, q.format, ActQuant::Int8),
+            WeightDtype::W4a8 => self.pack_w4(&W4Values::quantize(w, layout, k, n)),
             // The same int8 weights, for the integer kernel on 24-bit activations: 4x fewer
             // instructions than widening every weight to f32 (see `simd::IntDot24`).
             WeightDtype::Int8 if q.int8.is_some() => PackedKn::pack_int_dot(w, layout, k, n, q.format, ActQuant::Int24),
             _ => PackedKn::pack(w, layout, k, n, self.table.kn_nr, dtype),
         }
+    }
+
+    /// Packs `w4a8` values quantized elsewhere (a saved model) for this ISA's kernels.
+    pub fn pack_w4(&self, v: &W4Values) -> PackedKn {
+        PackedKn::pack_w4(v, self.table.w4a8.format)
     }
 
     /// `out[M,N] (+)= epilogue(x[M,K] · w[K,N] + bias[N])`, `w` packed from a `[K, N]` matrix.
@@ -115,6 +123,11 @@ impl Kernels {
             let normed = norm.map(|_| self.pack_rows(&x[..m * k], k, 1, norm));
             let panels = QPanels { q, scale, corr, format: *format, acts: *acts };
             return self.product_q(normed.as_deref().unwrap_or(&x[..m * k]), panels, bias, out, dims, epilogue);
+        }
+        if let Panels::W4 { q, scale, format } = w.panels() {
+            assert_eq!(*format, self.table.w4a8.format, "matmul_kn: w4a8 weights packed for another ISA");
+            let normed = norm.map(|_| self.pack_rows(&x[..m * k], k, 1, norm));
+            return self.product_w4(normed.as_deref().unwrap_or(&x[..m * k]), (q, scale), bias, out, dims, epilogue);
         }
         assert_eq!(w.nr(), self.table.kn_nr, "matmul_kn: weights packed for another ISA");
         if let Panels::Bf16Pairs(_) = w.panels() {
@@ -281,6 +294,11 @@ impl Kernels {
         self.table.w8a8.name
     }
 
+    /// The instructions the `w4a8` kernels reduce with, for reports.
+    pub fn w4_dot_name(&self) -> &'static str {
+        self.table.w4a8.name
+    }
+
     /// `f32` lanes per vector register of this ISA.
     pub fn lanes(&self) -> usize {
         match self.isa {
@@ -439,6 +457,57 @@ impl Kernels {
             };
             // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
             unsafe { matmul(&a, &mut c.rows) }
+        });
+    }
+}
+
+impl Kernels {
+    /// A `w4a8` product: quantizes the rows once (shared by all threads), then the kernel over
+    /// column chunks, as [`Kernels::product_q`] does for `w8a8`.
+    fn product_w4(
+        &self,
+        x: &[f32],
+        (q, scale): (&[u8], &[f32]),
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        dims: Dims,
+        epilogue: Epilogue,
+    ) {
+        use crate::ops::matmul_w4::W4_RUN;
+        let Dims { m, k, n } = dims;
+        let t = self.table.w4a8;
+        let groups = k.div_ceil(crate::W4_GROUP);
+        let mr = if m > 1 { balanced_tile(m, t.mr) } else { 0 };
+        let len = m.div_ceil(mr.max(1)) * mr.max(1) * groups * W4_RUN;
+        let mut words = Spare::take(&SPARE_WORDS, len);
+        let mut x_scale = vec![0.0f32; m];
+        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+        let quantize =
+            |x: &[f32], words: &mut [i32], scales: &mut [f32]| unsafe { (t.quantize)(x, k, mr, words, scales) };
+        if mr > 0 && pack_in_parallel(m * k) {
+            let mut blocks: Vec<_> = words.chunks_mut(mr * groups * W4_RUN).zip(x_scale.chunks_mut(mr)).collect();
+            team::for_each_mut(&mut blocks, |b, (words, scales)| {
+                quantize(&x[b * mr * k..][..scales.len() * k], words, scales)
+            });
+        } else {
+            quantize(x, &mut words, &mut x_scale);
+        }
+        for_chunks(&mut out[..m * n], dims, Cuts::for_product(m, t.format.nr, t.decode_cols, mr), |c| {
+            let a = MatmulW4 {
+                x: &words[c.row0 * groups * W4_RUN..],
+                x_mr: mr,
+                x_scale: &x_scale[c.row0..],
+                groups,
+                w: q,
+                w_scale: scale,
+                n,
+                bias,
+                col0: c.col0,
+                gelu: epilogue.gelu,
+                accumulate: epilogue.accumulate,
+            };
+            // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+            unsafe { (t.matmul)(&a, &mut c.rows) }
         });
     }
 }

@@ -24,6 +24,9 @@ pub enum WeightDtype {
     /// (symmetric, one scale per row, at run time) and reduces in exact integer dot products
     /// (AVX-512 VNNI `vpdpbusd`, AVX2 `vpmaddwd`).
     W8a8,
+    /// 4-bit weights, one f32 scale per group of 32 k and column (`pack_w4.rs`), with int8
+    /// activations as `w8a8`; each group's exact integer dot is scaled and summed in f32.
+    W4a8,
     /// bf16 weights times activations rounded to bf16, one pair of k at a time, summed in f32:
     /// AVX512-BF16's `vdpbf16ps` where the CPU has it, the same arithmetic on f32 FMAs
     /// elsewhere (see `reference::matmul_bf16dot` for exactly what is rounded where).
@@ -31,12 +34,13 @@ pub enum WeightDtype {
 }
 
 impl WeightDtype {
-    pub const ALL: [WeightDtype; 6] = [
+    pub const ALL: [WeightDtype; 7] = [
         WeightDtype::F32,
         WeightDtype::F16,
         WeightDtype::Bf16,
         WeightDtype::Int8,
         WeightDtype::W8a8,
+        WeightDtype::W4a8,
         WeightDtype::Bf16dot,
     ];
 
@@ -47,16 +51,19 @@ impl WeightDtype {
             WeightDtype::Bf16 => "bf16",
             WeightDtype::Int8 => "int8",
             WeightDtype::W8a8 => "w8a8",
+            WeightDtype::W4a8 => "w4a8",
             WeightDtype::Bf16dot => "bf16dot",
         }
     }
 
-    /// Bytes per stored weight.
-    pub fn size(self) -> usize {
+    /// Bytes per stored weight, scales included (`w4a8`: half a byte per value and a 4-byte
+    /// scale per 32).
+    pub fn bytes_per_weight(self) -> f64 {
         match self {
-            WeightDtype::F32 => 4,
-            WeightDtype::F16 | WeightDtype::Bf16 | WeightDtype::Bf16dot => 2,
-            WeightDtype::Int8 | WeightDtype::W8a8 => 1,
+            WeightDtype::F32 => 4.0,
+            WeightDtype::F16 | WeightDtype::Bf16 | WeightDtype::Bf16dot => 2.0,
+            WeightDtype::Int8 | WeightDtype::W8a8 => 1.0,
+            WeightDtype::W4a8 => 0.5 + 4.0 / crate::pack_w4::W4_GROUP as f64,
         }
     }
 }
@@ -67,7 +74,7 @@ impl FromStr for WeightDtype {
         WeightDtype::ALL
             .into_iter()
             .find(|d| d.name() == s)
-            .ok_or_else(|| format!("unknown weight dtype '{s}' (expected f32, f16, bf16, int8, w8a8 or bf16dot)"))
+            .ok_or_else(|| format!("unknown weight dtype '{s}' (expected f32, f16, bf16, int8, w8a8, w4a8 or bf16dot)"))
     }
 }
 
@@ -110,6 +117,13 @@ pub enum Panels {
         format: QFormat,
         acts: ActQuant,
     },
+    /// `w4a8`: 4-bit values two per byte, and per panel `[groups][nr]` scales (see
+    /// [`W4Format`](crate::W4Format)).
+    W4 {
+        q: HugeBuf<u8>,
+        scale: HugeBuf<f32>,
+        format: crate::W4Format,
+    },
 }
 
 /// How the products of [`Panels::IntDot`] weights quantize their activations, per row.
@@ -146,6 +160,7 @@ impl PackedKn {
     /// takes its format from [`PackedKn::pack_int_dot`].
     pub fn pack(w: &[f32], layout: Layout, k: usize, n: usize, nr: usize, dtype: WeightDtype) -> PackedKn {
         assert!(dtype != WeightDtype::W8a8, "pack: w8a8 needs its ISA's QFormat (pack_int_dot)");
+        assert!(dtype != WeightDtype::W4a8, "pack: w4a8 needs its ISA's W4Format (pack_w4)");
         assert!(nr > 0 && nr <= crate::ops::matmul::MAX_NR, "pack: unsupported panel width {nr}");
         let at = reader(w, layout, k, n);
         let padded = n.div_ceil(nr) * nr;
@@ -162,7 +177,7 @@ impl PackedKn {
                 let hi = if 2 * i + 1 < k { bf16_bits(at(2 * i + 1, c)) } else { 0 };
                 hi << 16 | bf16_bits(at(2 * i, c))
             })),
-            WeightDtype::W8a8 => unreachable!("checked above"),
+            WeightDtype::W8a8 | WeightDtype::W4a8 => unreachable!("checked above"),
         };
         PackedKn { k, n, nr, panels }
     }
@@ -198,6 +213,10 @@ impl PackedKn {
         PackedKn { k, n, nr, panels: Panels::IntDot { q, scale, corr, format: f, acts } }
     }
 
+    pub(crate) fn from_panels(k: usize, n: usize, nr: usize, panels: Panels) -> PackedKn {
+        PackedKn { k, n, nr, panels }
+    }
+
     pub fn k(&self) -> usize {
         self.k
     }
@@ -219,6 +238,7 @@ impl PackedKn {
             Panels::Bf16Pairs(_) => WeightDtype::Bf16dot,
             Panels::Int8 { .. } | Panels::IntDot { acts: ActQuant::Int24, .. } => WeightDtype::Int8,
             Panels::IntDot { acts: ActQuant::Int8, .. } => WeightDtype::W8a8,
+            Panels::W4 { .. } => WeightDtype::W4a8,
         }
     }
 
@@ -235,6 +255,7 @@ impl PackedKn {
             Panels::Bf16Pairs(v) => v.len() * 4,
             Panels::Int8 { q, scale } => q.len() + scale.len() * 4,
             Panels::IntDot { q, scale, corr, .. } => q.len() + scale.len() * 4 + corr.len() * 4,
+            Panels::W4 { q, scale, .. } => q.len() + scale.len() * 4,
         }
     }
 
@@ -264,6 +285,7 @@ impl PackedKn {
                     *o = panel[q_offset(kk, off, *format)] as f32 * scale[col];
                 }
             }
+            Panels::W4 { q, scale, format } => crate::pack_w4::w4_column(q, scale, *format, self.k, col, out),
         }
     }
 }

@@ -276,7 +276,7 @@ impl Model {
         Ok(d)
     }
 
-    /// "f32", "f16", "bf16", "int8", "w8a8" or "bf16dot".
+    /// "f32", "f16", "bf16", "int8", "w8a8", "w4a8" or "bf16dot".
     #[getter]
     fn dtype(&self) -> &'static str {
         self.core.model.dtype().name()

@@ -117,9 +117,10 @@ struct ModelArg {
     #[arg(long, value_name = "DIR|FILE.gguf")]
     model: Option<PathBuf>,
     /// Weight storage at run time: f32, f16, bf16, int8 (weight-only, per-channel scales), w8a8
-    /// (the same int8 weights with int8 activations and integer dot products: fastest, least
-    /// exact) or bf16dot (bf16 weights times activations rounded to bf16, pairs summed in f32:
-    /// AVX512-BF16's vdpbf16ps where the CPU has it).
+    /// (the same int8 weights with int8 activations and integer dot products), w4a8 (4-bit
+    /// weights, a scale per 32 k, int8 activations: 5/8 of w8a8's bytes, least exact) or bf16dot
+    /// (bf16 weights times activations rounded to bf16, pairs summed in f32: AVX512-BF16's
+    /// vdpbf16ps where the CPU has it).
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
 }

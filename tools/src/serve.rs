@@ -25,8 +25,9 @@ pub struct ServeArgs {
     /// Kernel threads of one model's engine, as NAME=N (repeatable). Default: a pool of all cores per engine.
     #[arg(long = "threads", value_name = "NAME=N")]
     threads: Vec<String>,
-    /// Weight storage: f32, f16, bf16, int8 (weight-only, per output channel) or w8a8 (int8
-    /// weights and activations, integer dot products).
+    /// Weight storage: f32, f16, bf16, int8 (weight-only, per output channel), w8a8 (int8
+    /// weights and activations, integer dot products) or w4a8 (4-bit weights in groups of 32,
+    /// int8 activations).
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
     /// KV cache budget per model, in MB.

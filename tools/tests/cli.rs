@@ -220,6 +220,7 @@ fn roofline_json_has_every_figure() {
     assert!(rows.iter().any(|r| r["dtype"] == "int8" && r["m"] == 32));
     assert!(rows.iter().any(|r| r["dtype"] == "w8a8" && r["m"] == 32));
     assert!(rows.iter().any(|r| r["dtype"] == "bf16dot" && r["m"] == 32));
+    assert!(rows.iter().any(|r| r["dtype"] == "w4a8" && r["m"] == 32));
     let int8_roof =
         if Isa::from_env().ok().and_then(Kernels::for_isa).is_some_and(|k| {
             matches!(k.pack(&[0.0], Layout::KN, 1, 1, WeightDtype::Int8).panels(), Panels::IntDot { .. })
@@ -230,7 +231,7 @@ fn roofline_json_has_every_figure() {
         };
     for r in rows {
         let roof = match r["dtype"].as_str().unwrap() {
-            "w8a8" => "int_dot",
+            "w8a8" | "w4a8" => "int_dot",
             "int8" => int8_roof,
             "bf16dot" => "bf16_dot",
             _ => "fma",

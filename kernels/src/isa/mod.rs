@@ -6,7 +6,7 @@ pub mod avx2;
 pub mod avx512;
 pub mod scalar;
 
-use crate::{Attention, MatmulKn, MatmulQ, QFormat};
+use crate::{Attention, MatmulKn, MatmulQ, MatmulW4, QFormat, W4Format};
 
 /// Writes the `bf16dot` shims of a [`Bf16Dot`](crate::simd::Bf16Dot) token (`vdpbf16ps`) under
 /// the given attributes and a `pairs_bf16_table()` listing them.
@@ -86,6 +86,21 @@ pub struct Bf16Table {
     pub name: &'static str,
 }
 
+/// The `w4a8` entries of one ISA (`ops::matmul_w4`).
+#[derive(Clone, Copy)]
+pub struct W4Table {
+    /// How weights are packed for `matmul`.
+    pub format: W4Format,
+    /// Rows per register tile (and per block of packed activation words).
+    pub mr: usize,
+    /// Columns of the one-row (decode) tile.
+    pub decode_cols: usize,
+    pub name: &'static str,
+    /// `quantize(x, k, mr, words, scales)`: see `ops::matmul_w4::quantize_rows_w4`.
+    pub quantize: unsafe fn(&[f32], usize, usize, &mut [i32], &mut [f32]),
+    pub matmul: unsafe fn(&MatmulW4, &mut [&mut [f32]]),
+}
+
 #[derive(Clone, Copy)]
 pub struct Table {
     /// Columns per packed `kn` panel: the width of one register tile.
@@ -97,6 +112,7 @@ pub struct Table {
     pub matmul_kn: unsafe fn(&MatmulKn, &mut [&mut [f32]]),
     pub w8a8: QTable,
     pub bf16dot: Bf16Table,
+    pub w4a8: W4Table,
     pub layernorm: LayerNormFn,
     pub gelu_new: unsafe fn(&mut [f32]),
     pub softmax: unsafe fn(&mut [f32]),
@@ -198,6 +214,7 @@ macro_rules! instantiate {
                 matmul_kn,
                 w8a8: w8a8_table(),
                 bf16dot: bf16dot_table(),
+                w4a8: w4a8_table(),
                 layernorm,
                 gelu_new,
                 softmax,
@@ -280,3 +297,32 @@ macro_rules! instantiate_q24 {
     };
 }
 pub(crate) use instantiate_q24;
+
+/// Writes the `w4a8` shims of one [`W4Dot`](crate::simd::W4Dot) token under the given
+/// attributes and a `w4_table()` listing them.
+macro_rules! instantiate_w4 {
+    ($(#[$attr:meta])* dot: $dot:ty, token: $token:expr, vecs: $c:literal, mr: $mr:literal, decode_vecs: $q1:literal) => {
+        $(#[$attr])*
+        fn quantize_rows_w4(x: &[f32], k: usize, mr: usize, words: &mut [i32], scales: &mut [f32]) {
+            use crate::simd::W4Dot;
+            crate::ops::matmul_w4::quantize_rows_w4($token.simd(), x, k, mr, words, scales)
+        }
+        $(#[$attr])*
+        fn matmul_w4(a: &crate::MatmulW4, out: &mut [&mut [f32]]) {
+            crate::ops::matmul_w4::matmul_w4::<_, $c, $mr, $q1>($token, a, out)
+        }
+
+        pub fn w4_table() -> super::W4Table {
+            use crate::simd::{Simd, W4Dot};
+            super::W4Table {
+                format: crate::W4Format { nr: $c * <<$dot as W4Dot>::S as Simd>::LANES },
+                mr: $mr,
+                decode_cols: $q1 * <<$dot as W4Dot>::S as Simd>::LANES,
+                name: <$dot as W4Dot>::NAME,
+                quantize: quantize_rows_w4,
+                matmul: matmul_w4,
+            }
+        }
+    };
+}
+pub(crate) use instantiate_w4;

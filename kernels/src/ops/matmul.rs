@@ -59,7 +59,9 @@ pub fn matmul_kn<S: Simd, const C: usize, const MR: usize, const Q1: usize, cons
         Panels::F16(w) => kn_blocks::<S, f16, C, MR, Q1, Q2>(s, a, w, None, out),
         Panels::Bf16(w) => kn_blocks::<S, bf16, C, MR, Q1, Q2>(s, a, w, None, out),
         Panels::Int8 { q, scale } => kn_blocks::<S, i8, C, MR, Q1, Q2>(s, a, q, Some(scale), out),
-        Panels::IntDot { .. } => unreachable!("integer-dot weights go to the integer-dot kernels (matmul_q)"),
+        Panels::IntDot { .. } | Panels::W4 { .. } => {
+            unreachable!("integer-dot weights go to the integer-dot kernels (matmul_q, matmul_w4)")
+        }
         Panels::Bf16Pairs(_) => unreachable!("bf16 pairs go to the pair kernels (matmul_bf16)"),
     }
 }

@@ -1,6 +1,6 @@
 //! AVX-512F [`Simd`] implementation (16 lanes of `f32` in a `__m512`).
 
-use super::{Bf16Dot, IntDot, IntDot24, Simd};
+use super::{Bf16Dot, IntDot, IntDot24, Simd, W4Dot};
 use std::arch::x86_64::*;
 
 /// Token proving the CPU supports AVX-512F (and the AVX2/FMA/F16C it implies on every such CPU).
@@ -328,5 +328,47 @@ impl Bf16Dot for Bf16Avx512 {
             let w: __m512bh = std::mem::transmute(w);
             _mm512_dpbf16_ps(acc, x, w)
         }
+    }
+}
+
+/// `vpdpbusd` with the weight nibbles as its unsigned operand and the activations signed: 64
+/// multiply-adds per instruction straight into 32-bit sums, so the only work beyond `w8a8`'s
+/// per 4 k is the unpacking (mask, shift, mask per two weight vectors).
+impl W4Dot for Vnni512 {
+    type S = Avx512;
+    type W = __m512i;
+    type P = __m512i;
+    const NAME: &'static str = "avx512-vnni vpdpbusd";
+
+    #[inline(always)]
+    fn simd(self) -> Avx512 {
+        self.f
+    }
+    #[inline(always)]
+    fn pzero(self) -> __m512i {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_setzero_si512() }
+    }
+    #[inline(always)]
+    fn load_w4(self, w: &[u8]) -> (__m512i, __m512i) {
+        let w = &w[..64];
+        // SAFETY: `w` holds 64 bytes (checked by the slice above); AVX-512F proven by the token.
+        unsafe {
+            let v = _mm512_loadu_si512(w.as_ptr().cast());
+            let mask = _mm512_set1_epi8(0x0f);
+            // A 32-bit shift moves the next byte's low bits into each byte's top: the mask
+            // drops them.
+            (_mm512_and_si512(v, mask), _mm512_and_si512(_mm512_srli_epi32::<4>(v), mask))
+        }
+    }
+    #[inline(always)]
+    fn dot_w4(self, acc: __m512i, x: i32, w: __m512i) -> __m512i {
+        // SAFETY: the token proves AVX-512 VNNI is available.
+        unsafe { _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(x)) }
+    }
+    #[inline(always)]
+    fn group_f32(self, acc: __m512i, corr: i32) -> __m512 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_set1_epi32(corr))) }
     }
 }

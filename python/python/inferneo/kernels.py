@@ -8,7 +8,9 @@
 
 Documented error against ``a @ b`` in float64 (relative to the largest |a @ b| of each product):
 f32 1e-5; f16 2e-3; bf16 1.6e-2; int8 (per-column scales) 1.6e-2; w8a8 (int8 activations too)
-3e-2; bf16dot (activations rounded to bf16 too) 2.4e-2, for well-scaled inputs.
+3e-2; bf16dot (activations rounded to bf16 too) 2.4e-2, for well-scaled inputs. w4a8 (4-bit
+weights, a scale per 32 k, int8 activations) has no documented bound here: about Q4_0's error
+(docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ._inferneo import PackedWeights
 
 __all__ = ["matmul", "pack", "attention", "roofline", "isa", "PackedWeights", "DTYPES"]
 
-DTYPES = ("f32", "f16", "bf16", "int8", "w8a8", "bf16dot")
+DTYPES = ("f32", "f16", "bf16", "int8", "w8a8", "w4a8", "bf16dot")
 
 
 def _f32_2d(x: np.ndarray, name: str) -> np.ndarray:

@@ -39,7 +39,7 @@ pub struct BenchArgs {
     /// Local server only: a HuggingFace directory to serve (default: the embedded model).
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
-    /// Local server only: weight storage (f32, f16, bf16, int8, w8a8).
+    /// Local server only: weight storage (f32, f16, bf16, int8, w8a8, w4a8).
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
     /// Local server only: sequences per engine step.
