@@ -28,9 +28,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$PRESET" in
-  tiny|gpt2|distilgpt2|gpt2-medium|gpt2-large|gpt2-xl) ;;
+  gpt2|distilgpt2|gpt2-medium|gpt2-large|gpt2-xl) ;;
   "") echo "usage: $0 gpt2-large|gpt2-xl|gpt2-medium [--quick] [--docs] [--no-roofline]" >&2; exit 2 ;;
-  *) echo "unknown preset '$PRESET' (gpt2-medium, gpt2-large, gpt2-xl; tiny, gpt2, distilgpt2 for a check)" >&2; exit 2 ;;
+  *) echo "unknown preset '$PRESET' (gpt2-medium, gpt2-large, gpt2-xl; gpt2, distilgpt2 for a check)" >&2; exit 2 ;;
 esac
 WORK="$ROOT/target/peers"
 SUFFIX="-$PRESET"
@@ -39,7 +39,7 @@ mkdir -p "$WORK"
 
 # Memory: our bench holds the served model and, for its batch scenario, a second copy; HF loads
 # the f32 model, CTranslate2 converts it. An f32 copy is 4 bytes a parameter.
-declare -A PARAMS_M=([tiny]=4 [gpt2]=124 [distilgpt2]=82 [gpt2-medium]=355 [gpt2-large]=774 [gpt2-xl]=1558)
+declare -A PARAMS_M=([gpt2]=124 [distilgpt2]=82 [gpt2-medium]=355 [gpt2-large]=774 [gpt2-xl]=1558)
 NEED_MB=$(( PARAMS_M[$PRESET] * 4 * 2 + 2048 ))
 AVAIL_MB=$(( $(awk '/^MemAvailable:/ {print $2}' /proc/meminfo) / 1024 ))
 if [ "$AVAIL_MB" -lt "$NEED_MB" ]; then

@@ -9,7 +9,7 @@
 # has), HF transformers (torch eager, fp32), CTranslate2 f32 and int8, llama.cpp's llama-server
 # on GGUF f32, f16, q8_0 and q4_0. A step that fails leaves an error result and the run goes on;
 # compare.py prints every system, failed ones as "not available: <reason>".
-# --preset gpt2-medium|gpt2-large|gpt2-xl (or tiny, distilgpt2): that shape, with settings sized
+# --preset gpt2-medium|gpt2-large|gpt2-xl (or distilgpt2): that shape, with settings sized
 # for it (see README.md, "Large shapes"); its model, conversions, results, charts and logs get a
 # -<preset> suffix (target/peers/results-gpt2-xl/ ...). --alternate runs one system at a time in
 # turn, ours and a peer alternating, so that a slow spell of the machine does not fall on one side.
@@ -33,8 +33,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$PRESET" in
-  tiny|gpt2|distilgpt2|gpt2-medium|gpt2-large|gpt2-xl) ;;
-  *) echo "--preset: unknown preset '$PRESET' (tiny, gpt2, distilgpt2, gpt2-medium, gpt2-large, gpt2-xl)" >&2; exit 2 ;;
+  gpt2|distilgpt2|gpt2-medium|gpt2-large|gpt2-xl) ;;
+  tiny) echo "--preset tiny: its 128 positions cannot hold the workload (50 + 100 tokens)" >&2; exit 2 ;;
+  *) echo "--preset: unknown preset '$PRESET' (gpt2, distilgpt2, gpt2-medium, gpt2-large, gpt2-xl)" >&2; exit 2 ;;
 esac
 # The 124M shape keeps the directories it always had; another preset gets its own.
 SUFFIX=""
@@ -151,7 +152,7 @@ MODEL="$WORK/model$SUFFIX"
 shape_ok() {
   "$PYSYS" - "$MODEL/config.json" "$PRESET" <<'EOF2'
 import json, sys
-want = {"tiny": (64, 2, 4), "gpt2": (768, 12, 12), "distilgpt2": (768, 6, 12), "gpt2-medium": (1024, 24, 16),
+want = {"gpt2": (768, 12, 12), "distilgpt2": (768, 6, 12), "gpt2-medium": (1024, 24, 16),
         "gpt2-large": (1280, 36, 20), "gpt2-xl": (1600, 48, 25)}[sys.argv[2]]
 try:
     c = json.load(open(sys.argv[1]))
@@ -225,7 +226,8 @@ CONV="$WORK"
 # At the larger shapes the batch scenario is a second process without a server, so that a
 # process never holds two copies of the model; its figures are merged into the same result.
 run_ours() {
-  local dt="$1" res="$RES/ours-$dt.json" ok=1
+  local dt="$1"
+  local res="$RES/ours-$dt.json" ok=1
   if [ ! -x "$INF" ]; then
     write_err "$res" "inferneo $dt" "$NO_INF"
     return
