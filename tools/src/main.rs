@@ -54,7 +54,7 @@ enum Command {
     Detokenize(DetokenizeArgs),
     /// Write a HuggingFace-format GPT-2 directory with deterministic random weights.
     Init(InitArgs),
-    /// Measure read bandwidth, FMA peak, and each kernel at GPT-2 shapes against that roofline.
+    /// Measure read bandwidth, FMA peak, and each kernel at a GPT-2 preset's shapes against that roofline.
     Roofline(RooflineArgs),
     /// Aggregate generation throughput of the batching engine at several concurrency levels.
     Throughput(ThroughputArgs),
@@ -95,6 +95,9 @@ struct RooflineArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON to this file (the table is still printed).
+    #[arg(long, value_name = "FILE")]
+    json_file: Option<PathBuf>,
     /// Fewer shapes and shorter timings (a smoke run).
     #[arg(long)]
     quick: bool,
@@ -107,6 +110,9 @@ struct RooflineArgs {
     /// against numpy, round by round.
     #[arg(long)]
     sgemm: bool,
+    /// Whose product shapes: tiny, gpt2, distilgpt2, gpt2-medium, gpt2-large or gpt2-xl.
+    #[arg(long, default_value = "gpt2")]
+    preset: String,
 }
 
 #[derive(Args)]
@@ -210,7 +216,7 @@ struct DetokenizeArgs {
 
 #[derive(Args)]
 struct InitArgs {
-    /// Model shape: tiny, gpt2, distilgpt2, gpt2-medium or gpt2-large.
+    /// Model shape: tiny, gpt2, distilgpt2, gpt2-medium, gpt2-large or gpt2-xl.
     #[arg(long)]
     preset: String,
     #[arg(long, default_value_t = 0)]
@@ -298,14 +304,20 @@ fn run(cli: Cli) -> CliResult {
         }
         // With a kernel team, as the engine calls its kernels.
         Command::Roofline(a) => with_team(|| {
+            let preset = Preset::from_name(&a.preset).map_err(|e| match e {
+                inferneo_runtime::Error::Invalid(msg) => format!("--preset: {msg}"),
+                other => format!("--preset: {other}"),
+            })?;
             let kernels = LoadOptions { isa, ..LoadOptions::default() }.kernels().map_err(|e| e.to_string())?;
             roofline::run(
                 kernels,
                 a.json,
+                a.json_file.as_deref(),
                 roofline::Plan {
                     quick: a.quick,
                     rounds: a.rounds.unwrap_or(if a.quick { 1 } else { 3 }),
                     sgemm: a.sgemm,
+                    preset,
                 },
             )
         })?,

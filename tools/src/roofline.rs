@@ -1,11 +1,13 @@
-//! `inferneo roofline`: this machine's limits (read bandwidth, FMA peak) and each kernel at GPT-2
-//! shapes as a fraction of the roofline `min(peak, bandwidth x arithmetic intensity)`.
+//! `inferneo roofline`: this machine's limits (read bandwidth, FMA peak) and each kernel at the
+//! shapes of a GPT-2 preset (124M by default, up to XL) as a fraction of the roofline
+//! `min(peak, bandwidth x arithmetic intensity)`.
 //!
 //! Every figure is the best of several timed repetitions (the machines are noisy; the best run
 //! is the one least disturbed). Threads: all cores, a team installed on the calling thread as
 //! the engine runs its kernels.
 
 use inferneo_kernels::{team, ActQuant, Epilogue, HugeBuf, Kernels, Layout, PackedKn, Panels, WeightDtype};
+use inferneo_runtime::{Config, Preset};
 use serde_json::json;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -104,14 +106,17 @@ pub fn fork_join_overhead() -> (f64, f64) {
     (hot, samples[samples.len() / 2])
 }
 
-/// (label, k, n) of GPT-2 124M's products.
-const SHAPES: [(&str, usize, usize); 5] = [
-    ("attn.c_attn", 768, 2304),
-    ("attn.c_proj", 768, 768),
-    ("mlp.c_fc", 768, 3072),
-    ("mlp.c_proj", 3072, 768),
-    ("lm_head", 768, 50257),
-];
+/// (label, k, n) of a GPT-2 model's products: the four of every layer, then the LM head.
+pub fn shapes(c: &Config) -> [(&'static str, usize, usize); 5] {
+    let (e, inner) = (c.n_embd, c.n_inner());
+    [
+        ("attn.c_attn", e, 3 * e),
+        ("attn.c_proj", e, e),
+        ("mlp.c_fc", e, inner),
+        ("mlp.c_proj", inner, e),
+        ("lm_head", e, c.vocab_size),
+    ]
+}
 const MS: [usize; 5] = [1, 8, 32, 128, 512];
 /// Smallest M of an `--sgemm` run (the sizes numpy is compared at).
 const SGEMM_MIN_M: usize = 32;
@@ -155,6 +160,8 @@ pub struct Plan {
     pub rounds: usize,
     /// Only the f32 GEMMs at M >= 32, in cache (what `sgemm_vs_numpy.py` compares).
     pub sgemm: bool,
+    /// Whose shapes: `n_embd`, the MLP width and the vocabulary set K and N.
+    pub preset: Preset,
 }
 
 /// The machine's limits as one round measured them.
@@ -214,7 +221,7 @@ fn sweep(k: Kernels, plan: Plan, cases: &mut Vec<Case>) {
     let budget = Duration::from_millis(if plan.quick { 50 } else { 300 });
     let first_round = cases.is_empty();
     let mut next = 0;
-    for (label, kk, n) in SHAPES {
+    for (label, kk, n) in shapes(&plan.preset.config()) {
         let w: Vec<f32> = (0..kk * n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
         let bias = vec![0.01f32; n];
         let dtypes: &[WeightDtype] = if plan.sgemm { &[WeightDtype::F32] } else { &WeightDtype::ALL };
@@ -319,7 +326,12 @@ pub fn report(k: Kernels, plan: Plan) -> Result<serde_json::Value, String> {
         }));
     }
     let gbps = |f: fn(&Roofs) -> f64| per_round.iter().map(|r| f(r) / 1e9).collect::<Vec<_>>();
+    let config = plan.preset.config();
     let report = json!({
+        "preset": plan.preset.name(),
+        "n_layer": config.n_layer,
+        "n_embd": config.n_embd,
+        "decode_step": decode_step(&cases, config.n_layer, bw),
         "isa": k.isa().name(),
         "threads": team::threads(),
         "cpu": cpu_model(),
@@ -342,8 +354,35 @@ pub fn report(k: Kernels, plan: Plan) -> Result<serde_json::Value, String> {
     Ok(report)
 }
 
-pub fn run(k: Kernels, as_json: bool, plan: Plan) -> Result<(), String> {
+/// One decode step's products at M = 1 for each dtype measured there with streamed weights:
+/// `n_layer` times the four layer products plus the LM head, summed from the streamed figures,
+/// beside the time the same bytes take at the read bandwidth (the memory bound of a batch-1
+/// token, attention and the other small ops left out).
+fn decode_step(cases: &[Case], n_layer: usize, bw: f64) -> Vec<serde_json::Value> {
+    let mut rows = Vec::new();
+    for dtype in WeightDtype::ALL {
+        let ops: Vec<&Case> = cases.iter().filter(|c| c.dtype == dtype && c.m == 1 && c.streamed.is_some()).collect();
+        if ops.len() != 5 {
+            continue;
+        }
+        let times = |c: &Case| if c.label == "lm_head" { 1.0 } else { n_layer as f64 };
+        let secs: f64 = ops.iter().map(|c| times(c) * c.streamed.unwrap_or(0.0)).sum();
+        let bytes: f64 = ops.iter().map(|c| times(c) * c.bytes as f64).sum();
+        rows.push(json!({
+            "dtype": dtype.name(), "streamed_ms": secs * 1e3, "bytes": bytes,
+            "bandwidth_bound_ms": bytes / bw * 1e3, "fraction_of_bound": bytes / bw / secs,
+        }));
+    }
+    rows
+}
+
+/// Prints the report as a table (or JSON with `as_json`); `json_file` also gets the JSON.
+pub fn run(k: Kernels, as_json: bool, json_file: Option<&std::path::Path>, plan: Plan) -> Result<(), String> {
     let report = report(k, plan)?;
+    if let Some(path) = json_file {
+        std::fs::write(path, serde_json::to_string_pretty(&report).expect("json"))
+            .map_err(|e| format!("--json-file {}: {e}", path.display()))?;
+    }
     let num = |key: &str| report[key].as_f64().unwrap_or(0.0);
     let (bw, bw_4k, peak, int_peak, bf16_peak) = (
         num("read_bandwidth_gbps") * 1e9,
@@ -396,6 +435,12 @@ pub fn run(k: Kernels, as_json: bool, plan: Plan) -> Result<(), String> {
     );
     println!();
     println!(
+        "Shapes of {} ({} layers x {} wide); each layer runs the four attn/mlp products once, the LM head runs once a token.",
+        plan.preset.name(),
+        report["n_layer"],
+        report["n_embd"]
+    );
+    println!(
         "In cache: one matrix, reused (it stays in the L2/L3). Streamed: {} MiB of distinct copies in turn, so the",
         STREAM_BYTES >> 20
     );
@@ -429,6 +474,24 @@ pub fn run(k: Kernels, as_json: bool, plan: Plan) -> Result<(), String> {
             r["fraction_of_roofline"].as_f64().unwrap_or(0.0) * 100.0,
             r["bound"].as_str().unwrap_or(""),
         );
+    }
+    let steps = report["decode_step"].as_array().map_or(&[][..], Vec::as_slice);
+    if !steps.is_empty() {
+        println!();
+        println!("Decode step at M = 1 (the products of every layer and the LM head, streamed figures summed; attention and the small ops left out):");
+        println!();
+        println!("| dtype | weight bytes a token (MB) | products (ms) | at the read bandwidth (ms) | of the bound |");
+        println!("|---|---|---|---|---|");
+        for r in steps {
+            println!(
+                "| {} | {:.0} | {:.1} | {:.1} | {:.0}% |",
+                r["dtype"].as_str().unwrap_or(""),
+                r["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+                r["streamed_ms"].as_f64().unwrap_or(0.0),
+                r["bandwidth_bound_ms"].as_f64().unwrap_or(0.0),
+                r["fraction_of_bound"].as_f64().unwrap_or(0.0) * 100.0,
+            );
+        }
     }
     Ok(())
 }

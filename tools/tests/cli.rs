@@ -263,6 +263,28 @@ fn roofline_rounds_and_the_sgemm_subset() {
 }
 
 #[test]
+fn roofline_at_a_presets_shapes() {
+    // Default: the 124M shapes, and a decode step summed over its layers for every dtype.
+    let v: serde_json::Value = serde_json::from_str(&ok(&["roofline", "--quick", "--json"])).unwrap();
+    assert_eq!((v["preset"].as_str(), v["n_layer"].as_u64()), (Some("gpt2"), Some(12)));
+    let steps = v["decode_step"].as_array().unwrap();
+    assert_eq!(steps.len(), WeightDtype::ALL.len(), "{steps:?}");
+    for s in steps {
+        assert!(s["streamed_ms"].as_f64().unwrap() > 0.0 && s["bandwidth_bound_ms"].as_f64().unwrap() > 0.0, "{s}");
+    }
+    // Another preset: its widths set K and N (tiny: 64 wide, MLP 256, the GPT-2 vocabulary).
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("r.json");
+    let table = ok(&["roofline", "--quick", "--sgemm", "--preset", "tiny", "--json-file", file.to_str().unwrap()]);
+    assert!(table.contains("Shapes of tiny (2 layers x 64 wide)"), "{table}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let kn: Vec<(u64, u64)> =
+        v["kernels"].as_array().unwrap().iter().map(|r| (r["k"].as_u64().unwrap(), r["n"].as_u64().unwrap())).collect();
+    assert_eq!(kn, [(64, 192), (64, 64), (64, 256), (256, 64), (64, 50257)]);
+    fails(&["roofline", "--quick", "--preset", "gpt2-xxl"], "--preset: unknown preset 'gpt2-xxl'");
+}
+
+#[test]
 fn throughput_runs_the_engine() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny(tmp.path());

@@ -60,10 +60,11 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_head: int, isa: Opt
     return _inferneo.kernels_attention(_f32_2d(q, "q"), _f32_2d(k, "k"), _f32_2d(v, "v"), n_head, isa)
 
 
-def roofline(quick: bool = True, rounds: Optional[int] = None, isa: Optional[str] = None) -> dict:
-    """This machine's roofline, as ``inferneo roofline --json`` prints it: read bandwidth, FMA
-    and integer-dot peaks, and every kernel at GPT-2 shapes against them."""
-    return json.loads(_inferneo.kernels_roofline_json(quick, rounds, isa))
+def roofline(quick: bool = True, rounds: Optional[int] = None, isa: Optional[str] = None, preset: str = "gpt2") -> dict:
+    """This machine's roofline, as ``inferneo roofline --json --preset PRESET`` prints it: read
+    bandwidth, FMA and integer-dot peaks, and every kernel at the preset's shapes (``"gpt2"``,
+    ``"gpt2-medium"``, ``"gpt2-large"``, ``"gpt2-xl"``, ...) against them."""
+    return json.loads(_inferneo.kernels_roofline_json(quick, rounds, isa, preset))
 
 
 def isa() -> str:
