@@ -6,8 +6,8 @@ mod common;
 
 use common::available_kernels;
 use inferneo_kernels::{
-    reference, Attention, Epilogue, Kernels, KvView, Layout, Norm, PackedKn, Panels, Team, W4Values, WeightDtype,
-    W4_GROUP,
+    reference, Attention, Epilogue, Kernels, KvView, Layout, Norm, PackedKn, Panels, Quantized, Team, W4Values,
+    WeightDtype, W4_GROUP,
 };
 use proptest::prelude::*;
 
@@ -52,6 +52,28 @@ fn int_dot_int8_kernels() -> Vec<Kernels> {
         eprintln!("NOTICE: no ISA here runs int8 on an integer dot (VNNI): int8 is tested on the float kernels only");
     }
     found
+}
+
+/// Every bit a packed matrix holds: its values, scales and column sums.
+fn panel_bits(p: &PackedKn) -> Vec<u32> {
+    match p.panels() {
+        Panels::F32(v) => v.iter().map(|x| x.to_bits()).collect(),
+        Panels::F16(v) => v.iter().map(|x| x.to_bits() as u32).collect(),
+        Panels::Bf16(v) => v.iter().map(|x| x.to_bits() as u32).collect(),
+        Panels::Int8 { q, scale } => {
+            q.iter().map(|&x| x as u8 as u32).chain(scale.iter().map(|s| s.to_bits())).collect()
+        }
+        Panels::IntDot { q, scale, corr, .. } => q
+            .iter()
+            .map(|&x| x as u8 as u32)
+            .chain(scale.iter().map(|s| s.to_bits()))
+            .chain(corr.iter().map(|&c| c as u32))
+            .collect(),
+        Panels::Bf16Pairs(v) => v.to_vec(),
+        Panels::W4 { q, scale, .. } => {
+            q.iter().map(|&x| x as u32).chain(scale.iter().map(|s| s.to_bits())).collect()
+        }
+    }
 }
 
 /// An oracle of the products that quantize their rows (`reference::matmul_w8a8` and kin).
@@ -308,6 +330,41 @@ proptest! {
                 kern.matmul_kn(&x, &kern.pack(&w, Layout::KN, k, n, dtype), None, &mut a, m, Epilogue::STORE);
                 kern.matmul_kn(&x, &kern.pack(&wt, Layout::NK, k, n, dtype), None, &mut b, m, Epilogue::STORE);
                 prop_assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{} {}", kern.isa(), dtype);
+            }
+        }
+    }
+
+    /// A matrix packed a slice at a time (whole rows of `[k, n]`, whole columns of `[n, k]`,
+    /// or its stored quantized form in column slices) has exactly the panels of packing it
+    /// whole: what lets the loader read the 154 MB tied `wte` in slices and a converted model
+    /// load from its stored int8 values.
+    #[test]
+    fn sliced_packing_equals_whole(k in 1usize..70, n in 1usize..90, step in 1usize..40, seed: u64) {
+        let w = vals(k * n, seed);
+        let wt: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
+        let slices = |len: usize| (0..len).step_by(step).map(move |s| s..(s + step).min(len));
+        for kern in kernels() {
+            for dtype in WeightDtype::ALL {
+                let whole = panel_bits(&kern.pack(&w, Layout::KN, k, n, dtype));
+                let mut by_cols = kern.pack_builder(k, n, dtype);
+                for c in slices(n) {
+                    by_cols.put_columns(c.start, &wt[c.start * k..c.end * k]);
+                }
+                prop_assert!(panel_bits(&by_cols.finish()) == whole, "columns: {} {dtype}", kern.isa());
+                let mut by_rows = kern.pack_builder(k, n, dtype);
+                match dtype.stored_form() {
+                    None => slices(k).for_each(|r| by_rows.put_rows(r.start, &w[r.start * n..r.end * n])),
+                    Some(form) => {
+                        let q = Quantized::quantize_kn_rows::<()>(form, k, n, step, |r| Ok(w[r.start * n..r.end * n].to_vec())).unwrap();
+                        // Stored form, put back in column slices as a converted model loads.
+                        let Quantized::Q8 { q, scale } = q;
+                        for c in slices(n) {
+                            let part = Quantized::Q8 { q: q[c.start * k..c.end * k].to_vec(), scale: scale[c.clone()].to_vec() };
+                            by_rows.put_quantized(c.start, &part);
+                        }
+                    }
+                }
+                prop_assert!(panel_bits(&by_rows.finish()) == whole, "rows: {} {dtype}", kern.isa());
             }
         }
     }

@@ -10,7 +10,8 @@ use crate::pack::bf16_bits;
 use crate::rows::{pack_in_parallel, Norm, Spare, SPARE_BF16, SPARE_WORDS};
 use crate::team;
 use crate::{
-    ActQuant, Attention, Layout, MatmulKn, MatmulQ, MatmulW4, PackedKn, Panels, QFormat, W4Values, WeightDtype,
+    ActQuant, Attention, Layout, MatmulKn, MatmulQ, MatmulW4, PackBuilder, PackedKn, Panels, QFormat, W4Values,
+    WeightDtype,
 };
 use std::sync::OnceLock;
 
@@ -53,14 +54,22 @@ impl Kernels {
 
     /// Packs a `[k, n]` weight matrix (stored as `layout`) for this ISA's `matmul_kn`.
     pub fn pack(&self, w: &[f32], layout: Layout, k: usize, n: usize, dtype: WeightDtype) -> PackedKn {
+        let mut b = self.pack_builder(k, n, dtype);
+        b.put_matrix(w, layout);
+        b.finish()
+    }
+
+    /// An empty `[k, n]` matrix packed for this ISA's `matmul_kn`, to be filled a slice at a
+    /// time ([`PackBuilder`]); the same bits as [`Kernels::pack`] of the whole matrix.
+    pub fn pack_builder(&self, k: usize, n: usize, dtype: WeightDtype) -> PackBuilder {
         let q = self.table.w8a8;
         match dtype {
-            WeightDtype::W8a8 => PackedKn::pack_int_dot(w, layout, k, n, q.format, ActQuant::Int8),
-            WeightDtype::W4a8 => self.pack_w4(&W4Values::quantize(w, layout, k, n)),
+            WeightDtype::W8a8 => PackBuilder::int_dot(k, n, q.format, ActQuant::Int8),
+            WeightDtype::W4a8 => PackBuilder::w4(k, n, self.table.w4a8.format),
             // The same int8 weights, for the integer kernel on 24-bit activations: 4x fewer
             // instructions than widening every weight to f32 (see `simd::IntDot24`).
-            WeightDtype::Int8 if q.int8.is_some() => PackedKn::pack_int_dot(w, layout, k, n, q.format, ActQuant::Int24),
-            _ => PackedKn::pack(w, layout, k, n, self.table.kn_nr, dtype),
+            WeightDtype::Int8 if q.int8.is_some() => PackBuilder::int_dot(k, n, q.format, ActQuant::Int24),
+            _ => PackBuilder::new(k, n, self.table.kn_nr, dtype),
         }
     }
 

@@ -19,6 +19,7 @@ mod isa;
 mod ops;
 mod pack;
 mod pack_w4;
+mod quant;
 pub mod reference;
 mod rows;
 mod simd;
@@ -29,8 +30,9 @@ pub use buffer::{AllocError, HugeBuf};
 pub use cpu::{default_threads, Isa, ISA_ENV};
 pub use dispatch::{kernels, Epilogue, Kernels};
 pub use grid::Dims;
-pub use pack::{ActQuant, Layout, PackedKn, Panels, QFormat, WeightDtype};
+pub use pack::{ActQuant, Layout, PackBuilder, PackedKn, Panels, QFormat, WeightDtype};
 pub use pack_w4::{W4Format, W4Values, W4_GROUP};
+pub use quant::{QuantForm, Quantized};
 pub use rows::Norm;
 pub use team::Team;
 

@@ -4,11 +4,17 @@
 //!
 //! Layout: panel `p` holds columns `p*NR .. p*NR+NR` as `[K][NR]` (row `k` of the panel is
 //! `W[k, p*NR .. p*NR+NR]`), panels back to back; the last panel is zero-padded to `NR` columns.
+//!
+//! A [`PackBuilder`] fills the panels a slice at a time (whole rows, or whole columns), so a
+//! loader reads and converts one slice of a matrix's source while the packed copy grows: the
+//! 50257 x 768 tied `wte` is never held in f32 beside its packed copy.
 
 use crate::buffer::{HugeBuf, Zeroed};
+use crate::quant::{QuantForm, Quantized};
 use half::{bf16, f16};
 use rayon::prelude::*;
 use std::fmt;
+use std::ops::Range;
 use std::str::FromStr;
 
 /// Storage type of packed weights. Activations and accumulation are always f32.
@@ -53,6 +59,17 @@ impl WeightDtype {
             WeightDtype::W8a8 => "w8a8",
             WeightDtype::W4a8 => "w4a8",
             WeightDtype::Bf16dot => "bf16dot",
+        }
+    }
+
+    /// How `inferneo convert` stores this dtype's matrices; `None` for the float dtypes, which
+    /// a checkpoint already holds. Dtypes of one form share their stored weights.
+    pub fn stored_form(self) -> Option<QuantForm> {
+        match self {
+            WeightDtype::F32 | WeightDtype::F16 | WeightDtype::Bf16 | WeightDtype::Bf16dot => None,
+            WeightDtype::Int8 | WeightDtype::W8a8 => Some(QuantForm::Q8),
+            // Not stored by `inferneo convert` yet: packed from f32 at load (a slice at a time).
+            WeightDtype::W4a8 => None,
         }
     }
 
@@ -159,58 +176,18 @@ impl PackedKn {
     /// [`Kernels::pack`](crate::Kernels::pack) for the width and format its ISA wants). `w8a8`
     /// takes its format from [`PackedKn::pack_int_dot`].
     pub fn pack(w: &[f32], layout: Layout, k: usize, n: usize, nr: usize, dtype: WeightDtype) -> PackedKn {
-        assert!(dtype != WeightDtype::W8a8, "pack: w8a8 needs its ISA's QFormat (pack_int_dot)");
-        assert!(dtype != WeightDtype::W4a8, "pack: w4a8 needs its ISA's W4Format (pack_w4)");
-        assert!(nr > 0 && nr <= crate::ops::matmul::MAX_NR, "pack: unsupported panel width {nr}");
-        let at = reader(w, layout, k, n);
-        let padded = n.div_ceil(nr) * nr;
-        let panels = match dtype {
-            WeightDtype::F32 => Panels::F32(fill(k, n, nr, at)),
-            WeightDtype::F16 => Panels::F16(fill(k, n, nr, |kk, c| f16::from_f32(at(kk, c)))),
-            WeightDtype::Bf16 => Panels::Bf16(fill(k, n, nr, |kk, c| bf16::from_f32(at(kk, c)))),
-            WeightDtype::Int8 => {
-                let scale = column_scales(k, n, padded, &at);
-                let q = fill(k, n, nr, |kk, c| quantize(at(kk, c), scale[c]));
-                Panels::Int8 { q, scale }
-            }
-            WeightDtype::Bf16dot => Panels::Bf16Pairs(fill(k.div_ceil(2), n, nr, |i, c| {
-                let hi = if 2 * i + 1 < k { bf16_bits(at(2 * i + 1, c)) } else { 0 };
-                hi << 16 | bf16_bits(at(2 * i, c))
-            })),
-            WeightDtype::W8a8 | WeightDtype::W4a8 => unreachable!("checked above"),
-        };
-        PackedKn { k, n, nr, panels }
+        let mut b = PackBuilder::new(k, n, nr, dtype);
+        b.put_matrix(w, layout);
+        b.finish()
     }
 
     /// Packs `w` for an integer-dot kernel of format `f`: int8 values exactly as
     /// [`WeightDtype::Int8`] quantizes them, for products whose activations are quantized as
     /// `acts` says (`w8a8`, or `int8` where the kernel takes 24-bit activations).
     pub fn pack_int_dot(w: &[f32], layout: Layout, k: usize, n: usize, f: QFormat, acts: ActQuant) -> PackedKn {
-        let QFormat { nr, kq, offset } = f;
-        assert!(nr > 0 && kq > 0, "pack_int_dot: bad format {f:?}");
-        let at = reader(w, layout, k, n);
-        let padded = n.div_ceil(nr) * nr;
-        let scale = column_scales(k, n, padded, &at);
-        let groups = k.div_ceil(kq);
-        // As in `fill`: the weights exist, so only an out-of-memory failure can reach here.
-        let mut q = HugeBuf::<i8>::zeroed(padded * groups * kq).unwrap_or_else(|e| e.abort());
-        if k > 0 {
-            q.par_chunks_mut(groups * nr * kq).enumerate().for_each(|(p, panel)| {
-                for c in 0..(n - p * nr).min(nr) {
-                    for kk in 0..k {
-                        panel[q_offset(kk, c, f)] = quantize(at(kk, p * nr + c), scale[p * nr + c]);
-                    }
-                }
-            });
-        }
-        let corr = (0..padded)
-            .into_par_iter()
-            .map(|c| {
-                let panel = &q[c / nr * groups * nr * kq..];
-                offset * (0..k).map(|kk| panel[q_offset(kk, c % nr, f)] as i32).sum::<i32>()
-            })
-            .collect();
-        PackedKn { k, n, nr, panels: Panels::IntDot { q, scale, corr, format: f, acts } }
+        let mut b = PackBuilder::int_dot(k, n, f, acts);
+        b.put_matrix(w, layout);
+        b.finish()
     }
 
     pub(crate) fn from_panels(k: usize, n: usize, nr: usize, panels: Panels) -> PackedKn {
@@ -290,13 +267,184 @@ impl PackedKn {
     }
 }
 
-/// `W[kk, col]` of `w` stored as `layout`.
-fn reader(w: &[f32], layout: Layout, k: usize, n: usize) -> impl Fn(usize, usize) -> f32 + Sync + '_ {
-    assert_eq!(w.len(), k * n, "pack: weights are not {k} x {n}");
-    move |kk, col| match layout {
-        Layout::KN => w[kk * n + col],
-        Layout::NK => w[col * k + kk],
+/// A [`PackedKn`] being filled: its panels exist (zeroed) from the start and each `put_*`
+/// call writes the part of them its slice covers, so a loader can read a matrix a slice at a
+/// time. Every row (or every column) must be put exactly once before [`PackBuilder::finish`];
+/// the panels' padding columns stay zero. Results do not depend on the slicing: each value is
+/// converted or quantized on its own (quantization per whole column), so any slicing gives the
+/// bits of packing the whole matrix at once.
+pub struct PackBuilder {
+    packed: PackedKn,
+    /// `w4a8` rows put so far (`[k, n]` f32): its groups run along k, so a `[k, n]` source is
+    /// quantized once every row is in. One matrix of the layers at a time (the large `wte` comes
+    /// as whole columns and is quantized as it arrives).
+    pending: Option<Vec<f32>>,
+}
+
+impl PackBuilder {
+    /// Panels `nr` wide for the float kernels' `dtype` (for `w8a8` see
+    /// [`PackBuilder::int_dot`]). Ends the process, as `Vec` does, if the memory cannot be had.
+    pub fn new(k: usize, n: usize, nr: usize, dtype: WeightDtype) -> PackBuilder {
+        assert!(dtype != WeightDtype::W8a8, "pack: w8a8 needs its ISA's QFormat (pack_int_dot)");
+        assert!(dtype != WeightDtype::W4a8, "pack: w4a8 needs its ISA's W4Format (PackBuilder::w4)");
+        assert!(nr > 0 && nr <= crate::ops::matmul::MAX_NR, "pack: unsupported panel width {nr}");
+        let len = n.div_ceil(nr) * nr * k;
+        let padded = n.div_ceil(nr) * nr;
+        let panels = match dtype {
+            WeightDtype::F32 => Panels::F32(zeroed(len)),
+            WeightDtype::F16 => Panels::F16(zeroed(len)),
+            WeightDtype::Bf16 => Panels::Bf16(zeroed(len)),
+            WeightDtype::Int8 => Panels::Int8 { q: zeroed(len), scale: vec![0.0; padded] },
+            WeightDtype::Bf16dot => Panels::Bf16Pairs(zeroed(n.div_ceil(nr) * nr * k.div_ceil(2))),
+            WeightDtype::W8a8 | WeightDtype::W4a8 => unreachable!("checked above"),
+        };
+        PackBuilder { packed: PackedKn { k, n, nr, panels }, pending: None }
     }
+
+    /// Panels of an integer-dot kernel of format `f` (`[groups][nr][kq]`, k padded with zeros
+    /// to whole groups) for activations quantized as `acts`.
+    pub fn int_dot(k: usize, n: usize, f: QFormat, acts: ActQuant) -> PackBuilder {
+        let QFormat { nr, kq, .. } = f;
+        assert!(nr > 0 && kq > 0, "pack_int_dot: bad format {f:?}");
+        let padded = n.div_ceil(nr) * nr;
+        let q = zeroed(padded * k.div_ceil(kq) * kq);
+        let panels = Panels::IntDot { q, scale: vec![0.0; padded], corr: vec![0; padded], format: f, acts };
+        PackBuilder { packed: PackedKn { k, n, nr, panels }, pending: None }
+    }
+
+    /// Panels of `w4a8` weights in format `f`.
+    pub fn w4(k: usize, n: usize, f: crate::W4Format) -> PackBuilder {
+        PackBuilder { packed: crate::pack_w4::empty_w4(k, n, f), pending: None }
+    }
+
+    /// The dtype being packed.
+    pub fn dtype(&self) -> WeightDtype {
+        self.packed.dtype()
+    }
+
+    /// The whole matrix at once.
+    pub fn put_matrix(&mut self, w: &[f32], layout: Layout) {
+        let (k, n) = (self.packed.k, self.packed.n);
+        if self.dtype() == WeightDtype::W4a8 {
+            let f = match &self.packed.panels {
+                Panels::W4 { format, .. } => *format,
+                _ => unreachable!("w4a8 builders hold w4 panels"),
+            };
+            self.packed = PackedKn::pack_w4(&crate::W4Values::quantize(w, layout, k, n), f);
+            return;
+        }
+        match (self.dtype().stored_form(), layout) {
+            (Some(form), _) => self.put_quantized(0, &Quantized::quantize(form, w, layout, k, n)),
+            (None, Layout::KN) => self.put_rows(0, w),
+            (None, Layout::NK) => self.put_columns(0, w),
+        }
+    }
+
+    /// Rows `k0..` (whole rows: `w` is `[rows, n]`) of a float dtype. Quantized dtypes need
+    /// whole columns (their scales): see [`Quantized::quantize_kn_rows`].
+    pub fn put_rows(&mut self, k0: usize, w: &[f32]) {
+        let PackedKn { k, n, nr, .. } = self.packed;
+        let rows = w.len().checked_div(n).unwrap_or(0);
+        assert!(
+            w.len() == rows * n && k0 + rows <= k,
+            "put_rows: {} values are not whole rows from {k0} of {k} x {n}",
+            w.len()
+        );
+        let at = |kk: usize, c: usize| w[(kk - k0) * n + c];
+        let (cols, krange) = (0..n, k0..k0 + rows);
+        match &mut self.packed.panels {
+            Panels::F32(v) => place(v, k, nr, cols, krange, at),
+            Panels::F16(v) => place(v, k, nr, cols, krange, |kk, c| f16::from_f32(at(kk, c))),
+            Panels::Bf16(v) => place(v, k, nr, cols, krange, |kk, c| bf16::from_f32(at(kk, c))),
+            Panels::Bf16Pairs(v) => place_halves(v, k, nr, cols, krange, |kk, c| bf16_bits(at(kk, c))),
+            Panels::W4 { .. } => {
+                self.pending.get_or_insert_with(|| vec![0.0; k * n])[k0 * n..][..w.len()].copy_from_slice(w);
+            }
+            _ => panic!("put_rows: {} weights are quantized per whole column", self.packed.dtype()),
+        }
+    }
+
+    /// Columns `c0..` with all their values: `w` is `[cols, k]` (a slice of the rows of an
+    /// `[n, k]` matrix such as the tied `wte`). Quantized dtypes quantize each column.
+    pub fn put_columns(&mut self, c0: usize, w: &[f32]) {
+        let PackedKn { k, n, nr, .. } = self.packed;
+        let cols = w.len().checked_div(k).unwrap_or(0);
+        assert!(
+            w.len() == cols * k && c0 + cols <= n,
+            "put_columns: {} values are not whole columns from {c0} of {k} x {n}",
+            w.len()
+        );
+        if let Some(form) = self.dtype().stored_form() {
+            return self.put_quantized(c0, &Quantized::quantize(form, w, Layout::NK, k, cols));
+        }
+        let at = |kk: usize, c: usize| w[(c - c0) * k + kk];
+        let range = c0..c0 + cols;
+        match &mut self.packed.panels {
+            Panels::F32(v) => place(v, k, nr, range, 0..k, at),
+            Panels::F16(v) => place(v, k, nr, range, 0..k, |kk, c| f16::from_f32(at(kk, c))),
+            Panels::Bf16(v) => place(v, k, nr, range, 0..k, |kk, c| bf16::from_f32(at(kk, c))),
+            Panels::Bf16Pairs(v) => place_halves(v, k, nr, range, 0..k, |kk, c| bf16_bits(at(kk, c))),
+            Panels::W4 { q, scale, format } => {
+                let values = crate::W4Values::quantize(w, Layout::NK, k, cols);
+                crate::pack_w4::place_w4_columns(q, scale, *format, k, c0, &values);
+            }
+            _ => unreachable!("quantized dtypes returned above"),
+        }
+    }
+
+    /// Columns `c0..` from their stored quantized form, which must be this dtype's.
+    pub fn put_quantized(&mut self, c0: usize, quantized: &Quantized) {
+        let PackedKn { k, n, nr, .. } = self.packed;
+        let dtype = self.dtype();
+        assert_eq!(dtype.stored_form(), Some(quantized.form()), "put_quantized: {dtype} weights from another form");
+        let cols = quantized.cols();
+        assert!(c0 + cols <= n, "put_quantized: columns {c0}..{} of {n}", c0 + cols);
+        let Quantized::Q8 { q: src, scale: src_scale } = quantized;
+        assert_eq!(src.len(), cols * k, "put_quantized: {} values are not {cols} columns of {k}", src.len());
+        let range = c0..c0 + cols;
+        match &mut self.packed.panels {
+            Panels::Int8 { q, scale } => {
+                place(q, k, nr, range, 0..k, |kk, c| src[(c - c0) * k + kk]);
+                scale[c0..c0 + cols].copy_from_slice(src_scale);
+            }
+            Panels::IntDot { q, scale, corr, format, .. } => {
+                let f = *format;
+                let panel_len = k.div_ceil(f.kq) * f.kq * nr;
+                if panel_len > 0 && cols > 0 {
+                    let panels = c0 / nr..(c0 + cols).div_ceil(nr);
+                    q[panels.start * panel_len..panels.end * panel_len].par_chunks_mut(panel_len).enumerate().for_each(
+                        |(i, panel)| {
+                            let p = panels.start + i;
+                            for c in (p * nr).max(c0)..((p + 1) * nr).min(c0 + cols) {
+                                for kk in 0..k {
+                                    panel[q_offset(kk, c % nr, f)] = src[(c - c0) * k + kk];
+                                }
+                            }
+                        },
+                    );
+                }
+                scale[c0..c0 + cols].copy_from_slice(src_scale);
+                // The integer kernels subtract `offset * column sum` (see `QFormat`).
+                for (i, corr) in corr[c0..c0 + cols].iter_mut().enumerate() {
+                    *corr = f.offset * src[i * k..][..k].iter().map(|&v| v as i32).sum::<i32>();
+                }
+            }
+            _ => unreachable!("only the int8 dtypes have a stored form"),
+        }
+    }
+
+    pub fn finish(mut self) -> PackedKn {
+        if let Some(w) = self.pending.take() {
+            self.put_matrix(&w, Layout::KN);
+        }
+        self.packed
+    }
+}
+
+/// `len` zeros for panels. The caller has the weights, so only an out-of-memory failure (or
+/// a dimension no matrix has) can reach the abort.
+fn zeroed<T: Zeroed>(len: usize) -> HugeBuf<T> {
+    HugeBuf::zeroed(len).unwrap_or_else(|e| e.abort())
 }
 
 /// Where weight `(kk, c)` of a `w8a8` panel lies within it: `[groups][nr][kq]`.
@@ -304,12 +452,31 @@ fn q_offset(kk: usize, c: usize, f: QFormat) -> usize {
     (kk / f.kq * f.nr + c) * f.kq + kk % f.kq
 }
 
-/// Symmetric per-column int8 scales (`max |w| / 127`), zero for the padding columns.
-fn column_scales(k: usize, n: usize, padded: usize, at: &(impl Fn(usize, usize) -> f32 + Sync)) -> Vec<f32> {
-    (0..padded)
-        .into_par_iter()
-        .map(|c| if c < n { (0..k).fold(0.0f32, |m, kk| m.max(at(kk, c).abs())) / 127.0 } else { 0.0 })
-        .collect()
+/// Writes `value(kk, c)` for the rows `rows` and columns `cols` of `[K][nr]` panels, one rayon
+/// task per panel the columns touch.
+fn place<T: Zeroed>(
+    data: &mut [T],
+    k: usize,
+    nr: usize,
+    cols: Range<usize>,
+    rows: Range<usize>,
+    value: impl Fn(usize, usize) -> T + Sync,
+) {
+    if k == 0 || cols.is_empty() {
+        return;
+    }
+    let first = cols.start / nr;
+    let panels = first..cols.end.div_ceil(nr);
+    data[panels.start * k * nr..panels.end * k * nr].par_chunks_mut(k * nr).enumerate().for_each(|(i, panel)| {
+        let p = first + i;
+        let (from, to) = ((p * nr).max(cols.start), ((p + 1) * nr).min(cols.end));
+        for kk in rows.clone() {
+            let row = &mut panel[kk * nr..][..nr];
+            for c in from..to {
+                row[c - p * nr] = value(kk, c);
+            }
+        }
+    });
 }
 
 /// The bf16 bits of `v` as `bf16dot` rounds weights and activations: to nearest, ties to even;
@@ -330,29 +497,34 @@ pub(crate) fn bf16_bits(v: f32) -> u32 {
     }
 }
 
-fn quantize(v: f32, scale: f32) -> i8 {
-    if scale == 0.0 {
-        0
-    } else {
-        (v / scale).round().clamp(-127.0, 127.0) as i8
+/// [`place`] for `bf16dot`'s pair words (`[ceil(K / 2)][nr]` per panel): writes the bf16 bits
+/// `value(kk, c)` into the low (even `kk`) or high (odd) half of its word, so any slicing of
+/// rows or columns gives the bits of packing the whole matrix.
+fn place_halves(
+    data: &mut [u32],
+    k: usize,
+    nr: usize,
+    cols: Range<usize>,
+    rows: Range<usize>,
+    value: impl Fn(usize, usize) -> u32 + Sync,
+) {
+    let pairs = k.div_ceil(2);
+    if pairs == 0 || cols.is_empty() {
+        return;
     }
-}
-
-/// Builds the panel array, one panel per rayon task.
-fn fill<T: Zeroed>(k: usize, n: usize, nr: usize, value: impl Fn(usize, usize) -> T + Sync) -> HugeBuf<T> {
-    let panels = n.div_ceil(nr);
-    // The caller's weights are `k * n` values, so only an out-of-memory failure can reach here.
-    let mut data = HugeBuf::zeroed(panels * k * nr).unwrap_or_else(|e| e.abort());
-    if k > 0 {
-        data.par_chunks_mut(k * nr).enumerate().for_each(|(p, panel)| {
-            let c0 = p * nr;
-            let width = (n - c0).min(nr);
-            for (kk, row) in panel.chunks_exact_mut(nr).enumerate() {
-                for (i, v) in row[..width].iter_mut().enumerate() {
-                    *v = value(kk, c0 + i);
+    let first = cols.start / nr;
+    let panels = first..cols.end.div_ceil(nr);
+    data[panels.start * pairs * nr..panels.end * pairs * nr].par_chunks_mut(pairs * nr).enumerate().for_each(
+        |(i, panel)| {
+            let p = first + i;
+            let (from, to) = ((p * nr).max(cols.start), ((p + 1) * nr).min(cols.end));
+            for kk in rows.clone() {
+                let (row, shift) = (&mut panel[kk / 2 * nr..][..nr], 16 * (kk % 2) as u32);
+                for c in from..to {
+                    let word = &mut row[c - p * nr];
+                    *word = (*word & !(0xFFFF << shift)) | value(kk, c) << shift;
                 }
             }
-        });
-    }
-    data
+        },
+    );
 }

@@ -217,3 +217,33 @@ pub(crate) fn w4_column(q: &[u8], scale: &[f32], f: W4Format, k: usize, col: usi
         *o = (u as i32 - W4_OFFSET) as f32 * scale[(p * groups + kk / W4_GROUP) * f.nr + off];
     }
 }
+
+/// `[k, n]` `w4a8` panels of format `f` holding zeros (every nibble the offset, every scale 0),
+/// for a [`PackBuilder`](crate::PackBuilder) to fill.
+pub(crate) fn empty_w4(k: usize, n: usize, f: W4Format) -> PackedKn {
+    let (groups, panels) = (k.div_ceil(W4_GROUP), n.div_ceil(f.nr));
+    // The caller has the weights, so only an out-of-memory failure can reach the aborts.
+    let mut q = HugeBuf::<u8>::zeroed(panels * groups * group_bytes(f.nr)).unwrap_or_else(|e| e.abort());
+    q.fill(0x88);
+    let scale = HugeBuf::<f32>::zeroed(panels * groups * f.nr).unwrap_or_else(|e| e.abort());
+    PackedKn::from_panels(k, n, f.nr, Panels::W4 { q, scale, format: f })
+}
+
+/// Writes the columns of `v` (`[k, cols]` values and scales) into `w4a8` panels at columns
+/// `c0..c0 + cols`, bit for bit as [`PackedKn::pack_w4`] places them.
+pub(crate) fn place_w4_columns(q: &mut [u8], scale: &mut [f32], f: W4Format, k: usize, c0: usize, v: &W4Values) {
+    let (groups, cols) = (k.div_ceil(W4_GROUP), v.n);
+    let panel_len = groups * group_bytes(f.nr);
+    for c in 0..cols {
+        let (p, off) = ((c0 + c) / f.nr, (c0 + c) % f.nr);
+        let panel = &mut q[p * panel_len..][..panel_len];
+        for kk in 0..k {
+            let (byte, high) = nibble_at(kk, off, f);
+            let u = (v.q[kk * cols + c] as i32 + W4_OFFSET) as u8;
+            panel[byte] = if high { (panel[byte] & 0x0f) | u << 4 } else { (panel[byte] & 0xf0) | u };
+        }
+        for g in 0..groups {
+            scale[(p * groups + g) * f.nr + off] = v.scale[g * cols + c];
+        }
+    }
+}

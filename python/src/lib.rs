@@ -225,16 +225,18 @@ fn spawn_generation(core: Arc<Core>, req: GenerateRequest) -> PyResult<Inbox<Msg
 #[pymethods]
 impl Model {
     #[new]
-    #[pyo3(signature = (path=None, dtype="f32", threads=None, isa=None, kv_dtype="f32"))]
+    #[pyo3(signature = (path=None, dtype=None, threads=None, isa=None, kv_dtype="f32"))]
     fn new(
         py: Python<'_>,
         path: Option<std::path::PathBuf>,
-        dtype: &str,
+        dtype: Option<&str>,
         threads: Option<usize>,
         isa: Option<&str>,
         kv_dtype: &str,
     ) -> PyResult<Model> {
-        let dtype: WeightDtype = dtype.parse().map_err(|e: String| value_err(format!("dtype: {e}")))?;
+        // None: f32, or a directory's own dtype if `inferneo convert` wrote it.
+        let dtype: Option<WeightDtype> =
+            dtype.map(str::parse).transpose().map_err(|e: String| value_err(format!("dtype: {e}")))?;
         let kv_dtype: KvDtype = kv_dtype.parse().map_err(|e: String| value_err(format!("kv_dtype: {e}")))?;
         if threads == Some(0) {
             return Err(value_err("threads must be > 0"));

@@ -25,6 +25,17 @@ pub enum Error {
     Shape { path: PathBuf, name: String, got: Vec<usize>, want: Vec<usize> },
     #[error("{}: tensor '{name}' has unsupported dtype {dtype} (supported: F32, F16, BF16)", path.display())]
     Dtype { path: PathBuf, name: String, dtype: String },
+    #[error(
+        "{}: dtype {requested} cannot be served from it: its weights were converted to {stored} by `inferneo convert` \
+         (it serves {serves}); convert or load the original checkpoint for {requested}",
+        path.display()
+    )]
+    DtypeMismatch {
+        path: PathBuf,
+        requested: inferneo_kernels::WeightDtype,
+        stored: inferneo_kernels::WeightDtype,
+        serves: String,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]

@@ -90,7 +90,8 @@ pub fn generate_steps(
 ) -> Result<Generation> {
     req.validate(model)?;
     let kernels = model.kernels();
-    let mut cache = KvCache::new(model.config());
+    // The positions this generation can fill (validated within the context above).
+    let mut cache = KvCache::with_positions(model.config(), req.prompt.len() + req.max_tokens);
     let mut sampler = Sampler::new(req.sampling.clone(), kernels);
     let mut tokens = Vec::with_capacity(req.max_tokens);
     let mut input = req.prompt.clone();

@@ -549,8 +549,14 @@ impl GgufFile {
     }
 
     fn read_raw(&self, info: &TensorInfo) -> Result<Vec<u8>> {
-        let mut bytes = vec![0u8; (info.end - info.start) as usize];
-        self.file.read_exact_at(&mut bytes, info.start).map_err(|e| match e.kind() {
+        self.read_raw_range(info, info.start..info.end)
+    }
+
+    /// Bytes `range` (absolute, inside the tensor's) of `info`'s data.
+    fn read_raw_range(&self, info: &TensorInfo, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        debug_assert!(info.start <= range.start && range.end <= info.end);
+        let mut bytes = vec![0u8; (range.end - range.start) as usize];
+        self.file.read_exact_at(&mut bytes, range.start).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => bad(
                 &self.path,
                 format!("the file ends inside tensor '{}' (was it truncated while loading?)", info.name),
@@ -655,6 +661,41 @@ pub fn gguf_name(name: &str) -> Option<(String, bool)> {
 }
 
 impl WeightSource for GgufFile {
+    /// The projections are stored `[out, in]`, the transpose of the graph's `[k, n]`, as is
+    /// the tied embedding (`[vocab, n_embd]`).
+    fn layout(&self, name: &str) -> inferneo_kernels::Layout {
+        let transposed = gguf_name(name).is_some_and(|(_, t)| t);
+        if transposed || name == "wte.weight" {
+            inferneo_kernels::Layout::NK
+        } else {
+            inferneo_kernels::Layout::KN
+        }
+    }
+
+    fn get_rows(&self, name: &str, shape: [usize; 2], rows: std::ops::Range<usize>) -> Result<Vec<f32>> {
+        let (gname, _) =
+            gguf_name(name).ok_or_else(|| Error::MissingTensor { path: self.path.clone(), name: name.into() })?;
+        let info = self.tensor(&gname)?;
+        if info.shape != shape {
+            return Err(Error::Shape {
+                path: self.path.clone(),
+                name: gname,
+                got: info.shape.clone(),
+                want: shape.to_vec(),
+            });
+        }
+        assert!(rows.end <= shape[0], "get_rows: rows {rows:?} of {shape:?}");
+        let ty = self.tensor_type(info)?;
+        // A row holds whole blocks (checked at open), so rows are a contiguous run of blocks.
+        let (block_elems, block_bytes) = ty.block();
+        let row_bytes = shape[1] as u64 / block_elems * block_bytes;
+        let bytes = self.read_raw_range(
+            info,
+            info.start + rows.start as u64 * row_bytes..info.start + rows.end as u64 * row_bytes,
+        )?;
+        Ok(dequantize(ty, &bytes))
+    }
+
     fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let (gname, transposed) =
             gguf_name(name).ok_or_else(|| Error::MissingTensor { path: self.path.clone(), name: name.into() })?;

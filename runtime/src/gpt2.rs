@@ -13,11 +13,45 @@ use crate::gguf::GgufFile;
 use crate::init::{Preset, RandomWeights};
 use crate::kv_cache::{BlockTable, KvCache, KvPool, LayerBlocks};
 use crate::weights::{SafetensorsFile, WeightSource};
-use inferneo_kernels::{AttentionRows, Epilogue, Kernels, LayerKv, Layout, Norm, PackedKn, WeightDtype};
+use inferneo_kernels::{AttentionRows, Epilogue, Kernels, LayerKv, Layout, Norm, PackedKn, Quantized, WeightDtype};
 use std::path::Path;
 
 /// Seed of the embedded default model's random weights.
 pub const EMBEDDED_SEED: u64 = 0;
+
+/// The f32 source read at a time while a matrix is packed: a slice of whole rows (or, for an
+/// `[n, k]` matrix, whole columns) of about this many bytes. Small beside the packed model, so
+/// loading peaks at little more than the packed model (the 124M shape's tied `wte` is 154 MB of
+/// f32); large enough that the reads stay few (a few dozen per matrix).
+const SLICE_BYTES: usize = 4 << 20;
+
+/// Rows of `len` f32 values per slice: [`SLICE_BYTES`] worth, a multiple of 32 (whole panels
+/// on every ISA) unless the matrix is shorter.
+fn slice_rows(len: usize) -> usize {
+    (SLICE_BYTES / (len.max(1) * 4)).max(1).next_multiple_of(32)
+}
+
+/// Consecutive ranges of `step` covering `0..len`.
+fn slices(len: usize, step: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..len).step_by(step).map(move |s| s..(s + step).min(len))
+}
+
+/// The dtype a model is served as: the one asked for, else the one its source stores (f32 for
+/// float weights). A converted source (`stored`) serves the dtypes that share its stored
+/// weights (`int8` and `w8a8` quantize alike); any other is an error, since its f32 weights
+/// are gone.
+pub fn served_dtype(path: &Path, requested: Option<WeightDtype>, stored: Option<WeightDtype>) -> Result<WeightDtype> {
+    match (requested, stored) {
+        (None, None) => Ok(WeightDtype::F32),
+        (None, Some(d)) | (Some(d), None) => Ok(d),
+        (Some(r), Some(s)) if r.stored_form() == s.stored_form() => Ok(r),
+        (Some(requested), Some(stored)) => {
+            let serves: Vec<&str> =
+                WeightDtype::ALL.iter().filter(|d| d.stored_form() == stored.stored_form()).map(|d| d.name()).collect();
+            Err(Error::DtypeMismatch { path: path.into(), requested, stored, serves: serves.join(" or ") })
+        }
+    }
+}
 
 struct LayerNorm {
     weight: Vec<f32>, // [n_embd]
@@ -53,6 +87,49 @@ pub struct Gpt2 {
     ln_f: LayerNorm,
 }
 
+/// Packs matrix `name` (the graph's `[k, n]`) as `dtype`, reading its source a slice at a time
+/// so that no more than a slice of it is ever held beside the packed copy: stored quantized
+/// columns as they are; an `[n, k]` source in slices of whole columns (each quantized on its
+/// own); a `[k, n]` source in slices of whole rows, read twice for a quantized dtype (the
+/// column scales, then the values). Every path gives the bits of packing the whole f32 matrix.
+fn pack_matrix(
+    src: &dyn WeightSource,
+    kernels: Kernels,
+    dtype: WeightDtype,
+    name: &str,
+    k: usize,
+    n: usize,
+) -> Result<PackedKn> {
+    let mut b = kernels.pack_builder(k, n, dtype);
+    if src.quantized().is_some() {
+        // Stored quantized values are a quarter of f32's bytes: slices of as many columns.
+        for cols in slices(n, slice_rows(k) * 4) {
+            let start = cols.start;
+            b.put_quantized(start, &src.get_quantized(name, k, n, cols)?);
+        }
+        return Ok(b.finish());
+    }
+    match (src.layout(name), dtype.stored_form()) {
+        (Layout::NK, _) => {
+            for cols in slices(n, slice_rows(k)) {
+                let start = cols.start;
+                b.put_columns(start, &src.get_rows(name, [n, k], cols)?);
+            }
+        }
+        (Layout::KN, None) => {
+            for rows in slices(k, slice_rows(n)) {
+                let start = rows.start;
+                b.put_rows(start, &src.get_rows(name, [k, n], rows)?);
+            }
+        }
+        (Layout::KN, Some(form)) => {
+            let q = Quantized::quantize_kn_rows(form, k, n, slice_rows(n), |rows| src.get_rows(name, [k, n], rows))?;
+            b.put_quantized(0, &q);
+        }
+    }
+    Ok(b.finish())
+}
+
 /// Which rows of a sequence's chunk get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -75,8 +152,15 @@ impl Gpt2 {
     /// matrices as `dtype` (f16/bf16 conversion or int8 quantization happens here, once).
     /// A path to a file rather than a directory is read as GGUF ([`Gpt2::load_gguf`]).
     pub fn load(dir: &Path, kernels: Kernels, dtype: WeightDtype) -> Result<Gpt2> {
+        Gpt2::load_as(dir, kernels, Some(dtype))
+    }
+
+    /// [`Gpt2::load`], where `dtype` `None` serves the dtype the directory stores: f32 for a
+    /// float checkpoint, the converted dtype for a directory from `inferneo convert` (see
+    /// [`served_dtype`]).
+    pub fn load_as(dir: &Path, kernels: Kernels, dtype: Option<WeightDtype>) -> Result<Gpt2> {
         if crate::gguf::is_gguf(dir) {
-            return Gpt2::load_gguf(dir, kernels, dtype);
+            return Gpt2::load_gguf(dir, kernels, dtype.unwrap_or_default());
         }
         let config = Config::from_file(&dir.join("config.json"))?;
         let st = dir.join("model.safetensors");
@@ -87,6 +171,7 @@ impl Gpt2 {
             });
         }
         let file = SafetensorsFile::open(&st)?;
+        let dtype = served_dtype(dir, dtype, file.quantized())?;
         let model = Gpt2::from_source(config, &file, kernels, dtype)?;
         file.check_unchanged()?;
         Ok(model)
@@ -116,16 +201,19 @@ impl Gpt2 {
         Gpt2::from_source(config, &weights, kernels, dtype).expect("generated weights are complete")
     }
 
+    /// Builds the model from `src`, packing each matrix as `dtype` a slice at a time. A source
+    /// of quantized weights gives them as stored (never as f32): `dtype` must share their form.
     pub fn from_source(config: Config, src: &dyn WeightSource, kernels: Kernels, dtype: WeightDtype) -> Result<Gpt2> {
+        if let Some(stored) = src.quantized() {
+            served_dtype(Path::new("the weights"), Some(dtype), Some(stored))?;
+        }
         let (e, i) = (config.n_embd, config.n_inner());
         let vector = |name: &str, len: usize| src.get(name, &[len]);
         let ln = |name: &str| -> Result<LayerNorm> {
             Ok(LayerNorm { weight: vector(&format!("{name}.weight"), e)?, bias: vector(&format!("{name}.bias"), e)? })
         };
         let conv = |name: &str, n_in: usize, n_out: usize| -> Result<Conv1D> {
-            let weight = src.get(&format!("{name}.weight"), &[n_in, n_out])?;
-            // The source goes as soon as it is packed: one matrix's f32 copy is held at a time.
-            let weight = kernels.pack(&weight, Layout::KN, n_in, n_out, dtype);
+            let weight = pack_matrix(src, kernels, dtype, &format!("{name}.weight"), n_in, n_out)?;
             Ok(Conv1D { weight, bias: vector(&format!("{name}.bias"), n_out)? })
         };
         let blocks = (0..config.n_layer)
@@ -140,9 +228,8 @@ impl Gpt2 {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let wte = src.get("wte.weight", &[config.vocab_size, e])?;
-        let lm_head = kernels.pack(&wte, Layout::NK, e, config.vocab_size, dtype);
-        drop(wte);
+        // The tied `wte` ([vocab, n_embd]) is the lm_head's [n_embd, vocab] transposed.
+        let lm_head = pack_matrix(src, kernels, dtype, "wte.weight", e, config.vocab_size)?;
         Ok(Gpt2 {
             lm_head,
             dtype,

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::weights::WeightSource;
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
 
 /// A named model shape.
@@ -124,6 +125,11 @@ fn fnv1a64(s: &str) -> u64 {
 
 /// The values of tensor `name` with `len` elements, per the spec above.
 pub fn tensor_values(seed: u64, name: &str, len: usize) -> Vec<f32> {
+    tensor_values_range(seed, name, 0..len)
+}
+
+/// Elements `range` of [`tensor_values`] (each element depends only on its index).
+pub fn tensor_values_range(seed: u64, name: &str, range: std::ops::Range<usize>) -> Vec<f32> {
     let key = splitmix64(seed ^ fnv1a64(name));
     let is_ln = name.contains("ln_");
     let (scale, offset) = match () {
@@ -133,10 +139,10 @@ pub fn tensor_values(seed: u64, name: &str, len: usize) -> Vec<f32> {
         _ if name == "wpe.weight" => (0.02, 0.0),
         _ => (0.04, 0.0),
     };
-    let mut out = vec![0.0f32; len];
+    let mut out = vec![0.0f32; range.len()];
     out.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
         for (j, v) in chunk.iter_mut().enumerate() {
-            let i = (c << 16) + j;
+            let i = range.start + (c << 16) + j;
             let u = (splitmix64(key.wrapping_add(i as u64)) >> 40) as f32 * (1.0 / 16_777_216.0);
             let x = 2.0 * u - 1.0;
             *v = if offset != 0.0 { x * scale + offset } else { x * scale };
@@ -166,6 +172,15 @@ impl WeightSource for RandomWeights {
             .ok_or_else(|| Error::MissingTensor { path: "<random weights>".into(), name: name.into() })?;
         debug_assert_eq!(want.as_slice(), shape);
         Ok(tensor_values(self.seed, name, shape.iter().product()))
+    }
+
+    fn get_rows(&self, name: &str, shape: [usize; 2], rows: Range<usize>) -> Result<Vec<f32>> {
+        let want = self
+            .shapes
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor { path: "<random weights>".into(), name: name.into() })?;
+        debug_assert_eq!(want.as_slice(), shape);
+        Ok(tensor_values_range(self.seed, name, rows.start * shape[1]..rows.end * shape[1]))
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod generate;
@@ -32,6 +33,6 @@ pub use gpt2::{Gpt2, Logits, SeqInput};
 pub use inferneo_kernels::{Isa, WeightDtype};
 pub use init::Preset;
 pub use kv_cache::{BlockTable, KvCache, KvDtype, KvPool};
-pub use load::{load, load_chat_template, load_config, load_tokenizer, LoadOptions, Loaded, ModelSource};
+pub use load::{load, load_chat_template, load_config, load_tokenizer, served_dtype, LoadOptions, Loaded, ModelSource};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;

@@ -42,8 +42,9 @@ impl ModelSource {
 /// How to load a model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// How the weights are held at run time (converted or quantized once, at load).
-    pub dtype: WeightDtype,
+    /// How the weights are held at run time (converted or quantized once, at load); `None`:
+    /// as the source stores them (f32 for float weights, a converted directory's own dtype).
+    pub dtype: Option<WeightDtype>,
     /// The kernel set; `None`: the process default (`INFERNEO_ISA`, else the best the CPU has).
     pub isa: Option<Isa>,
     /// Threads the model's kernels run on; `None`: as many as rayon's process-wide pool.
@@ -78,16 +79,36 @@ pub fn load(source: &ModelSource, options: &LoadOptions) -> Result<Loaded> {
         Some(n) => n,
         None => rayon::current_num_threads(),
     };
+    // The tokenizer first: a bad one fails fast, and the transient memory of parsing it
+    // (tens of MB for GPT-2's tokenizer.json) is spent and returned before the weights arrive
+    // rather than on top of them.
     let (model, tokenizer) = match source {
-        ModelSource::Embedded => (Gpt2::embedded(kernels, options.dtype), Some(Tokenizer::gpt2())),
-        ModelSource::Dir(file) if gguf::is_gguf(file) => {
-            // The tokenizer first: it reads the header alone, so a bad file fails fast.
-            let tokenizer = Tokenizer::from_gguf_metadata(&GgufFile::open(file)?)?;
-            (Gpt2::load_gguf(file, kernels, options.dtype)?, tokenizer)
+        ModelSource::Embedded => {
+            let tokenizer = Tokenizer::gpt2();
+            (Gpt2::embedded(kernels, options.dtype.unwrap_or_default()), Some(tokenizer))
         }
-        ModelSource::Dir(dir) => (Gpt2::load(dir, kernels, options.dtype)?, Tokenizer::from_dir(dir)?),
+        ModelSource::Dir(file) if gguf::is_gguf(file) => {
+            let tokenizer = Tokenizer::from_gguf_metadata(&GgufFile::open(file)?)?;
+            (Gpt2::load_gguf(file, kernels, options.dtype.unwrap_or_default())?, tokenizer)
+        }
+        ModelSource::Dir(dir) => {
+            let tokenizer = Tokenizer::from_dir(dir)?;
+            (Gpt2::load_as(dir, kernels, options.dtype)?, tokenizer)
+        }
     };
     Ok(Loaded { model, tokenizer, threads })
+}
+
+/// The dtype `source` will be served as with `options` (see [`crate::gpt2::served_dtype`]),
+/// without loading it: a directory's safetensors header says whether it was converted.
+pub fn served_dtype(source: &ModelSource, options: &LoadOptions) -> Result<WeightDtype> {
+    match source {
+        ModelSource::Dir(dir) if !gguf::is_gguf(dir) => {
+            let file = crate::weights::SafetensorsFile::open(&dir.join("model.safetensors"))?;
+            crate::gpt2::served_dtype(dir, options.dtype, crate::weights::WeightSource::quantized(&file))
+        }
+        _ => Ok(options.dtype.unwrap_or_default()),
+    }
 }
 
 /// The configuration of `source` alone, without its weights (cheap: one small file, or a GGUF

@@ -10,19 +10,66 @@
 //! from directories users edit must survive both. Read with `pread`, a truncated file is an
 //! error, and a file whose size or modification time changed while it was read is refused
 //! ([`SafetensorsFile::check_unchanged`]). The cost is one copy from the page cache per tensor,
-//! which the packing that follows makes anyway; only one tensor's source is held at a time.
+//! which the packing that follows makes anyway. Matrices are read a slice of rows at a time
+//! ([`WeightSource::get_rows`]), so only a few MB of source are held at once.
+//!
+//! A file written by `inferneo convert` (`__metadata__` `format` = [`CONVERTED_FORMAT`]) holds
+//! its matrices quantized instead ([`WeightSource::quantized`]): `NAME.q8` (`I8`, `[n, k]`,
+//! each output column's values contiguous) and `NAME.scale` (`F32`, `[n]`) in place of the f32
+//! `NAME`; the vectors (biases, norms, `wpe`) stay f32 under their own names.
 
 use crate::error::{Error, Result};
+use inferneo_kernels::{Layout, QuantForm, Quantized, WeightDtype};
+use std::collections::HashMap;
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+/// `__metadata__` of a converted file: `format` names the format, [`DTYPE_KEY`] the dtype its
+/// matrices are quantized for and [`VERSION_KEY`] the version of this layout.
+pub const CONVERTED_FORMAT: &str = "inferneo";
+pub const DTYPE_KEY: &str = "inferneo.dtype";
+pub const VERSION_KEY: &str = "inferneo.version";
+/// The only version so far; a reader refuses others.
+pub const CONVERTED_VERSION: &str = "1";
 
 /// Where the model's tensors come from: a file, or weights generated in memory.
 pub trait WeightSource {
     /// The f32 values of the tensor called `name` (canonical GPT-2 name, no prefix), checked
     /// against `shape`.
     fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+
+    /// How matrix `name` is stored: `KN` (the graph's `[k, n]`: a checkpoint's `Conv1D`) or
+    /// `NK` (its transpose: the tied `wte`, or a GGUF file's projections). [`get_rows`] reads
+    /// rows of that layout.
+    ///
+    /// [`get_rows`]: WeightSource::get_rows
+    fn layout(&self, name: &str) -> Layout {
+        if name == "wte.weight" {
+            Layout::NK
+        } else {
+            Layout::KN
+        }
+    }
+
+    /// Rows `rows` of the 2-D tensor `name` whose stored shape is `shape`, as f32
+    /// (`[rows.len(), shape[1]]`), reading only those rows.
+    fn get_rows(&self, name: &str, shape: [usize; 2], rows: Range<usize>) -> Result<Vec<f32>>;
+
+    /// The dtype this source's matrices were quantized for (a model written by `inferneo
+    /// convert`), or `None` when they are floats ([`WeightSource::get_rows`]).
+    fn quantized(&self) -> Option<WeightDtype> {
+        None
+    }
+
+    /// Columns `cols` of matrix `name` (the graph's `[k, n]`) in their stored quantized form.
+    /// Only for a source whose [`WeightSource::quantized`] is `Some`.
+    fn get_quantized(&self, name: &str, k: usize, n: usize, cols: Range<usize>) -> Result<Quantized> {
+        let _ = (k, n, cols);
+        Err(Error::Invalid(format!("tensor '{name}': this source holds no quantized weights")))
+    }
 }
 
 /// The format's own limit on the JSON header (as in the `safetensors` crate).
@@ -59,13 +106,16 @@ pub struct SafetensorsFile {
     file: File,
     entries: Vec<Entry>,
     stamp: Stamp,
+    /// Set for a file written by `inferneo convert`.
+    quantized: Option<WeightDtype>,
 }
 
-/// Bytes per element of the dtypes the loader converts to f32.
+/// Bytes per element of the dtypes the loader reads (`I8`: a converted file's matrices).
 fn dtype_size(dtype: &str) -> Option<u64> {
     match dtype {
         "F32" => Some(4),
         "F16" | "BF16" => Some(2),
+        "I8" => Some(1),
         _ => None,
     }
 }
@@ -88,8 +138,68 @@ impl SafetensorsFile {
         }
         let mut header = vec![0u8; n as usize];
         file.read_exact_at(&mut header, 8).map_err(|e| Error::io(path, e))?;
-        let entries = parse_header(&header, 8 + n, stamp.len).map_err(|msg| bad(path, msg))?;
-        Ok(SafetensorsFile { path: path.into(), file, entries, stamp })
+        let (entries, metadata) = parse_header(&header, 8 + n, stamp.len).map_err(|msg| bad(path, msg))?;
+        let quantized = converted_dtype(&metadata).map_err(|msg| bad(path, msg))?;
+        Ok(SafetensorsFile { path: path.into(), file, entries, stamp, quantized })
+    }
+
+    /// The entry of tensor `name`, with or without the `transformer.` prefix, checked against
+    /// `shape` and for a dtype this reads.
+    fn entry(&self, name: &str, shape: &[usize]) -> Result<&Entry> {
+        let prefixed = format!("transformer.{name}");
+        let Some(entry) = self.entries.iter().find(|e| e.name == name || e.name == prefixed) else {
+            return Err(Error::MissingTensor { path: self.path.clone(), name: name.into() });
+        };
+        if entry.shape != shape {
+            return Err(Error::Shape {
+                path: self.path.clone(),
+                name: entry.name.clone(),
+                got: entry.shape.clone(),
+                want: shape.to_vec(),
+            });
+        }
+        // Only a dtype this reads had its shape checked against its bytes by `open`: for
+        // another, the shape's element count may overflow, so it is refused first.
+        if dtype_size(&entry.dtype).is_none() {
+            return Err(Error::Dtype { path: self.path.clone(), name: entry.name.clone(), dtype: entry.dtype.clone() });
+        }
+        Ok(entry)
+    }
+
+    /// `buf.len()` bytes of `entry`'s data from byte `offset` within it.
+    fn read(&self, entry: &Entry, offset: u64, buf: &mut [u8]) -> Result<()> {
+        debug_assert!(entry.start + offset + buf.len() as u64 <= entry.end);
+        self.file.read_exact_at(buf, entry.start + offset).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => bad(
+                &self.path,
+                format!("the file ends inside tensor '{}' (was it truncated while loading?)", entry.name),
+            ),
+            _ => Error::io(&self.path, e),
+        })
+    }
+
+    /// Elements `range` (row-major) of a float tensor, as f32.
+    fn read_f32(&self, entry: &Entry, range: Range<usize>) -> Result<Vec<f32>> {
+        let len = range.len();
+        match entry.dtype.as_str() {
+            "F32" => {
+                let mut values = vec![0.0f32; len];
+                // The format is little-endian, as every target this builds for.
+                self.read(entry, range.start as u64 * 4, bytemuck::cast_slice_mut(&mut values))?;
+                Ok(values)
+            }
+            "F16" | "BF16" => {
+                let mut bytes = vec![0u8; len * 2];
+                self.read(entry, range.start as u64 * 2, &mut bytes)?;
+                let halves = bytes.chunks_exact(2).map(|b| [b[0], b[1]]);
+                Ok(if entry.dtype == "F16" {
+                    halves.map(|b| half::f16::from_le_bytes(b).to_f32()).collect()
+                } else {
+                    halves.map(|b| half::bf16::from_le_bytes(b).to_f32()).collect()
+                })
+            }
+            other => Err(Error::Dtype { path: self.path.clone(), name: entry.name.clone(), dtype: other.into() }),
+        }
     }
 
     /// Fails if the file's size or modification time changed since it was opened: the
@@ -106,9 +216,29 @@ fn bad(path: &Path, msg: String) -> Error {
     Error::Safetensors { path: path.into(), msg }
 }
 
-/// The header's tensor entries, each checked: a known dtype's byte size matches its shape, and
-/// every range lies in the data section (`data_start..file_len`).
-fn parse_header(header: &[u8], data_start: u64, file_len: u64) -> std::result::Result<Vec<Entry>, String> {
+/// The dtype a converted file's metadata names, `None` for any other file.
+fn converted_dtype(metadata: &HashMap<String, String>) -> std::result::Result<Option<WeightDtype>, String> {
+    if metadata.get("format").map(String::as_str) != Some(CONVERTED_FORMAT) {
+        return Ok(None);
+    }
+    let version = metadata.get(VERSION_KEY).map_or("(none)", String::as_str);
+    if version != CONVERTED_VERSION {
+        return Err(format!(
+            "written by inferneo convert in format version {version}; this build reads version {CONVERTED_VERSION}"
+        ));
+    }
+    let name = metadata.get(DTYPE_KEY).ok_or_else(|| format!("converted, but its metadata has no '{DTYPE_KEY}'"))?;
+    match name.parse::<WeightDtype>() {
+        Ok(d) if d.stored_form().is_some() => Ok(Some(d)),
+        _ => Err(format!("its weights are stored as '{name}', which this build cannot load")),
+    }
+}
+
+type Header = (Vec<Entry>, HashMap<String, String>);
+
+/// The header's tensor entries, each checked (a known dtype's byte size matches its shape, and
+/// every range lies in the data section, `data_start..file_len`), and its `__metadata__`.
+fn parse_header(header: &[u8], data_start: u64, file_len: u64) -> std::result::Result<Header, String> {
     #[derive(serde::Deserialize)]
     struct Info {
         dtype: String,
@@ -118,8 +248,14 @@ fn parse_header(header: &[u8], data_start: u64, file_len: u64) -> std::result::R
     let map: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(header).map_err(|e| format!("malformed header: {e}"))?;
     let mut entries = Vec::with_capacity(map.len());
+    let mut metadata = HashMap::new();
     for (name, value) in map {
         if name == "__metadata__" {
+            // The format says string to string; other values were never read, so a file with
+            // them still loads.
+            if let serde_json::Value::Object(m) = value {
+                metadata = m.into_iter().filter_map(|(k, v)| Some((k, v.as_str()?.to_string()))).collect();
+            }
             continue;
         }
         let info: Info = serde_json::from_value(value).map_err(|e| format!("tensor '{name}': {e}"))?;
@@ -150,57 +286,45 @@ fn parse_header(header: &[u8], data_start: u64, file_len: u64) -> std::result::R
             end: data_start + end,
         });
     }
-    Ok(entries)
+    Ok((entries, metadata))
 }
 
 impl WeightSource for SafetensorsFile {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let prefixed = format!("transformer.{name}");
-        let Some(entry) = self.entries.iter().find(|e| e.name == name || e.name == prefixed) else {
-            return Err(Error::MissingTensor { path: self.path.clone(), name: name.into() });
+        let entry = self.entry(name, shape)?;
+        self.read_f32(entry, 0..shape.iter().product())
+    }
+
+    fn get_rows(&self, name: &str, shape: [usize; 2], rows: Range<usize>) -> Result<Vec<f32>> {
+        let entry = self.entry(name, &shape)?;
+        assert!(rows.end <= shape[0], "get_rows: rows {rows:?} of {shape:?}");
+        self.read_f32(entry, rows.start * shape[1]..rows.end * shape[1])
+    }
+
+    fn quantized(&self) -> Option<WeightDtype> {
+        self.quantized
+    }
+
+    fn get_quantized(&self, name: &str, k: usize, n: usize, cols: Range<usize>) -> Result<Quantized> {
+        let Some(dtype) = self.quantized else {
+            return Err(bad(&self.path, format!("tensor '{name}': the file holds no quantized weights")));
         };
-        if entry.shape != shape {
-            return Err(Error::Shape {
-                path: self.path.clone(),
-                name: entry.name.clone(),
-                got: entry.shape.clone(),
-                want: shape.to_vec(),
-            });
-        }
-        // Only a dtype this converts had its shape checked against its bytes by `open`: for
-        // another, the shape's element count may overflow, so it is refused first.
-        let Some(size) = dtype_size(&entry.dtype) else {
-            return Err(Error::Dtype { path: self.path.clone(), name: entry.name.clone(), dtype: entry.dtype.clone() });
-        };
-        let elements: usize = shape.iter().product();
-        let read = |buf: &mut [u8]| {
-            self.file.read_exact_at(buf, entry.start).map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => bad(
-                    &self.path,
-                    format!("the file ends inside tensor '{}' (was it truncated while loading?)", entry.name),
-                ),
-                _ => Error::io(&self.path, e),
-            })
-        };
-        debug_assert_eq!(entry.end - entry.start, elements as u64 * size);
-        match entry.dtype.as_str() {
-            "F32" => {
-                let mut values = vec![0.0f32; elements];
-                read(bytemuck::cast_slice_mut(&mut values))?;
-                // The format is little-endian, as every target this builds for.
-                Ok(values)
+        assert!(cols.end <= n, "get_quantized: columns {cols:?} of {n}");
+        let form = dtype.stored_form().expect("a converted file's dtype is quantized");
+        match form {
+            QuantForm::Q8 => {
+                let values = self.entry(&format!("{name}.{}", form.name()), &[n, k])?;
+                let scales = self.entry(&format!("{name}.scale"), &[n])?;
+                for (e, want) in [(values, "I8"), (scales, "F32")] {
+                    if e.dtype != want {
+                        return Err(bad(&self.path, format!("tensor '{}' is {}, not {want}", e.name, e.dtype)));
+                    }
+                }
+                let mut q = vec![0i8; cols.len() * k];
+                self.read(values, (cols.start * k) as u64, bytemuck::cast_slice_mut(&mut q))?;
+                let scale = self.read_f32(scales, cols)?;
+                Ok(Quantized::Q8 { q, scale })
             }
-            "F16" | "BF16" => {
-                let mut bytes = vec![0u8; elements * 2];
-                read(&mut bytes)?;
-                let halves = bytes.chunks_exact(2).map(|b| [b[0], b[1]]);
-                Ok(if entry.dtype == "F16" {
-                    halves.map(|b| half::f16::from_le_bytes(b).to_f32()).collect()
-                } else {
-                    halves.map(|b| half::bf16::from_le_bytes(b).to_f32()).collect()
-                })
-            }
-            other => Err(Error::Dtype { path: self.path.clone(), name: entry.name.clone(), dtype: other.into() }),
         }
     }
 }
@@ -216,7 +340,8 @@ mod tests {
     #[test]
     fn header_entries_are_checked_against_the_file() {
         let ok = header(r#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}"#);
-        let e = parse_header(&ok, 100, 124).unwrap();
+        let (e, meta) = parse_header(&ok, 100, 124).unwrap();
+        assert_eq!(meta.get("format").map(String::as_str), Some("pt"));
         assert_eq!((e[0].start, e[0].end, e[0].shape.clone()), (100, 124, vec![2, 3]));
         // Past the end of the file, reversed, or the wrong size for the shape.
         let past = header(r#"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}"#);

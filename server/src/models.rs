@@ -128,7 +128,7 @@ pub(crate) fn load(spec: &ModelSpec) -> Result<Served, String> {
         eprintln!("warning: model '{}': {e}; its chat requests will be refused", spec.name);
     }
     let chat_template = chat_template.map_err(|e| e.to_string());
-    let (isa, threads) = (loaded.model.kernels().isa(), loaded.threads);
+    let (isa, threads, dtype) = (loaded.model.kernels().isa(), loaded.threads, loaded.model.dtype());
     let weights_bytes = resident_weight_bytes(&loaded.model);
     let kv_cache_bytes = kv_pool_bytes(loaded.model.config(), &spec.engine);
     let capacity = spec.engine.limits.max_seqs + spec.max_queue;
@@ -146,7 +146,7 @@ pub(crate) fn load(spec: &ModelSpec) -> Result<Served, String> {
         created,
         isa,
         threads,
-        dtype: spec.load.dtype,
+        dtype,
         weights_bytes,
         kv_cache_bytes,
         load_id: {
@@ -173,6 +173,12 @@ fn resident_weight_bytes(model: &inferneo_runtime::Gpt2) -> usize {
 pub(crate) fn kv_pool_bytes(c: &Config, engine: &EngineConfig) -> usize {
     let block = inferneo_runtime::KvPool::block_bytes(c, engine.kv_dtype);
     engine.kv_cache_bytes / block * block
+}
+
+/// The dtype `spec` will load as (a converted directory's own unless the spec names one); f32,
+/// the largest, when its weights cannot be read yet (the load will then say why).
+pub(crate) fn served_dtype(spec: &ModelSpec) -> WeightDtype {
+    inferneo_runtime::served_dtype(&spec.source, &spec.load).unwrap_or_default()
 }
 
 /// The bytes a model of `config` will take resident with `dtype` weights, before it is loaded:

@@ -125,7 +125,8 @@ impl Slot {
     fn new(spec: ModelSpec, preload: bool, pinned: bool) -> Slot {
         let (state, memory) = match inferneo_runtime::load_config(&spec.source) {
             Ok(c) => {
-                let m = models::weight_bytes_estimate(&c, spec.load.dtype) + models::kv_pool_bytes(&c, &spec.engine);
+                let m = models::weight_bytes_estimate(&c, models::served_dtype(&spec))
+                    + models::kv_pool_bytes(&c, &spec.engine);
                 (State::Unloaded, m)
             }
             // A directory that does not exist yet is a load failure, reported when loaded (as
@@ -340,7 +341,7 @@ impl Registry {
             let slot = table.iter_mut().find(|s| s.name == name).ok_or_else(|| ApiError::model_not_found(name))?;
             let mut spec = slot.spec.clone();
             if let Some(d) = o.dtype {
-                spec.load.dtype = d;
+                spec.load.dtype = Some(d);
             }
             if let Some(t) = o.threads {
                 spec.load.threads = Some(t);
@@ -365,7 +366,7 @@ impl Registry {
                 }
                 slot.spec = spec;
                 if !matches!(slot.state, State::Ready(_)) {
-                    slot.memory = models::weight_bytes_estimate(&c, slot.spec.load.dtype)
+                    slot.memory = models::weight_bytes_estimate(&c, models::served_dtype(&slot.spec))
                         + models::kv_pool_bytes(&c, &slot.spec.engine);
                 }
             }
@@ -571,7 +572,7 @@ impl Shared {
                 "loading model '{}' from {} ({} weights) ...",
                 spec.name,
                 spec.source.describe(),
-                spec.load.dtype
+                models::served_dtype(&spec)
             );
             let ticker = models::Ticker::start(&spec.name);
             let loaded = models::load(&spec);
@@ -731,7 +732,7 @@ fn describe(slot: &Slot) -> Value {
         },
         "parent": null,
         "state": slot.state.name(),
-        "dtype": spec.load.dtype.to_string(),
+        "dtype": models::served_dtype(spec).to_string(),
         "kv_cache_bytes": spec.engine.kv_cache_bytes,
         "threads": spec.load.threads,
         "pinned": slot.pinned,

@@ -54,6 +54,9 @@ enum Command {
     Detokenize(DetokenizeArgs),
     /// Write a HuggingFace-format GPT-2 directory with deterministic random weights.
     Init(InitArgs),
+    /// Write a model directory whose matrices are stored quantized (int8, w8a8): it loads with
+    /// --model DIR, reading no f32 weights, and gives the logits of the source loaded with that dtype.
+    Convert(ConvertArgs),
     /// Measure read bandwidth, FMA peak, and each kernel at a GPT-2 preset's shapes against that roofline.
     Roofline(RooflineArgs),
     /// Aggregate generation throughput of the batching engine at several concurrency levels.
@@ -126,9 +129,10 @@ struct ModelArg {
     /// (the same int8 weights with int8 activations and integer dot products), w4a8 (4-bit
     /// weights, a scale per 32 k, int8 activations: 5/8 of w8a8's bytes, least exact) or bf16dot
     /// (bf16 weights times activations rounded to bf16, pairs summed in f32: AVX512-BF16's
-    /// vdpbf16ps where the CPU has it).
-    #[arg(long, default_value = "f32")]
-    dtype: WeightDtype,
+    /// vdpbf16ps where the CPU has it). Default: f32, or the directory's own dtype if it was
+    /// written by `inferneo convert`.
+    #[arg(long)]
+    dtype: Option<WeightDtype>,
 }
 
 impl ModelArg {
@@ -227,6 +231,20 @@ struct InitArgs {
     /// Stored weight precision: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// HuggingFace GPT-2 directory with float weights (config.json, model.safetensors).
+    #[arg(long, value_name = "SRC")]
+    model: PathBuf,
+    /// Quantized dtype to store: int8 or w8a8 (the same stored weights; the dtype is the one the
+    /// directory serves by default).
+    #[arg(long)]
+    dtype: WeightDtype,
+    /// Output directory: new, or empty.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
 }
 
 type CliResult<T = ()> = Result<T, String>;
@@ -351,6 +369,7 @@ fn run(cli: Cli) -> CliResult {
                 config,
             )
         }
+        Command::Convert(a) => convert(a),
         Command::Init(a) => {
             let preset = Preset::from_name(&a.preset).map_err(|e| e.to_string())?;
             let dtype = match a.dtype.as_str() {
@@ -364,6 +383,30 @@ fn run(cli: Cli) -> CliResult {
             Ok(())
         }
     }
+}
+
+/// `inferneo convert`: arguments checked cheapest first, each error naming its flag.
+fn convert(a: ConvertArgs) -> CliResult {
+    use inferneo_runtime::convert::{check_out, Conversion};
+    if a.dtype.stored_form().is_none() {
+        return Err(format!(
+            "--dtype {}: convert stores quantized weights only (int8 or w8a8); f32, f16 and bf16 are made from the checkpoint at load",
+            a.dtype
+        ));
+    }
+    check_out(&a.out).map_err(|e| format!("--out: {e}"))?;
+    let conversion = Conversion::open(&a.model, a.dtype).map_err(|e| format!("--model: {e}"))?;
+    let t0 = std::time::Instant::now();
+    let written = with_team(|| conversion.write(&a.out))?.map_err(|e| e.to_string())?;
+    eprintln!(
+        "wrote {} ({} weights, {:.0} MB, and {}) in {:.1} s",
+        a.out.display(),
+        a.dtype,
+        written.bytes as f64 / 1e6,
+        written.copied.join(", "),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// `--isa`: `None` (or `auto`) leaves the choice to `INFERNEO_ISA` or the CPU.
@@ -400,11 +443,22 @@ fn load_model(arg: &ModelArg, isa: Option<Isa>) -> CliResult<Loaded> {
     Ok(loaded)
 }
 
-/// This process's resident set size (Linux `/proc/self/status`), in MB.
+/// This process's resident set size (Linux `/proc/self/status`), in MB (10^6 bytes, as the
+/// packed size beside it).
 fn resident_mb() -> Option<f64> {
+    status_mb("VmRSS:")
+}
+
+/// The most this process has held resident so far (`VmHWM`: what `/usr/bin/time -v` reports
+/// as its maximum resident set size, and what a memory limit meets), in MB.
+fn peak_resident_mb() -> Option<f64> {
+    status_mb("VmHWM:")
+}
+
+fn status_mb(key: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    let kib: f64 = status.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0 / 1e6)
 }
 
 fn prompt_ids(
@@ -492,7 +546,12 @@ fn generate_cmd(a: GenerateArgs, isa: Option<Isa>) -> CliResult {
         let _ = out.write_all(rest.as_bytes());
     }
     let _ = writeln!(out);
-    eprintln!("[{} tokens, finish: {:?}]", result.tokens.len(), result.finish);
+    eprintln!(
+        "[{} tokens, finish: {:?}, peak resident {}]",
+        result.tokens.len(),
+        result.finish,
+        peak_resident_mb().map_or("unknown".into(), |mb| format!("{mb:.0} MB"))
+    );
     Ok(())
 }
 

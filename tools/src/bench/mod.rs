@@ -39,9 +39,10 @@ pub struct BenchArgs {
     /// Local server only: a HuggingFace directory to serve (default: the embedded model).
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
-    /// Local server only: weight storage (f32, f16, bf16, int8, w8a8, w4a8).
-    #[arg(long, default_value = "f32")]
-    dtype: WeightDtype,
+    /// Local server only: weight storage (f32, f16, bf16, int8, w8a8, w4a8, bf16dot). Default: f32, or the
+    /// model directory's own dtype if it was written by `inferneo convert`.
+    #[arg(long)]
+    dtype: Option<WeightDtype>,
     /// Local server only: sequences per engine step.
     #[arg(long, default_value_t = 64)]
     max_seqs: usize,
@@ -193,6 +194,7 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
         ..EngineConfig::default()
     };
     let source = ModelSource::from_path(a.model.clone());
+    let dtype = inferneo_runtime::served_dtype(&source, &load).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -397,7 +399,7 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
 
     let doc = json!({
             "machine": report::machine(&kernels.isa().to_string()),
-            "target": {"url": a.url, "model": model_name, "local": a.url.is_none(), "dtype": a.dtype.name()},
+            "target": {"url": a.url, "model": model_name, "local": a.url.is_none(), "dtype": dtype.name()},
             "workload": {"prompt_tokens": a.prompt_tokens, "max_tokens": a.max_tokens, "temperature": a.temperature,
                          "top_p": a.top_p, "seed": a.seed, "duration_s": a.duration, "warmup_s": a.warmup,
                          "soak_s": a.soak, "production_rate": a.production_rate},
@@ -451,7 +453,7 @@ fn draw_run(a: &BenchArgs, dir: &Path, doc: &Value) -> Result<(), String> {
     // The peers' directory usually holds an inferneo run of its own (run_all.sh benches ours
     // too), so this run's lines say which they are.
     let name = a.peers.as_ref().map(|_| match &a.url {
-        None => format!("inferneo {}, this run", a.dtype.name()),
+        None => format!("inferneo {}, this run", doc["target"]["dtype"].as_str().unwrap_or("f32")),
         Some(url) => format!("{url}, this run"),
     });
     // Err only says this run has no figures to draw: then only peers are drawn.
