@@ -210,7 +210,26 @@ fn q8_0_and_q4_0_124m_shape_quality() {
     let q8_w8a8 = logits(&q8, WeightDtype::W8a8);
     check_quality("gpt2 124M q8_0 as w8a8", &reference, &q8_w8a8, 50257, (0.3, 0.80, 6e-4));
     check_quality("gpt2 124M q8_0 as w8a8 vs q8_0 as f32", &q8_f32, &q8_w8a8, 50257, (0.3, 0.80, 5e-4));
-    check_quality("gpt2 124M q4_0 as f32", &reference, &logits(&q4, WeightDtype::F32), 50257, (2.4, 0.35, 3.5e-2));
+    let q4_f32 = logits(&q4, WeightDtype::F32);
+    check_quality("gpt2 124M q4_0 as f32", &reference, &q4_f32, 50257, (2.4, 0.35, 3.5e-2));
+    let q4_f32 = compare(&reference, &q4_f32, 50257);
+    // Our 4-bit dtype on the same f32 weights: the same groups of 32 k per output channel as
+    // Q4_0, whose rule it follows with f32 scales (Q4_0's are f16), int8 activations on top.
+    // Like for like, against the Q4_0 file served as w4a8: Q4_0's weights exactly (each of its
+    // blocks re-quantizes to itself: its largest value is -8 d) with the same activations.
+    let w4 = all_logits(&Gpt2::from_source(config.clone(), &weights, k, WeightDtype::W4a8).unwrap(), &toks);
+    check_quality("gpt2 124M w4a8", &reference, &w4, 50257, (2.4, 0.35, 3.5e-2));
+    let q4_w4 = logits(&q4, WeightDtype::W4a8);
+    check_quality("gpt2 124M q4_0 as w4a8", &reference, &q4_w4, 50257, (2.4, 0.35, 3.5e-2));
+    let (w4, q4_w4) = (compare(&reference, &w4, 50257), compare(&reference, &q4_w4, 50257));
+    assert!(
+        w4.mean_kl <= q4_w4.mean_kl,
+        "w4a8 mean KL {} > Q4_0 weights' {} (both int8 activations)",
+        w4.mean_kl,
+        q4_w4.mean_kl
+    );
+    // And within 10% of Q4_0's weights alone (f32 activations).
+    assert!(w4.mean_kl <= q4_f32.mean_kl * 1.1, "w4a8 mean KL {} > 1.1 x Q4_0's {}", w4.mean_kl, q4_f32.mean_kl);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ mod common;
 
 use common::available_kernels;
 use inferneo_kernels::{
-    reference, Attention, Epilogue, Kernels, KvView, Layout, Norm, PackedKn, Panels, Quantized, Team, WeightDtype,
+    reference, Attention, Epilogue, Kernels, KvView, Layout, Norm, PackedKn, Panels, Quantized, Team, W4Values,
+    WeightDtype, W4_GROUP,
 };
 use proptest::prelude::*;
 
@@ -68,6 +69,10 @@ fn panel_bits(p: &PackedKn) -> Vec<u32> {
             .chain(scale.iter().map(|s| s.to_bits()))
             .chain(corr.iter().map(|&c| c as u32))
             .collect(),
+        Panels::Bf16Pairs(v) => v.to_vec(),
+        Panels::W4 { q, scale, .. } => {
+            q.iter().map(|&x| x as u32).chain(scale.iter().map(|s| s.to_bits())).collect()
+        }
     }
 }
 
@@ -75,11 +80,13 @@ fn panel_bits(p: &PackedKn) -> Vec<u32> {
 type QuantizedOracle = fn(&[f32], &[f32], Option<&[f32]>, &mut [f32], usize, usize, usize);
 
 /// The products that quantize their input rows, the kernels that run them so, and their
-/// oracles: `w8a8` everywhere, `int8` where the integer dot takes 24-bit activations.
-fn quantized_cases() -> [(WeightDtype, Vec<Kernels>, QuantizedOracle); 2] {
+/// oracles: `w8a8` and `w4a8` everywhere, `int8` where the integer dot takes 24-bit
+/// activations.
+fn quantized_cases() -> [(WeightDtype, Vec<Kernels>, QuantizedOracle); 3] {
     [
         (WeightDtype::W8a8, kernels(), reference::matmul_w8a8),
         (WeightDtype::Int8, int_dot_int8_kernels(), reference::matmul_int8_24),
+        (WeightDtype::W4a8, kernels(), reference::matmul_w4a8),
     ]
 }
 
@@ -169,7 +176,8 @@ proptest! {
 
     /// The products that quantize their rows equal the oracle's exact-integer product bit for
     /// bit (GELU within its approximation error), on ragged shapes including k not a multiple
-    /// of the k group: `w8a8` on every ISA, and weight-only `int8` where the integer dot takes
+    /// of the k group (and of `w4a8`'s 32-k scale group): `w8a8` and `w4a8` on every ISA, and
+    /// weight-only `int8` where the integer dot takes
     /// it (VNNI: 24-bit activations as byte digits; elsewhere it runs on the float kernels,
     /// `matmul_kn_matches_reference`).
     #[test]
@@ -192,6 +200,33 @@ proptest! {
         }
     }
 
+    /// `bf16dot` equals its oracle bit for bit (GELU within its approximation error) on every
+    /// ISA whose pair product is the widened FMA, on ragged shapes including odd k. AVX512-BF16's
+    /// `vdpbf16ps` is documented to round as the oracle does; it is held to within one rounding
+    /// of each sum instead (`k` roundings of at most half an ulp of the running sum of
+    /// magnitudes), so a CPU that fuses a pair's two sums still passes while a wrong layout or
+    /// order of pairs does not.
+    #[test]
+    fn bf16dot_matches_reference(m in 1usize..30, k in 1usize..90, n in 1usize..300, seed: u64, acc: bool, bias: bool, gelu: bool) {
+        let (x, w, b, prior) = (vals(m * k, seed), vals(k * n, seed ^ 1), vals(n, seed ^ 2), vals(m * n, seed ^ 3));
+        let ep = Epilogue { gelu, accumulate: acc };
+        let mut want = vec![0.0; m * n];
+        reference::matmul_bf16dot(&x, &w, bias.then_some(&b[..]), &mut want, m, k, n);
+        reference_epilogue(&mut want, ep, &prior);
+        for kern in kernels() {
+            let packed = kern.pack(&w, Layout::KN, k, n, WeightDtype::Bf16dot);
+            let out = poisoned_product(kern, &x, &packed, bias.then_some(&b[..]), m, ep, &prior);
+            let exact = kern.bf16dot_name() != "vdpbf16ps";
+            let tol = |i: usize| {
+                let (r, c) = (i / n, i % n);
+                let sum: f32 = (0..k).map(|p| (x[r * k + p] * w[p * n + c]).abs()).sum();
+                let rounding = if exact { 0.0 } else { k as f32 * sum * f32::EPSILON };
+                rounding + if gelu { ELEM_ABS * (1.0 + want[i].abs()) } else { 0.0 }
+            };
+            assert_close(&format!("bf16dot/{} ({})", kern.isa(), kern.bf16dot_name()), &out, &want, tol);
+        }
+    }
+
     /// The oracle's `w8a8` against the f32 product: within the two quantization errors,
     /// `sum_k |x| s_w / 2 + |w| s_x / 2 + s_x s_w / 4` (so the scheme itself is checked).
     #[test]
@@ -211,13 +246,57 @@ proptest! {
         }
     }
 
+    /// The oracle's `w4a8` against the f32 product: within the two quantization errors, `sum_k
+    /// |x| d_g + |w| s_x / 2 + s_x d_g / 2` (a weight is off by at most one step `d_g = max |w| /
+    /// 8` of its group, where clamped).
+    #[test]
+    fn w4a8_is_within_its_quantization_error(m in 1usize..6, k in 1usize..200, n in 1usize..40, seed: u64) {
+        let (x, w) = (vals(m * k, seed), vals(k * n, seed ^ 1));
+        let (mut q, mut f) = (vec![0.0; m * n], vec![0.0; m * n]);
+        reference::matmul_w4a8(&x, &w, None, &mut q, m, k, n);
+        reference::matmul_kn(&x, &w, None, &mut f, m, k, n);
+        for i in 0..m {
+            let sx = x[i * k..][..k].iter().fold(0.0f32, |a, v| a.max(v.abs())) / 127.0;
+            for j in 0..n {
+                let step = |p: usize| {
+                    let g0 = p / W4_GROUP * W4_GROUP;
+                    (g0..k.min(g0 + W4_GROUP)).fold(0.0f32, |a, p| a.max(w[p * n + j].abs())) / 8.0
+                };
+                let bound: f32 = (0..k).map(|p| x[i * k + p].abs() * step(p) + w[p * n + j].abs() * sx / 2.0 + sx * step(p) / 2.0).sum();
+                let err = (q[i * n + j] - f[i * n + j]).abs();
+                prop_assert!(err <= bound * 1.001 + 1e-6, "row {} col {}: error {} > bound {}", i, j, err, bound);
+            }
+        }
+    }
+
+    /// `w4a8` weights saved as their ISA-independent values (`W4Values`) and packed again give
+    /// the same panels' products bit for bit as packing from f32, on every ISA, and unpack to
+    /// the same values.
+    #[test]
+    fn w4a8_packs_from_saved_values(m in 1usize..5, k in 1usize..100, n in 1usize..70, seed: u64) {
+        let (x, w) = (vals(m * k, seed), vals(k * n, seed ^ 1));
+        let v = W4Values::quantize(&w, Layout::KN, k, n);
+        prop_assert!(v.q().iter().all(|q| (-8..=7).contains(q)));
+        let saved = W4Values::new(k, n, v.q().to_vec(), v.scale().to_vec()).unwrap();
+        for kern in kernels() {
+            let from_f32 = kern.pack(&w, Layout::KN, k, n, WeightDtype::W4a8);
+            let from_values = kern.pack_w4(&saved);
+            prop_assert!(from_f32.w4_values() == Some(v.clone()), "{}: unpacked values differ", kern.isa());
+            prop_assert!(from_values.w4_values() == Some(v.clone()), "{}: unpacked values differ", kern.isa());
+            let (mut a, mut b) = (vec![0.0; m * n], vec![f32::NAN; m * n]);
+            kern.matmul_kn(&x, &from_f32, None, &mut a, m, Epilogue::STORE);
+            kern.matmul_kn(&x, &from_values, None, &mut b, m, Epilogue::STORE);
+            prop_assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{}", kern.isa());
+        }
+    }
+
     /// Storage error of the narrow dtypes, per element, against f32: f16 and bf16 round to
     /// nearest (relative 2^-11, 2^-8), int8 to within half a quantization step of its column.
     #[test]
     fn narrow_dtypes_round_within_their_precision(k in 1usize..40, n in 1usize..40, seed: u64) {
         let w = vals(k * n, seed);
         let kern = Kernels::for_isa(inferneo_kernels::Isa::Scalar).unwrap();
-        for dtype in [WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Int8, WeightDtype::W8a8] {
+        for dtype in [WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Int8, WeightDtype::W8a8, WeightDtype::W4a8] {
             let packed = kern.pack(&w, Layout::KN, k, n, dtype);
             let mut col = vec![0.0; k];
             for c in 0..n {
@@ -225,9 +304,13 @@ proptest! {
                 let amax = (0..k).fold(0.0f32, |a, kk| a.max(w[kk * n + c].abs()));
                 for kk in 0..k {
                     let (orig, got) = (w[kk * n + c], col[kk]);
+                    let group = kk / W4_GROUP * W4_GROUP..k.min(kk / W4_GROUP * W4_GROUP + W4_GROUP);
                     let tol = match dtype {
                         WeightDtype::F16 => orig.abs() * 4.9e-4 + 6e-8,
                         WeightDtype::Bf16 => orig.abs() * 3.9e-3,
+                        // Steps of max |w| / 8 per group; a value on the far side of the largest
+                        // one may be clamped from +8 steps to +7: one whole step.
+                        WeightDtype::W4a8 => group.fold(0.0f32, |a, p| a.max(w[p * n + c].abs())) / 8.0 * 1.001,
                         _ => amax / 127.0 * 0.501,
                     };
                     prop_assert!((orig - got).abs() <= tol, "{dtype}: {orig} stored as {got}");
@@ -480,6 +563,28 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
 
+    /// `w4a8` on deep products (many scale groups summed in f32): bitwise the oracle, and each
+    /// row bitwise itself alone, ragged N and K included.
+    #[test]
+    fn deep_w4a8_products_match_reference_and_rows_alone(m in 1usize..40, k in 700usize..3200, n in 1usize..80, seed: u64, gelu: bool) {
+        let (x, w, b) = (vals(m * k, seed), vals(k * n, seed ^ 1), vals(n, seed ^ 2));
+        let ep = Epilogue { gelu, accumulate: false };
+        let mut want = vec![0.0; m * n];
+        reference::matmul_w4a8(&x, &w, Some(&b), &mut want, m, k, n);
+        reference_epilogue(&mut want, ep, &[]);
+        for kern in kernels() {
+            let wp = kern.pack(&w, Layout::KN, k, n, WeightDtype::W4a8);
+            let all = poisoned_product(kern, &x, &wp, Some(&b), m, ep, &[]);
+            let tol = |i: usize| if gelu { ELEM_ABS * (1.0 + want[i].abs()) } else { 0.0 };
+            assert_close(&format!("deep w4a8/{}", kern.isa()), &all, &want, tol);
+            for i in [0, m / 2, m - 1] {
+                let mut one = vec![0.0; n];
+                kern.matmul_kn(&x[i * k..][..k], &wp, Some(&b), &mut one, 1, ep);
+                prop_assert!(one.iter().zip(&all[i * n..][..n]).all(|(a, b)| a.to_bits() == b.to_bits()), "row {} differs ({})", i, kern.isa());
+            }
+        }
+    }
+
     /// Deeper products than the shapes above (K up to 3200; GPT-2's MLP projection is 3072
     /// deep): against the oracle, and bitwise equal to the same rows alone, ragged N included.
     /// From K ~ 1200 on, 80 rows no longer fit one block of rows kept in L2, so the rows are
@@ -675,8 +780,14 @@ fn identity_products_are_exact() {
             for dtype in WeightDtype::ALL {
                 let mut out = vec![f32::NAN; 5 * n];
                 kern.matmul_kn(&x, &kern.pack(&eye, Layout::KN, n, n, dtype), None, &mut out, 5, Epilogue::STORE);
-                if dtype == WeightDtype::W8a8 {
-                    continue; // its input is quantized too: covered by w8a8_matches_reference
+                if matches!(dtype, WeightDtype::W8a8 | WeightDtype::W4a8) {
+                    continue; // the input is quantized too: covered by quantized_products_match_reference
+                }
+                if dtype == WeightDtype::Bf16dot {
+                    // Its input is rounded to bf16, and times one that is exact.
+                    let rounded: Vec<f32> = x.iter().map(|&v| reference::bf16_round(v)).collect();
+                    assert_eq!(out, rounded, "identity, n = {n}, {} {dtype}", kern.isa());
+                    continue;
                 }
                 if dtype == WeightDtype::Int8 {
                     // q = 127 with scale 1/127: exact up to the rounding of that scale, and of
@@ -703,4 +814,17 @@ fn forced_isa_is_checked() {
             eprintln!("NOTICE: ISA {isa} not available on this CPU; its kernels are untested here");
         }
     }
+}
+
+/// Saved `w4a8` values are checked before they are packed: every error names what is wrong.
+#[test]
+fn w4a8_values_are_validated() {
+    let err = |r: Result<W4Values, String>| r.unwrap_err();
+    assert!(err(W4Values::new(2, 3, vec![0; 5], vec![1.0; 3])).contains("5 values for a 2 x 3 matrix"));
+    assert!(err(W4Values::new(40, 1, vec![0; 40], vec![1.0; 1])).contains("1 for 2 groups x 1 columns"));
+    let mut q = vec![0i8; 6];
+    q[4] = 8;
+    assert!(err(W4Values::new(2, 3, q, vec![1.0; 3])).contains("value 8 at (1, 1) is outside -8..=7"));
+    assert!(err(W4Values::new(2, 3, vec![0; 6], vec![1.0, f32::NAN, 1.0])).contains("column 1 is not finite"));
+    assert!(W4Values::new(2, 3, vec![-8, 7, 0, 1, 2, 3], vec![0.5; 3]).is_ok());
 }

@@ -24,6 +24,8 @@ impl Zeroed for f32 {}
 impl Zeroed for f16 {}
 impl Zeroed for bf16 {}
 impl Zeroed for i8 {}
+impl Zeroed for u32 {}
+impl Zeroed for u8 {}
 
 /// A fixed-length, zero-initialised slice; buffers of 2 MiB or more are 2 MiB aligned and
 /// advised for huge pages.

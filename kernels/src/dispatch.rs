@@ -6,9 +6,13 @@
 use crate::cpu::Isa;
 use crate::grid::{balanced_tile, for_chunks, Cuts, Dims};
 use crate::isa::{self, Table};
-use crate::rows::{pack_in_parallel, Norm, Spare, SPARE_WORDS};
+use crate::pack::bf16_bits;
+use crate::rows::{pack_in_parallel, Norm, Spare, SPARE_BF16, SPARE_WORDS};
 use crate::team;
-use crate::{ActQuant, Attention, Layout, MatmulKn, MatmulQ, PackBuilder, PackedKn, Panels, QFormat, WeightDtype};
+use crate::{
+    ActQuant, Attention, Layout, MatmulKn, MatmulQ, MatmulW4, PackBuilder, PackedKn, Panels, QFormat, W4Values,
+    WeightDtype,
+};
 use std::sync::OnceLock;
 
 /// Kernels bound to one ISA. Cheap to copy.
@@ -61,11 +65,17 @@ impl Kernels {
         let q = self.table.w8a8;
         match dtype {
             WeightDtype::W8a8 => PackBuilder::int_dot(k, n, q.format, ActQuant::Int8),
+            WeightDtype::W4a8 => PackBuilder::w4(k, n, self.table.w4a8.format),
             // The same int8 weights, for the integer kernel on 24-bit activations: 4x fewer
             // instructions than widening every weight to f32 (see `simd::IntDot24`).
             WeightDtype::Int8 if q.int8.is_some() => PackBuilder::int_dot(k, n, q.format, ActQuant::Int24),
             _ => PackBuilder::new(k, n, self.table.kn_nr, dtype),
         }
+    }
+
+    /// Packs `w4a8` values quantized elsewhere (a saved model) for this ISA's kernels.
+    pub fn pack_w4(&self, v: &W4Values) -> PackedKn {
+        PackedKn::pack_w4(v, self.table.w4a8.format)
     }
 
     /// `out[M,N] (+)= epilogue(x[M,K] · w[K,N] + bias[N])`, `w` packed from a `[K, N]` matrix.
@@ -123,7 +133,15 @@ impl Kernels {
             let panels = QPanels { q, scale, corr, format: *format, acts: *acts };
             return self.product_q(normed.as_deref().unwrap_or(&x[..m * k]), panels, bias, out, dims, epilogue);
         }
+        if let Panels::W4 { q, scale, format } = w.panels() {
+            assert_eq!(*format, self.table.w4a8.format, "matmul_kn: w4a8 weights packed for another ISA");
+            let normed = norm.map(|_| self.pack_rows(&x[..m * k], k, 1, norm));
+            return self.product_w4(normed.as_deref().unwrap_or(&x[..m * k]), (q, scale), bias, out, dims, epilogue);
+        }
         assert_eq!(w.nr(), self.table.kn_nr, "matmul_kn: weights packed for another ISA");
+        if let Panels::Bf16Pairs(_) = w.panels() {
+            return self.product_bf16dot(x, norm, w, bias, out, dims, epilogue);
+        }
         let f = self.table.matmul_kn;
         let w = w.panels();
         // Several rows: interleave them in blocks of MR (BLIS's packed A) once, shared by all
@@ -266,9 +284,28 @@ impl Kernels {
         (iters as f64 * 12.0 * (t.lanes * t.format.kq) as f64 * 2.0, v)
     }
 
+    /// Runs `iters` rounds of 12 independent chains of the `bf16dot` pair product on one
+    /// thread: the bf16 dot-product peak probe. Returns the FLOPs executed (4 per lane per pair:
+    /// two products, two sums) and a value that depends on the work.
+    pub fn bf16dot_probe(&self, iters: usize) -> (f64, f32) {
+        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+        let v = unsafe { (self.table.bf16dot.probe)(iters, 1.0) };
+        (iters as f64 * 12.0 * self.lanes() as f64 * 4.0, v)
+    }
+
+    /// The instruction the `bf16dot` kernels reduce with, for reports.
+    pub fn bf16dot_name(&self) -> &'static str {
+        self.table.bf16dot.name
+    }
+
     /// The instruction the `w8a8` kernels reduce with, for reports.
     pub fn int_dot_name(&self) -> &'static str {
         self.table.w8a8.name
+    }
+
+    /// The instructions the `w4a8` kernels reduce with, for reports.
+    pub fn w4_dot_name(&self) -> &'static str {
+        self.table.w4a8.name
     }
 
     /// `f32` lanes per vector register of this ISA.
@@ -297,6 +334,77 @@ impl Epilogue {
     pub const GELU: Epilogue = Epilogue { gelu: true, accumulate: false };
     /// `out += x W + b`.
     pub const ACCUMULATE: Epilogue = Epilogue { gelu: false, accumulate: true };
+}
+
+impl Kernels {
+    /// A `bf16dot` product: the rows packed (and layer-normed) as for the float kernels, then
+    /// rounded to bf16 in the layout this ISA's pair kernel takes, then the kernel over column
+    /// chunks.
+    #[allow(clippy::too_many_arguments)]
+    fn product_bf16dot(
+        &self,
+        x: &[f32],
+        norm: Option<Norm>,
+        w: &PackedKn,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        dims: Dims,
+        epilogue: Epilogue,
+    ) {
+        let Dims { m, k, n } = dims;
+        let t = self.table.bf16dot;
+        let mr = if m > 1 { balanced_tile(m, self.table.kn_mr) } else { 1 };
+        let rows = self.pack_rows(&x[..m * k], k, mr, norm);
+        let per_row = crate::ops::matmul_bf16::act_len(t.words, k);
+        let mut acts = Spare::take(&SPARE_BF16, m.div_ceil(mr) * mr * per_row);
+        if k > 0 {
+            let round =
+                |b: usize, block: &mut [f32]| round_bf16_block(&rows[b * mr * k..][..mr * k], k, mr, t.words, block);
+            if pack_in_parallel(m * k) {
+                team::for_each_chunk_mut(&mut acts, mr * per_row, round);
+            } else {
+                acts.chunks_exact_mut(mr * per_row).enumerate().for_each(|(b, block)| round(b, block));
+            }
+        }
+        drop(rows);
+        let x_mr = if m > 1 { mr } else { 0 };
+        let cuts = Cuts::for_product(m, self.table.kn_nr, self.table.kn_decode_cols, x_mr);
+        for_chunks(&mut out[..m * n], dims, cuts, |c| {
+            let a = MatmulKn {
+                x: &acts[c.row0 * per_row..],
+                x_mr,
+                k,
+                w: w.panels(),
+                n,
+                bias,
+                col0: c.col0,
+                gelu: epilogue.gelu,
+                accumulate: epilogue.accumulate,
+            };
+            // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+            unsafe { (t.matmul)(&a, &mut c.rows) }
+        });
+    }
+}
+
+/// One block of `mr` packed rows (`src`: `[k][mr]`) rounded to bf16 ([`bf16_bits`]) into `dst`:
+/// pair words `[ceil(k / 2)][mr]` (`words`), each carried in an f32 slot as its bits, else
+/// bf16-valued floats `[2 ceil(k / 2)][mr]`; a missing odd k is zero.
+fn round_bf16_block(src: &[f32], k: usize, mr: usize, words: bool, dst: &mut [f32]) {
+    let at = |kk: usize, r: usize| if kk < k { bf16_bits(src[kk * mr + r]) } else { 0 };
+    if words {
+        for (i, d) in dst.chunks_exact_mut(mr).enumerate() {
+            for (r, v) in d.iter_mut().enumerate() {
+                *v = f32::from_bits(at(2 * i + 1, r) << 16 | at(2 * i, r));
+            }
+        }
+    } else {
+        for (kk, d) in dst.chunks_exact_mut(mr).enumerate() {
+            for (r, v) in d.iter_mut().enumerate() {
+                *v = f32::from_bits(at(kk, r) << 16);
+            }
+        }
+    }
 }
 
 /// An integer-dot matrix's packed parts.
@@ -358,6 +466,57 @@ impl Kernels {
             };
             // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
             unsafe { matmul(&a, &mut c.rows) }
+        });
+    }
+}
+
+impl Kernels {
+    /// A `w4a8` product: quantizes the rows once (shared by all threads), then the kernel over
+    /// column chunks, as [`Kernels::product_q`] does for `w8a8`.
+    fn product_w4(
+        &self,
+        x: &[f32],
+        (q, scale): (&[u8], &[f32]),
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        dims: Dims,
+        epilogue: Epilogue,
+    ) {
+        use crate::ops::matmul_w4::W4_RUN;
+        let Dims { m, k, n } = dims;
+        let t = self.table.w4a8;
+        let groups = k.div_ceil(crate::W4_GROUP);
+        let mr = if m > 1 { balanced_tile(m, t.mr) } else { 0 };
+        let len = m.div_ceil(mr.max(1)) * mr.max(1) * groups * W4_RUN;
+        let mut words = Spare::take(&SPARE_WORDS, len);
+        let mut x_scale = vec![0.0f32; m];
+        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+        let quantize =
+            |x: &[f32], words: &mut [i32], scales: &mut [f32]| unsafe { (t.quantize)(x, k, mr, words, scales) };
+        if mr > 0 && pack_in_parallel(m * k) {
+            let mut blocks: Vec<_> = words.chunks_mut(mr * groups * W4_RUN).zip(x_scale.chunks_mut(mr)).collect();
+            team::for_each_mut(&mut blocks, |b, (words, scales)| {
+                quantize(&x[b * mr * k..][..scales.len() * k], words, scales)
+            });
+        } else {
+            quantize(x, &mut words, &mut x_scale);
+        }
+        for_chunks(&mut out[..m * n], dims, Cuts::for_product(m, t.format.nr, t.decode_cols, mr), |c| {
+            let a = MatmulW4 {
+                x: &words[c.row0 * groups * W4_RUN..],
+                x_mr: mr,
+                x_scale: &x_scale[c.row0..],
+                groups,
+                w: q,
+                w_scale: scale,
+                n,
+                bias,
+                col0: c.col0,
+                gelu: epilogue.gelu,
+                accumulate: epilogue.accumulate,
+            };
+            // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
+            unsafe { (t.matmul)(&a, &mut c.rows) }
         });
     }
 }

@@ -18,6 +18,7 @@ mod grid;
 mod isa;
 mod ops;
 mod pack;
+mod pack_w4;
 mod quant;
 pub mod reference;
 mod rows;
@@ -30,6 +31,7 @@ pub use cpu::{default_threads, Isa, ISA_ENV};
 pub use dispatch::{kernels, Epilogue, Kernels};
 pub use grid::Dims;
 pub use pack::{ActQuant, Layout, PackBuilder, PackedKn, Panels, QFormat, WeightDtype};
+pub use pack_w4::{W4Format, W4Values, W4_GROUP};
 pub use quant::{QuantForm, Quantized};
 pub use rows::Norm;
 pub use team::Team;
@@ -73,6 +75,31 @@ pub struct MatmulQ<'a> {
     /// Per-column weight scales and integer corrections, padded to whole panels.
     pub w_scale: &'a [f32],
     pub corr: &'a [i32],
+    pub n: usize,
+    pub bias: Option<&'a [f32]>,
+    pub col0: usize,
+    pub gelu: bool,
+    pub accumulate: bool,
+}
+
+/// Arguments of one column chunk of a `w4a8` product ([`Panels::W4`]): activations quantized
+/// per row to int8, weights 4-bit in groups of [`W4_GROUP`] k, each group's exact integer dot
+/// scaled and summed in f32 in group order.
+pub struct MatmulW4<'a> {
+    /// Activation words (4 int8 values each, little-endian) and per-group corrections, `9`
+    /// words per row and group (8 words, then `W4_OFFSET * sum` of the group's values):
+    /// row-major `[m][groups][9]` when `x_mr == 0`, else blocks of `x_mr` rows, each
+    /// `[groups][9][x_mr]` (see `ops::matmul_w4::quantize_rows_w4`).
+    pub x: &'a [i32],
+    pub x_mr: usize,
+    /// Per-row activation scales.
+    pub x_scale: &'a [f32],
+    /// `ceil(k / W4_GROUP)`.
+    pub groups: usize,
+    /// Panels of `nr` columns, each `groups * 16 * nr` bytes ([`W4Format`]).
+    pub w: &'a [u8],
+    /// Per panel `[groups][nr]` scales.
+    pub w_scale: &'a [f32],
     pub n: usize,
     pub bias: Option<&'a [f32]>,
     pub col0: usize,

@@ -30,11 +30,25 @@ pub enum WeightDtype {
     /// (symmetric, one scale per row, at run time) and reduces in exact integer dot products
     /// (AVX-512 VNNI `vpdpbusd`, AVX2 `vpmaddwd`).
     W8a8,
+    /// 4-bit weights, one f32 scale per group of 32 k and column (`pack_w4.rs`), with int8
+    /// activations as `w8a8`; each group's exact integer dot is scaled and summed in f32.
+    W4a8,
+    /// bf16 weights times activations rounded to bf16, one pair of k at a time, summed in f32:
+    /// AVX512-BF16's `vdpbf16ps` where the CPU has it, the same arithmetic on f32 FMAs
+    /// elsewhere (see `reference::matmul_bf16dot` for exactly what is rounded where).
+    Bf16dot,
 }
 
 impl WeightDtype {
-    pub const ALL: [WeightDtype; 5] =
-        [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Int8, WeightDtype::W8a8];
+    pub const ALL: [WeightDtype; 7] = [
+        WeightDtype::F32,
+        WeightDtype::F16,
+        WeightDtype::Bf16,
+        WeightDtype::Int8,
+        WeightDtype::W8a8,
+        WeightDtype::W4a8,
+        WeightDtype::Bf16dot,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -43,6 +57,8 @@ impl WeightDtype {
             WeightDtype::Bf16 => "bf16",
             WeightDtype::Int8 => "int8",
             WeightDtype::W8a8 => "w8a8",
+            WeightDtype::W4a8 => "w4a8",
+            WeightDtype::Bf16dot => "bf16dot",
         }
     }
 
@@ -50,17 +66,21 @@ impl WeightDtype {
     /// a checkpoint already holds. Dtypes of one form share their stored weights.
     pub fn stored_form(self) -> Option<QuantForm> {
         match self {
-            WeightDtype::F32 | WeightDtype::F16 | WeightDtype::Bf16 => None,
+            WeightDtype::F32 | WeightDtype::F16 | WeightDtype::Bf16 | WeightDtype::Bf16dot => None,
             WeightDtype::Int8 | WeightDtype::W8a8 => Some(QuantForm::Q8),
+            // Not stored by `inferneo convert` yet: packed from f32 at load (a slice at a time).
+            WeightDtype::W4a8 => None,
         }
     }
 
-    /// Bytes per stored weight.
-    pub fn size(self) -> usize {
+    /// Bytes per stored weight, scales included (`w4a8`: half a byte per value and a 4-byte
+    /// scale per 32).
+    pub fn bytes_per_weight(self) -> f64 {
         match self {
-            WeightDtype::F32 => 4,
-            WeightDtype::F16 | WeightDtype::Bf16 => 2,
-            WeightDtype::Int8 | WeightDtype::W8a8 => 1,
+            WeightDtype::F32 => 4.0,
+            WeightDtype::F16 | WeightDtype::Bf16 | WeightDtype::Bf16dot => 2.0,
+            WeightDtype::Int8 | WeightDtype::W8a8 => 1.0,
+            WeightDtype::W4a8 => 0.5 + 4.0 / crate::pack_w4::W4_GROUP as f64,
         }
     }
 }
@@ -71,7 +91,7 @@ impl FromStr for WeightDtype {
         WeightDtype::ALL
             .into_iter()
             .find(|d| d.name() == s)
-            .ok_or_else(|| format!("unknown weight dtype '{s}' (expected f32, f16, bf16, int8 or w8a8)"))
+            .ok_or_else(|| format!("unknown weight dtype '{s}' (expected f32, f16, bf16, int8, w8a8, w4a8 or bf16dot)"))
     }
 }
 
@@ -95,6 +115,10 @@ pub enum Panels {
     F32(HugeBuf<f32>),
     F16(HugeBuf<f16>),
     Bf16(HugeBuf<bf16>),
+    /// `bf16dot` weights: each panel `[ceil(k / 2)][nr]` words, a word holding the bf16 bits of
+    /// `W[2i, c]` in its low half and of `W[2i + 1, c]` in its high half (zero past `k`): the
+    /// operand layout of `vdpbf16ps`. Values rounded as [`bf16_bits`] says.
+    Bf16Pairs(HugeBuf<u32>),
     /// Quantized values and one scale per column (padded to whole panels).
     Int8 {
         q: HugeBuf<i8>,
@@ -109,6 +133,13 @@ pub enum Panels {
         corr: Vec<i32>,
         format: QFormat,
         acts: ActQuant,
+    },
+    /// `w4a8`: 4-bit values two per byte, and per panel `[groups][nr]` scales (see
+    /// [`W4Format`](crate::W4Format)).
+    W4 {
+        q: HugeBuf<u8>,
+        scale: HugeBuf<f32>,
+        format: crate::W4Format,
     },
 }
 
@@ -159,6 +190,10 @@ impl PackedKn {
         b.finish()
     }
 
+    pub(crate) fn from_panels(k: usize, n: usize, nr: usize, panels: Panels) -> PackedKn {
+        PackedKn { k, n, nr, panels }
+    }
+
     pub fn k(&self) -> usize {
         self.k
     }
@@ -177,8 +212,10 @@ impl PackedKn {
             Panels::F32(_) => WeightDtype::F32,
             Panels::F16(_) => WeightDtype::F16,
             Panels::Bf16(_) => WeightDtype::Bf16,
+            Panels::Bf16Pairs(_) => WeightDtype::Bf16dot,
             Panels::Int8 { .. } | Panels::IntDot { acts: ActQuant::Int24, .. } => WeightDtype::Int8,
             Panels::IntDot { acts: ActQuant::Int8, .. } => WeightDtype::W8a8,
+            Panels::W4 { .. } => WeightDtype::W4a8,
         }
     }
 
@@ -192,8 +229,10 @@ impl PackedKn {
             Panels::F32(v) => v.len() * 4,
             Panels::F16(v) => v.len() * 2,
             Panels::Bf16(v) => v.len() * 2,
+            Panels::Bf16Pairs(v) => v.len() * 4,
             Panels::Int8 { q, scale } => q.len() + scale.len() * 4,
             Panels::IntDot { q, scale, corr, .. } => q.len() + scale.len() * 4 + corr.len() * 4,
+            Panels::W4 { q, scale, .. } => q.len() + scale.len() * 4,
         }
     }
 
@@ -207,6 +246,13 @@ impl PackedKn {
             Panels::F32(v) => out.iter_mut().enumerate().for_each(|(kk, o)| *o = v[idx(kk)]),
             Panels::F16(v) => out.iter_mut().enumerate().for_each(|(kk, o)| *o = v[idx(kk)].to_f32()),
             Panels::Bf16(v) => out.iter_mut().enumerate().for_each(|(kk, o)| *o = v[idx(kk)].to_f32()),
+            Panels::Bf16Pairs(v) => {
+                let panel = &v[(col / self.nr) * self.k.div_ceil(2) * self.nr..];
+                for (kk, o) in out.iter_mut().enumerate() {
+                    let word = panel[kk / 2 * self.nr + off];
+                    *o = f32::from_bits(if kk % 2 == 0 { word << 16 } else { word & 0xFFFF_0000 });
+                }
+            }
             Panels::Int8 { q, scale } => {
                 out.iter_mut().enumerate().for_each(|(kk, o)| *o = q[idx(kk)] as f32 * scale[col])
             }
@@ -216,6 +262,7 @@ impl PackedKn {
                     *o = panel[q_offset(kk, off, *format)] as f32 * scale[col];
                 }
             }
+            Panels::W4 { q, scale, format } => crate::pack_w4::w4_column(q, scale, *format, self.k, col, out),
         }
     }
 }
@@ -228,6 +275,10 @@ impl PackedKn {
 /// bits of packing the whole matrix at once.
 pub struct PackBuilder {
     packed: PackedKn,
+    /// `w4a8` rows put so far (`[k, n]` f32): its groups run along k, so a `[k, n]` source is
+    /// quantized once every row is in. One matrix of the layers at a time (the large `wte` comes
+    /// as whole columns and is quantized as it arrives).
+    pending: Option<Vec<f32>>,
 }
 
 impl PackBuilder {
@@ -235,6 +286,7 @@ impl PackBuilder {
     /// [`PackBuilder::int_dot`]). Ends the process, as `Vec` does, if the memory cannot be had.
     pub fn new(k: usize, n: usize, nr: usize, dtype: WeightDtype) -> PackBuilder {
         assert!(dtype != WeightDtype::W8a8, "pack: w8a8 needs its ISA's QFormat (pack_int_dot)");
+        assert!(dtype != WeightDtype::W4a8, "pack: w4a8 needs its ISA's W4Format (PackBuilder::w4)");
         assert!(nr > 0 && nr <= crate::ops::matmul::MAX_NR, "pack: unsupported panel width {nr}");
         let len = n.div_ceil(nr) * nr * k;
         let padded = n.div_ceil(nr) * nr;
@@ -243,9 +295,10 @@ impl PackBuilder {
             WeightDtype::F16 => Panels::F16(zeroed(len)),
             WeightDtype::Bf16 => Panels::Bf16(zeroed(len)),
             WeightDtype::Int8 => Panels::Int8 { q: zeroed(len), scale: vec![0.0; padded] },
-            WeightDtype::W8a8 => unreachable!("checked above"),
+            WeightDtype::Bf16dot => Panels::Bf16Pairs(zeroed(n.div_ceil(nr) * nr * k.div_ceil(2))),
+            WeightDtype::W8a8 | WeightDtype::W4a8 => unreachable!("checked above"),
         };
-        PackBuilder { packed: PackedKn { k, n, nr, panels } }
+        PackBuilder { packed: PackedKn { k, n, nr, panels }, pending: None }
     }
 
     /// Panels of an integer-dot kernel of format `f` (`[groups][nr][kq]`, k padded with zeros
@@ -256,7 +309,12 @@ impl PackBuilder {
         let padded = n.div_ceil(nr) * nr;
         let q = zeroed(padded * k.div_ceil(kq) * kq);
         let panels = Panels::IntDot { q, scale: vec![0.0; padded], corr: vec![0; padded], format: f, acts };
-        PackBuilder { packed: PackedKn { k, n, nr, panels } }
+        PackBuilder { packed: PackedKn { k, n, nr, panels }, pending: None }
+    }
+
+    /// Panels of `w4a8` weights in format `f`.
+    pub fn w4(k: usize, n: usize, f: crate::W4Format) -> PackBuilder {
+        PackBuilder { packed: crate::pack_w4::empty_w4(k, n, f), pending: None }
     }
 
     /// The dtype being packed.
@@ -267,6 +325,14 @@ impl PackBuilder {
     /// The whole matrix at once.
     pub fn put_matrix(&mut self, w: &[f32], layout: Layout) {
         let (k, n) = (self.packed.k, self.packed.n);
+        if self.dtype() == WeightDtype::W4a8 {
+            let f = match &self.packed.panels {
+                Panels::W4 { format, .. } => *format,
+                _ => unreachable!("w4a8 builders hold w4 panels"),
+            };
+            self.packed = PackedKn::pack_w4(&crate::W4Values::quantize(w, layout, k, n), f);
+            return;
+        }
         match (self.dtype().stored_form(), layout) {
             (Some(form), _) => self.put_quantized(0, &Quantized::quantize(form, w, layout, k, n)),
             (None, Layout::KN) => self.put_rows(0, w),
@@ -290,6 +356,10 @@ impl PackBuilder {
             Panels::F32(v) => place(v, k, nr, cols, krange, at),
             Panels::F16(v) => place(v, k, nr, cols, krange, |kk, c| f16::from_f32(at(kk, c))),
             Panels::Bf16(v) => place(v, k, nr, cols, krange, |kk, c| bf16::from_f32(at(kk, c))),
+            Panels::Bf16Pairs(v) => place_halves(v, k, nr, cols, krange, |kk, c| bf16_bits(at(kk, c))),
+            Panels::W4 { .. } => {
+                self.pending.get_or_insert_with(|| vec![0.0; k * n])[k0 * n..][..w.len()].copy_from_slice(w);
+            }
             _ => panic!("put_rows: {} weights are quantized per whole column", self.packed.dtype()),
         }
     }
@@ -313,6 +383,11 @@ impl PackBuilder {
             Panels::F32(v) => place(v, k, nr, range, 0..k, at),
             Panels::F16(v) => place(v, k, nr, range, 0..k, |kk, c| f16::from_f32(at(kk, c))),
             Panels::Bf16(v) => place(v, k, nr, range, 0..k, |kk, c| bf16::from_f32(at(kk, c))),
+            Panels::Bf16Pairs(v) => place_halves(v, k, nr, range, 0..k, |kk, c| bf16_bits(at(kk, c))),
+            Panels::W4 { q, scale, format } => {
+                let values = crate::W4Values::quantize(w, Layout::NK, k, cols);
+                crate::pack_w4::place_w4_columns(q, scale, *format, k, c0, &values);
+            }
             _ => unreachable!("quantized dtypes returned above"),
         }
     }
@@ -358,7 +433,10 @@ impl PackBuilder {
         }
     }
 
-    pub fn finish(self) -> PackedKn {
+    pub fn finish(mut self) -> PackedKn {
+        if let Some(w) = self.pending.take() {
+            self.put_matrix(&w, Layout::KN);
+        }
         self.packed
     }
 }
@@ -399,4 +477,54 @@ fn place<T: Zeroed>(
             }
         }
     });
+}
+
+/// The bf16 bits of `v` as `bf16dot` rounds weights and activations: to nearest, ties to even;
+/// subnormal inputs to a zero of their sign (as AVX512-BF16's conversions treat them, so the
+/// result is never a bf16 subnormal); NaN stays NaN (quiet). The independent definition is
+/// `reference::bf16_round`.
+#[inline(always)]
+pub(crate) fn bf16_bits(v: f32) -> u32 {
+    let b = v.to_bits();
+    if b & 0x7F80_0000 == 0 {
+        (b >> 16) & 0x8000
+    } else if v.is_nan() {
+        (b >> 16) | 0x0040
+    } else {
+        // Adding 0x7FFF plus the lowest kept bit rounds half to even; a carry out of the
+        // mantissa bumps the exponent (up to infinity), which is the correct rounding.
+        (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+    }
+}
+
+/// [`place`] for `bf16dot`'s pair words (`[ceil(K / 2)][nr]` per panel): writes the bf16 bits
+/// `value(kk, c)` into the low (even `kk`) or high (odd) half of its word, so any slicing of
+/// rows or columns gives the bits of packing the whole matrix.
+fn place_halves(
+    data: &mut [u32],
+    k: usize,
+    nr: usize,
+    cols: Range<usize>,
+    rows: Range<usize>,
+    value: impl Fn(usize, usize) -> u32 + Sync,
+) {
+    let pairs = k.div_ceil(2);
+    if pairs == 0 || cols.is_empty() {
+        return;
+    }
+    let first = cols.start / nr;
+    let panels = first..cols.end.div_ceil(nr);
+    data[panels.start * pairs * nr..panels.end * pairs * nr].par_chunks_mut(pairs * nr).enumerate().for_each(
+        |(i, panel)| {
+            let p = first + i;
+            let (from, to) = ((p * nr).max(cols.start), ((p + 1) * nr).min(cols.end));
+            for kk in rows.clone() {
+                let (row, shift) = (&mut panel[kk / 2 * nr..][..nr], 16 * (kk % 2) as u32);
+                for c in from..to {
+                    let word = &mut row[c - p * nr];
+                    *word = (*word & !(0xFFFF << shift)) | value(kk, c) << shift;
+                }
+            }
+        },
+    );
 }

@@ -15,6 +15,36 @@ pub fn matmul_kn(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], m:
     }
 }
 
+/// `v` rounded to bf16 as `bf16dot` rounds weights and activations, returned as f32 (exact):
+/// a subnormal `v` becomes a zero of its sign (AVX512-BF16's conversions treat subnormal inputs
+/// as zero), then to nearest bf16, ties to even (NaN stays NaN, overflow goes to infinity).
+pub fn bf16_round(v: f32) -> f32 {
+    let v = if v.is_subnormal() { 0.0f32.copysign(v) } else { v };
+    half::bf16::from_f32(v).to_f32()
+}
+
+/// The `bf16dot` product: `x` and `w` rounded by [`bf16_round`], then for each output, from
+/// `0.0` in f32, over the pairs of k in order: `acc += x[2i+1] w[2i+1]`, then `acc += x[2i]
+/// w[2i]` (a missing odd k of an odd `k` counts as `0 * 0`), each product exact (two 8-bit
+/// significands) and each sum rounded to nearest even, as `vdpbf16ps` defines its lanes; then
+/// `+ bias` in f32.
+pub fn matmul_bf16dot(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], m: usize, k: usize, n: usize) {
+    for i in 0..m {
+        let xr = |p: usize| if p < k { bf16_round(x[i * k + p]) } else { 0.0 };
+        for j in 0..n {
+            let wr = |p: usize| if p < k { bf16_round(w[p * n + j]) } else { 0.0 };
+            let mut acc = 0.0f32;
+            for pair in 0..k.div_ceil(2) {
+                let (even, odd) = (2 * pair, 2 * pair + 1);
+                // A fused multiply-add: the exact product, one rounding of the sum.
+                acc = xr(odd).mul_add(wr(odd), acc);
+                acc = xr(even).mul_add(wr(even), acc);
+            }
+            out[i * n + j] = bias.map_or(acc, |b| acc + b[j]);
+        }
+    }
+}
+
 /// The `w8a8` product: `w` quantized per column (`scale = max |w| / 127`, round half away from
 /// zero), each row of `x` per row (`scale = max |x| / 127`, ties to even), the integer dot
 /// product exact, then `((dot as f32) * w_scale) * x_scale + bias` in f32, in that order.
@@ -26,6 +56,58 @@ pub fn matmul_w8a8(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], 
 /// of `x` quantized to 24 bits instead (`scale = max |x| / (2^23 - 1)`).
 pub fn matmul_int8_24(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], m: usize, k: usize, n: usize) {
     matmul_quantized(x, w, bias, out, (m, k, n), 8_388_607.0)
+}
+
+/// The `w4a8` product. Weights in groups of 32 consecutive k per column: `d = m / -8` with `m`
+/// the group's value of largest magnitude (the first on ties), `q = round(w / d)` half away from
+/// zero, clamped to `-8..=7` (llama.cpp's `q4_0` rule). Each row of `x` quantized to int8 as in
+/// [`matmul_w8a8`]. Then per output, in f32 and in group order from zero, `acc = acc + (dot_g
+/// as f32) * d_g` (`dot_g` the exact integer dot of the group; a multiply then an add, not
+/// fused), then `acc * x_scale + bias`.
+pub fn matmul_w4a8(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32], m: usize, k: usize, n: usize) {
+    const GROUP: usize = 32;
+    let groups = k.div_ceil(GROUP);
+    let range = |g: usize| g * GROUP..k.min(g * GROUP + GROUP);
+    let d: Vec<f32> = (0..groups * n)
+        .map(|i| {
+            let (g, j) = (i / n, i % n);
+            let mut big = 0.0f32;
+            for p in range(g) {
+                if w[p * n + j].abs() > big.abs() {
+                    big = w[p * n + j];
+                }
+            }
+            big / -8.0
+        })
+        .collect();
+    let wq = |p: usize, j: usize| {
+        let s = d[p / GROUP * n + j];
+        if s == 0.0 {
+            0
+        } else {
+            (w[p * n + j] / s).round().clamp(-8.0, 7.0) as i64
+        }
+    };
+    for i in 0..m {
+        let (xq, x_scale) = quantize_row(&x[i * k..][..k], 127.0);
+        for j in 0..n {
+            let mut acc = 0.0f32;
+            for g in 0..groups {
+                let dot: i64 = range(g).map(|p| xq[p] * wq(p, j)).sum();
+                acc += dot as f32 * d[g * n + j];
+            }
+            let v = acc * x_scale;
+            out[i * n + j] = bias.map_or(v, |b| v + b[j]);
+        }
+    }
+}
+
+/// One row quantized symmetrically to `+-qmax` (`scale = max |x| / qmax`, values rounded ties to
+/// even): the values and the scale.
+fn quantize_row(row: &[f32], qmax: f32) -> (Vec<i64>, f32) {
+    let amax = row.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let (x_scale, inv) = if amax > 0.0 { (amax / qmax, qmax / amax) } else { (0.0, 0.0) };
+    (row.iter().map(|&v| (v * inv).round_ties_even().clamp(-qmax, qmax) as i64).collect(), x_scale)
 }
 
 /// Int8 weights (per column) times activations quantized per row to `+-qmax`, exactly.

@@ -70,6 +70,8 @@ thread_local! {
     static SPARE_ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The same for `w8a8`'s quantized activation words.
     pub(crate) static SPARE_WORDS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+    /// The same for `bf16dot`'s rounded activations.
+    pub(crate) static SPARE_BF16: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// A block's layer-normed rows before they are interleaved (a parallel pack's scratch).
     static NORMED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }

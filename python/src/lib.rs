@@ -278,7 +278,7 @@ impl Model {
         Ok(d)
     }
 
-    /// "f32", "f16", "bf16", "int8" or "w8a8".
+    /// "f32", "f16", "bf16", "int8", "w8a8", "w4a8" or "bf16dot".
     #[getter]
     fn dtype(&self) -> &'static str {
         self.core.model.dtype().name()
@@ -741,13 +741,24 @@ fn kernels_isa() -> PyResult<&'static str> {
     Ok(kernels_for(None)?.isa().name())
 }
 
-/// Every figure `inferneo roofline --json` prints, as a JSON string.
+/// Every figure `inferneo roofline --json [--preset NAME]` prints, as a JSON string.
 #[pyfunction]
-#[pyo3(signature = (quick=true, rounds=None, isa=None))]
-fn kernels_roofline_json(py: Python<'_>, quick: bool, rounds: Option<usize>, isa: Option<&str>) -> PyResult<String> {
+#[pyo3(signature = (quick=true, rounds=None, isa=None, preset="gpt2"))]
+fn kernels_roofline_json(
+    py: Python<'_>,
+    quick: bool,
+    rounds: Option<usize>,
+    isa: Option<&str>,
+    preset: &str,
+) -> PyResult<String> {
     let kernels = kernels_for(isa)?;
-    let plan =
-        inferneo_tools::roofline::Plan { quick, rounds: rounds.unwrap_or(if quick { 1 } else { 3 }), sgemm: false };
+    let preset = inferneo_runtime::Preset::from_name(preset).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let plan = inferneo_tools::roofline::Plan {
+        quick,
+        rounds: rounds.unwrap_or(if quick { 1 } else { 3 }),
+        sgemm: false,
+        preset,
+    };
     let report = py.detach(|| kernel_team().install(|| inferneo_tools::roofline::report(kernels, plan)));
     report.map(|r| r.to_string()).map_err(PyValueError::new_err)
 }

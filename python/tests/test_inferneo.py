@@ -203,7 +203,7 @@ def test_the_gil_is_released_during_generation(tiny_dir):
 
 
 # Documented error of each dtype, relative to the largest |a @ b| (see inferneo.kernels).
-TOLERANCE = {"f32": 1e-5, "f16": 2e-3, "bf16": 1.6e-2, "int8": 1.6e-2, "w8a8": 3e-2}
+TOLERANCE = {"f32": 1e-5, "f16": 2e-3, "bf16": 1.6e-2, "int8": 1.6e-2, "w8a8": 3e-2, "bf16dot": 2.4e-2}
 
 
 @pytest.mark.parametrize("dtype", list(TOLERANCE))
@@ -238,10 +238,14 @@ def test_attention_matches_a_numpy_reference():
 
 def test_roofline_and_isa():
     assert inferneo.kernels.isa() in ("scalar", "avx2", "avx512")
-    r = inferneo.kernels.roofline(quick=True)
+    r = inferneo.kernels.roofline(quick=True, preset="tiny")
     for key in ["isa", "threads", "read_bandwidth_gbps", "fma_peak_gflops", "int_dot_peak_gops", "kernels"]:
         assert key in r
     assert r["read_bandwidth_gbps"] > 0 and len(r["kernels"]) > 0
+    # The preset's shapes: tiny is 64 wide.
+    assert r["preset"] == "tiny" and {k["k"] for k in r["kernels"]} == {64, 256}
+    with pytest.raises(ValueError, match="gpt2-xl"):
+        inferneo.kernels.roofline(quick=True, preset="gpt2-xxl")
 
 
 def test_bad_arguments_raise_the_right_exceptions(tiny, tiny_dir, tmp_path):

@@ -33,11 +33,13 @@ pub enum Preset {
     Gpt2Medium,
     /// GPT-2 large (774M).
     Gpt2Large,
+    /// GPT-2 XL (1558M).
+    Gpt2Xl,
 }
 
 impl Preset {
-    pub const ALL: [Preset; 5] =
-        [Preset::Tiny, Preset::Gpt2, Preset::DistilGpt2, Preset::Gpt2Medium, Preset::Gpt2Large];
+    pub const ALL: [Preset; 6] =
+        [Preset::Tiny, Preset::Gpt2, Preset::DistilGpt2, Preset::Gpt2Medium, Preset::Gpt2Large, Preset::Gpt2Xl];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -46,14 +48,14 @@ impl Preset {
             Preset::DistilGpt2 => "distilgpt2",
             Preset::Gpt2Medium => "gpt2-medium",
             Preset::Gpt2Large => "gpt2-large",
+            Preset::Gpt2Xl => "gpt2-xl",
         }
     }
 
     pub fn from_name(s: &str) -> Result<Preset> {
         Preset::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
-            Error::Invalid(format!(
-                "unknown preset '{s}' (expected one of: tiny, gpt2, distilgpt2, gpt2-medium, gpt2-large)"
-            ))
+            let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
+            Error::Invalid(format!("unknown preset '{s}' (expected one of: {})", names.join(", ")))
         })
     }
 
@@ -64,6 +66,7 @@ impl Preset {
             Preset::DistilGpt2 => (768, 6, 12, 1024),
             Preset::Gpt2Medium => (1024, 24, 16, 1024),
             Preset::Gpt2Large => (1280, 36, 20, 1024),
+            Preset::Gpt2Xl => (1600, 48, 25, 1024),
         };
         Config {
             vocab_size: 50257,
@@ -242,4 +245,34 @@ pub fn write_model_dir(dir: &Path, config: &Config, seed: u64, dtype: StoreDtype
 
 fn write(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::write(path, data).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each preset's parameter count is the published one of the model it is named after
+    /// (HuggingFace's `num_parameters()` of gpt2, distilgpt2, gpt2-medium, -large, -xl).
+    #[test]
+    fn presets_have_the_published_parameter_counts() {
+        let count = |p: Preset| -> usize {
+            parameter_shapes(&p.config()).iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+        };
+        assert_eq!(count(Preset::Gpt2), 124_439_808);
+        assert_eq!(count(Preset::DistilGpt2), 81_912_576);
+        assert_eq!(count(Preset::Gpt2Medium), 354_823_168);
+        assert_eq!(count(Preset::Gpt2Large), 774_030_080);
+        assert_eq!(count(Preset::Gpt2Xl), 1_557_611_200);
+        let xl = Preset::Gpt2Xl.config();
+        assert_eq!((xl.n_layer, xl.n_embd, xl.n_head, xl.n_positions, xl.vocab_size), (48, 1600, 25, 1024, 50257));
+    }
+
+    #[test]
+    fn every_preset_round_trips_by_name() {
+        for p in Preset::ALL {
+            assert_eq!(Preset::from_name(p.name()).unwrap(), p);
+        }
+        let err = Preset::from_name("gpt2-xxl").unwrap_err().to_string();
+        assert!(err.contains("gpt2-xxl") && err.contains("gpt2-xl"), "{err}");
+    }
 }

@@ -182,16 +182,12 @@ pub(crate) fn served_dtype(spec: &ModelSpec) -> WeightDtype {
 }
 
 /// The bytes a model of `config` will take resident with `dtype` weights, before it is loaded:
-/// its matrices at the dtype's width (int8 scales and panel padding are a fraction of a percent),
+/// its matrices at the dtype's width (w4a8's group scales included; int8 scales and panel padding
+/// are a fraction of a percent),
 /// everything else f32.
 pub(crate) fn weight_bytes_estimate(c: &Config, dtype: WeightDtype) -> usize {
     let matrices = c.vocab_size * c.n_embd + c.n_layer * (4 * c.n_embd * c.n_embd + 2 * c.n_embd * c.n_inner());
-    let width = match dtype {
-        WeightDtype::F32 => 4,
-        WeightDtype::F16 | WeightDtype::Bf16 => 2,
-        WeightDtype::Int8 | WeightDtype::W8a8 => 1,
-    };
-    matrices * width + (c.n_params() - matrices) * 4
+    (matrices as f64 * dtype.bytes_per_weight()) as usize + (c.n_params() - matrices) * 4
 }
 
 /// On a terminal, a live "loading ... N s" line while a model loads (large checkpoints take

@@ -17,9 +17,13 @@ pub fn data_dir() -> PathBuf {
 pub struct Golden {
     pub meta: HashMap<String, String>,
     pub tokens: Vec<u32>,
-    /// `[tokens.len(), vocab]`
+    /// `[tokens.len(), vocab]`: HF's logits at the vocabulary ids `columns` names (every id when
+    /// it is `None`).
     pub logits: Vec<f32>,
+    /// The row length of `logits`: the model's vocabulary, or `columns.len()`.
     pub vocab: usize,
+    /// The vocabulary ids kept, ascending, when the fixture keeps only some (to stay small).
+    pub columns: Option<Vec<usize>>,
     pub greedy: Vec<u32>,
     pub greedy_margin: Vec<f32>,
 }
@@ -31,7 +35,9 @@ impl Golden {
         let (_, header) = SafeTensors::read_metadata(&bytes).expect("golden header");
         let meta = header.metadata().clone().unwrap_or_default();
         assert_eq!(meta.get("format").map(String::as_str), Some("inferneo-golden"), "{}", path.display());
-        assert_eq!(meta.get("version").map(String::as_str), Some("1"), "{}: unsupported version", path.display());
+        // Version 2 adds the optional `logit_columns`.
+        let version = meta.get("version").map(String::as_str);
+        assert!(matches!(version, Some("1" | "2")), "{}: unsupported version {version:?}", path.display());
         let st = SafeTensors::deserialize(&bytes).expect("golden tensors");
         let i64s = |n: &str| -> Vec<u32> {
             st.tensor(n)
@@ -45,14 +51,44 @@ impl Golden {
             st.tensor(n).unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
         };
         let vocab = st.tensor("logits").unwrap().shape()[1];
+        let columns = st.tensor("logit_columns").is_ok().then(|| {
+            let c: Vec<usize> = i64s("logit_columns").into_iter().map(|i| i as usize).collect();
+            assert_eq!(c.len(), vocab, "{}: logit_columns and logits disagree", path.display());
+            assert!(c.windows(2).all(|w| w[0] < w[1]), "{}: logit_columns not ascending", path.display());
+            c
+        });
         Golden {
             meta,
             tokens: i64s("tokens"),
             logits: f32s("logits"),
             vocab,
+            columns,
             greedy: i64s("greedy"),
             greedy_margin: f32s("greedy_margin"),
         }
+    }
+
+    /// `full` (`[rows, full_vocab]` logits of ours) cut to the golden's columns, so that it
+    /// compares with `self.logits` row for row.
+    pub fn select(&self, full: &[f32], full_vocab: usize) -> Vec<f32> {
+        match &self.columns {
+            None => full.to_vec(),
+            Some(cols) => full.chunks(full_vocab).flat_map(|row| cols.iter().map(|&c| row[c])).collect(),
+        }
+    }
+
+    /// [`check_logits`] of `full` (ours, every vocabulary column) against the golden. Where the
+    /// golden keeps only some columns, each of our full rows' argmax must also be HF's (HF's
+    /// argmax is among the columns kept: the reference script keeps each row's highest logits).
+    pub fn check(&self, label: &str, full: &[f32], full_vocab: usize, tol: f32) -> f32 {
+        let diff = check_logits(label, &self.select(full, full_vocab), &self.logits, self.vocab, tol);
+        if let Some(cols) = &self.columns {
+            for (row, (ours, hf)) in full.chunks(full_vocab).zip(self.logits.chunks(self.vocab)).enumerate() {
+                let (o, h) = (argmax(ours), cols[argmax(hf)]);
+                assert_eq!(o, h, "{label}: position {row}: argmax over the whole vocabulary {o} differs from HF's {h}");
+            }
+        }
+        diff
     }
 
     pub fn seed(&self) -> u64 {

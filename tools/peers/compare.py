@@ -9,8 +9,8 @@ results ({"system", "error"}), which become "not available" rows.
 Throughput columns say their mode: "batch" = one offline generate over N prompts (in-process,
 no HTTP); "conc." = N closed-loop HTTP clients streaming from a server. Ratios are ours/peer,
 against inferneo in the same mode and the closest precision (int8 and q8_0, which quantize
-activations too, against our w8a8, or our int8 where no w8a8 row exists;
-everything else against our f32).
+activations too, against our w8a8, or our int8 where no w8a8 row exists; q4_0 against our w4a8
+where there is one, else as q8_0; everything else against our f32).
 """
 
 import argparse
@@ -20,7 +20,8 @@ import os
 import sys
 
 LEVELS = [1, 4, 8, 16, 32]
-ORDER = ["ours-f32", "ours-int8", "ours-w8a8", "hf", "ct2-f32", "ct2-int8", "llama-f32", "llama-f16", "llama-q8_0"]
+ORDER = ["ours-f32", "ours-f16", "ours-bf16", "ours-bf16dot", "ours-int8", "ours-w8a8", "ours-w4a8", "hf",
+         "ct2-f32", "ct2-int8", "llama-f32", "llama-f16", "llama-q8_0", "llama-q4_0"]
 
 
 def rank(path):
@@ -115,7 +116,7 @@ def load_cell(window, samples):
 def reference(row, ours_rows):
     """The inferneo row a peer is compared with: same mode, closest precision. CTranslate2's
     int8 and llama.cpp's q8_0 quantize activations too, as our w8a8 does."""
-    want = ("w8a8", "int8") if row["dtype"] in ("int8", "q8_0") else ()
+    want = {"int8": ("w8a8", "int8"), "q8_0": ("w8a8", "int8"), "q4_0": ("w4a8", "w8a8", "int8")}.get(row["dtype"], ())
     for dtype in (*want, "f32"):
         for o in ours_rows:
             if o["mode"] == row["mode"] and o["dtype"] == dtype:
@@ -164,6 +165,7 @@ def main():
     ap.add_argument("files", nargs="*", help="result JSONs (default: --results/*.json)")
     ap.add_argument("--results", default="target/peers/results")
     ap.add_argument("--out", help="also write the Markdown here")
+    ap.add_argument("--preset", default="gpt2", help="the model shape the results are of (named under the table)")
     a = ap.parse_args()
     files = a.files or sorted(glob.glob(os.path.join(a.results, "*.json")), key=rank)
     if not files:
@@ -177,6 +179,7 @@ def main():
         except (OSError, ValueError):
             pass
     lines = [table(rows, samples), ""]
+    lines.append(f"Model: `inferneo init --preset {a.preset} --seed 0` (random weights, the shape of {a.preset}).")
     lines.append("Workload: 50-token prompts (seeded ids), 100 generated tokens (end-of-text banned), "
                  "temperature 0.7, top-p 0.9; batch-1 ms/token and TTFT are medians (p50).")
     lines.append("Modes: `batch` = one offline generate over N prompts, in-process; `conc.` = N closed-loop "

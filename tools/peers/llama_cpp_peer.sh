@@ -6,12 +6,15 @@
 # continuous batching). Every failure becomes an error result, never a silent omission.
 #
 # Usage: llama_cpp_peer.sh --model HF_DIR --inferneo BIN --python VENV_PYTHON --work DIR --out DIR
-#                          [--quants "f32 f16 q8_0"] [--port 8181] [--quick] [-- BENCH_ARGS...]
-# The build is cached under --work (llama.cpp/build); reruns skip it.
+#                          [--quants "f32 f16 q8_0 q4_0"] [--gguf-dir DIR] [--port 8181] [--quick]
+#                          [-- BENCH_ARGS...]
+# The build is cached under --work (llama.cpp-build-<version>); reruns skip it. The GGUF files
+# go to --gguf-dir (default --work/gguf): one directory per model, since a file is reconverted
+# only when the model's safetensors are newer. Only the results of --quants are replaced in --out.
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-MODEL="" INFERNEO="" PY="" WORK="" OUT="" QUANTS="f32 f16 q8_0" PORT=8181 QUICK=0
+MODEL="" INFERNEO="" PY="" WORK="" OUT="" QUANTS="f32 f16 q8_0 q4_0" GGUF="" PORT=8181 QUICK=0
 BENCH_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -21,6 +24,7 @@ while [ $# -gt 0 ]; do
     --work) WORK="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     --quants) QUANTS="$2"; shift 2 ;;
+    --gguf-dir) GGUF="$2"; shift 2 ;;
     --port) PORT="$2"; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --) shift; BENCH_ARGS=("$@"); break ;;
@@ -55,7 +59,7 @@ fail_all() {  # every quantization gets the reason
 
 # The error results need a Python; fall back to the system one if the venv is missing.
 [ -x "$PY" ] || PY="$(command -v python3)"
-rm -f "$OUT"/llama-*.json
+for q in $QUANTS; do rm -f "$OUT/llama-$q.json"; done
 
 # 1. Source: llama.cpp ships inside the llama-cpp-python sdist.
 say "installing cmake, ninja, scikit-build-core (binary wheels)"
@@ -107,7 +111,7 @@ say "installing the tree's gguf-py and the converter's requirements"
 "$PY" -c "import torch, transformers" >>"$LOG" 2>&1 \
   || "$PY" -m pip install -q torch transformers >>"$LOG" 2>&1 \
   || fail_all "the converter needs torch and transformers, which failed to install"
-GGUF="$WORK/gguf"
+GGUF="${GGUF:-$WORK/gguf}"
 mkdir -p "$GGUF"
 # The converter reads GPT-2's context length from config.json's `n_ctx`, which the original
 # GPT-2 configs carry but newer writers (inferneo init included) leave to `n_positions`: convert
@@ -197,7 +201,8 @@ for q in $QUANTS; do
     -t "$THREADS" -tb "$THREADS" "${EXTRA_FLAGS[@]}" >"$slog" 2>&1 &
   SERVER_PID=$!
   ok=0
-  for _ in $(seq 240); do
+  # Up to 10 minutes: a GPT-2 XL f32 file is 6.2 GB to map and page in.
+  for _ in $(seq 1200); do
     kill -0 "$SERVER_PID" 2>/dev/null || break
     if curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then ok=1; break; fi
     sleep 0.5

@@ -3,10 +3,13 @@
 Usage: python tools/reference/hf_reference.py [--only NAME ...]
 
 Each golden is a safetensors file with tensors `tokens` (i64 [T]), `logits` (f32 [T, vocab]: HF
-fp32 logits at every position), `greedy` (i64 [32]: HF greedy continuation of `tokens`) and
-`greedy_margin` (f32 [32]: top-1 minus top-2 logit at each greedy step, so near-ties can be
-reported instead of failed), plus metadata (format, version, model, seed, library versions).
-Weights come from weights.py, bit-identical to `inferneo init`, so only seeds are committed.
+fp32 logits at every position), `greedy` (i64 [G], G = 32 unless the fixture says fewer: HF
+greedy continuation of `tokens`) and `greedy_margin` (f32 [G]: top-1 minus top-2 logit at each
+greedy step, so near-ties can be reported instead of failed), plus metadata (format, version,
+model, seed, vocab, library versions). A fixture may keep only some vocabulary columns of the
+logits (to stay small on disk): then `logit_columns` (i64 [C], ascending) lists them and
+`logits` is [T, C]. Weights come from weights.py, bit-identical to `inferneo init`, so only
+seeds are committed.
 """
 
 import argparse
@@ -26,14 +29,19 @@ from weights import parameter_shapes, preset_config, tensor_values  # noqa: E402
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DATA = os.path.join(ROOT, "tests", "data")
 ASSETS = os.path.join(ROOT, "assets")
-FORMAT_VERSION = "1"
+# 2: `logit_columns` may be present and `vocab` is in the metadata; otherwise as 1.
+FORMAT_VERSION = "2"
 GREEDY_TOKENS = 32
 PROMPT = "The quick brown fox jumps over the lazy"
 
-# (fixture name, preset or explicit config, seed)
+# (fixture name, preset, seed, options). GPT-2 XL's fixture keeps every 16th vocabulary column
+# plus each position's 8 highest logits (about 100 KB instead of 1.6 MB; the greedy tokens cover
+# the full vocabulary's argmax) and 8 greedy steps: the Rust check of the 1.5B model then decodes
+# 8 tokens instead of 32.
 GOLDENS = [
-    ("tiny", "tiny", 11), ("distilgpt2", "distilgpt2", 12), ("gpt2", "gpt2", 13),
-    ("gpt2-medium", "gpt2-medium", 15), ("gpt2-large", "gpt2-large", 16),
+    ("tiny", "tiny", 11, {}), ("distilgpt2", "distilgpt2", 12, {}), ("gpt2", "gpt2", 13, {}),
+    ("gpt2-medium", "gpt2-medium", 15, {}), ("gpt2-large", "gpt2-large", 16, {}),
+    ("gpt2-xl", "gpt2-xl", 17, dict(greedy_tokens=8, column_stride=16, column_top=8)),
 ]
 HUB_MICRO = dict(vocab_size=1000, n_embd=32, n_layer=2, n_head=2, n_positions=64)
 HUB_SEED = 14
@@ -50,7 +58,10 @@ TOKENIZER_CORPUS = [
 ]
 
 
-def hf_model(cfg: dict, tensors: dict) -> GPT2LMHeadModel:
+def hf_model(cfg: dict, tensors) -> GPT2LMHeadModel:
+    """HF's model with `tensors` ((name, array) pairs, names without `transformer.`) copied into
+    its parameters one at a time, so that a generator keeps only one tensor beside the model
+    (GPT-2 XL is 6.2 GB in f32)."""
     config = GPT2Config(
         vocab_size=cfg["vocab_size"], n_positions=cfg["n_positions"], n_embd=cfg["n_embd"],
         n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_inner=None, activation_function="gelu_new",
@@ -58,22 +69,40 @@ def hf_model(cfg: dict, tensors: dict) -> GPT2LMHeadModel:
     )
     config._attn_implementation = "eager"
     model = GPT2LMHeadModel(config).eval()
-    state = {"transformer." + k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in tensors.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not m.endswith((".attn.bias", ".attn.masked_bias")) and m != "lm_head.weight"]
-    assert not missing and not unexpected, (missing, unexpected)
+    # Parameters only: the attention mask buffers stay HF's, lm_head is tied to wte.
+    params = dict(model.transformer.named_parameters())
+    loaded = set()
+    with torch.no_grad():
+        for name, v in tensors:
+            assert name in params, f"unexpected tensor {name}"
+            assert tuple(params[name].shape) == tuple(v.shape), (name, params[name].shape, v.shape)
+            params[name].copy_(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)))
+            loaded.add(name)
+    missing = sorted(set(params) - loaded)
+    assert not missing, missing
     model.tie_weights()
     assert torch.equal(model.lm_head.weight, model.transformer.wte.weight)
     return model
 
 
+def logit_columns(logits: np.ndarray, stride: int, top: int) -> np.ndarray:
+    """Every `stride`-th vocabulary id (0 and the last id included when the stride divides) and
+    each row's `top` highest logits, so each row's argmax is among the columns kept."""
+    vocab = logits.shape[1]
+    keep = set(range(0, vocab, stride))
+    for row in logits:
+        keep.update(int(i) for i in np.argsort(-row, kind="stable")[:top])
+    return np.array(sorted(keep), dtype=np.int64)
+
+
 @torch.no_grad()
-def golden(model, tokens, meta: dict, path: str):
+def golden(model, tokens, meta: dict, path: str, greedy_tokens: int = GREEDY_TOKENS, column_stride=None, column_top=0):
     ids = torch.tensor([tokens])
     logits = model(ids).logits[0].float().numpy()
+    vocab = logits.shape[1]
     seq = list(tokens)
     greedy, margin = [], []
-    for _ in range(GREEDY_TOKENS):
+    for _ in range(greedy_tokens):
         last = model(torch.tensor([seq])).logits[0, -1].float()
         top2 = torch.topk(last, 2)
         nxt = int(top2.indices[0])
@@ -81,18 +110,21 @@ def golden(model, tokens, meta: dict, path: str):
         margin.append(float(top2.values[0] - top2.values[1]))
         seq.append(nxt)
     meta = {k: str(v) for k, v in meta.items()}
-    meta.update(format="inferneo-golden", version=FORMAT_VERSION, torch=torch.__version__, transformers=transformers.__version__)
-    save_file(
-        {
-            "tokens": np.array(tokens, dtype=np.int64),
-            "logits": logits.astype(np.float32),
-            "greedy": np.array(greedy, dtype=np.int64),
-            "greedy_margin": np.array(margin, dtype=np.float32),
-        },
-        path,
-        metadata=meta,
-    )
-    print(f"wrote {path}: {len(tokens)} tokens, vocab {logits.shape[1]}, min greedy margin {min(margin):.2e}")
+    meta.update(format="inferneo-golden", version=FORMAT_VERSION, vocab=str(vocab), torch=torch.__version__,
+                transformers=transformers.__version__)
+    tensors = {
+        "tokens": np.array(tokens, dtype=np.int64),
+        "logits": logits.astype(np.float32),
+        "greedy": np.array(greedy, dtype=np.int64),
+        "greedy_margin": np.array(margin, dtype=np.float32),
+    }
+    if column_stride:
+        cols = logit_columns(logits, column_stride, column_top)
+        tensors["logit_columns"] = cols
+        tensors["logits"] = np.ascontiguousarray(logits[:, cols], dtype=np.float32)
+    save_file(tensors, path, metadata=meta)
+    print(f"wrote {path}: {len(tokens)} tokens, {tensors['logits'].shape[1]} of {vocab} logit columns, "
+          f"{len(greedy)} greedy tokens, min greedy margin {min(margin):.2e}, {os.path.getsize(path)} bytes")
 
 
 def write_hub_micro():
@@ -121,7 +153,7 @@ def write_hub_micro():
     }
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
-    model = hf_model(cfg, {n: v.astype(np.float32) for n, v in f16.items()})
+    model = hf_model(cfg, ((n, v.astype(np.float32)) for n, v in f16.items()))
     tokens = [int(t) for t in (np.arange(12) * 83 + 5) % cfg["vocab_size"]]
     golden(model, tokens, {"model": "hub-micro", "seed": HUB_SEED, "dtype": "f16"}, os.path.join(DATA, "golden-hub-micro.safetensors"))
 
@@ -138,19 +170,20 @@ def write_tokenizer_corpus():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", nargs="*", help="fixture names (tiny, distilgpt2, gpt2, gpt2-medium, gpt2-large, hub-micro, tokenizer)")
+    names = ", ".join([g[0] for g in GOLDENS] + ["hub-micro", "tokenizer"])
+    ap.add_argument("--only", nargs="*", help=f"fixture names ({names})")
     args = ap.parse_args()
     want = lambda name: not args.only or name in args.only  # noqa: E731
     torch.manual_seed(0)
     tok = write_tokenizer_corpus() if want("tokenizer") else AutoTokenizer.from_pretrained(ASSETS)
     prompt = tok.encode(PROMPT)
-    for name, preset, seed in GOLDENS:
+    for name, preset, seed, opts in GOLDENS:
         if not want(name):
             continue
         cfg = preset_config(preset)
-        tensors = {n: tensor_values(seed, n, s) for n, s in parameter_shapes(cfg)}
-        model = hf_model(cfg, tensors)
-        golden(model, prompt, {"model": preset, "seed": seed, "dtype": "f32"}, os.path.join(DATA, f"golden-{name}.safetensors"))
+        model = hf_model(cfg, ((n, tensor_values(seed, n, s)) for n, s in parameter_shapes(cfg)))
+        golden(model, prompt, {"model": preset, "seed": seed, "dtype": "f32"}, os.path.join(DATA, f"golden-{name}.safetensors"), **opts)
+        del model
     if want("hub-micro"):
         write_hub_micro()
 

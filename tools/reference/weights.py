@@ -64,6 +64,7 @@ PRESETS = {
     "distilgpt2": dict(n_embd=768, n_layer=6, n_head=12, n_positions=1024),
     "gpt2-medium": dict(n_embd=1024, n_layer=24, n_head=16, n_positions=1024),
     "gpt2-large": dict(n_embd=1280, n_layer=36, n_head=20, n_positions=1024),
+    "gpt2-xl": dict(n_embd=1600, n_layer=48, n_head=25, n_positions=1024),
 }
 
 

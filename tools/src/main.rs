@@ -57,7 +57,7 @@ enum Command {
     /// Write a model directory whose matrices are stored quantized (int8, w8a8): it loads with
     /// --model DIR, reading no f32 weights, and gives the logits of the source loaded with that dtype.
     Convert(ConvertArgs),
-    /// Measure read bandwidth, FMA peak, and each kernel at GPT-2 shapes against that roofline.
+    /// Measure read bandwidth, FMA peak, and each kernel at a GPT-2 preset's shapes against that roofline.
     Roofline(RooflineArgs),
     /// Aggregate generation throughput of the batching engine at several concurrency levels.
     Throughput(ThroughputArgs),
@@ -98,6 +98,9 @@ struct RooflineArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON to this file (the table is still printed).
+    #[arg(long, value_name = "FILE")]
+    json_file: Option<PathBuf>,
     /// Fewer shapes and shorter timings (a smoke run).
     #[arg(long)]
     quick: bool,
@@ -110,6 +113,9 @@ struct RooflineArgs {
     /// against numpy, round by round.
     #[arg(long)]
     sgemm: bool,
+    /// Whose product shapes: tiny, gpt2, distilgpt2, gpt2-medium, gpt2-large or gpt2-xl.
+    #[arg(long, default_value = "gpt2")]
+    preset: String,
 }
 
 #[derive(Args)]
@@ -119,9 +125,12 @@ struct ModelArg {
     /// llama.cpp GGUF file of a GPT-2 (F32, F16, BF16, Q8_0 or Q4_0 tensors).
     #[arg(long, value_name = "DIR|FILE.gguf")]
     model: Option<PathBuf>,
-    /// Weight storage at run time: f32, f16, bf16, int8 (weight-only, per-channel scales) or w8a8
-    /// (the same int8 weights with int8 activations and integer dot products: fastest, least exact).
-    /// Default: f32, or the directory's own dtype if it was written by `inferneo convert`.
+    /// Weight storage at run time: f32, f16, bf16, int8 (weight-only, per-channel scales), w8a8
+    /// (the same int8 weights with int8 activations and integer dot products), w4a8 (4-bit
+    /// weights, a scale per 32 k, int8 activations: 5/8 of w8a8's bytes, least exact) or bf16dot
+    /// (bf16 weights times activations rounded to bf16, pairs summed in f32: AVX512-BF16's
+    /// vdpbf16ps where the CPU has it). Default: f32, or the directory's own dtype if it was
+    /// written by `inferneo convert`.
     #[arg(long)]
     dtype: Option<WeightDtype>,
 }
@@ -211,7 +220,7 @@ struct DetokenizeArgs {
 
 #[derive(Args)]
 struct InitArgs {
-    /// Model shape: tiny, gpt2, distilgpt2, gpt2-medium or gpt2-large.
+    /// Model shape: tiny, gpt2, distilgpt2, gpt2-medium, gpt2-large or gpt2-xl.
     #[arg(long)]
     preset: String,
     #[arg(long, default_value_t = 0)]
@@ -313,14 +322,20 @@ fn run(cli: Cli) -> CliResult {
         }
         // With a kernel team, as the engine calls its kernels.
         Command::Roofline(a) => with_team(|| {
+            let preset = Preset::from_name(&a.preset).map_err(|e| match e {
+                inferneo_runtime::Error::Invalid(msg) => format!("--preset: {msg}"),
+                other => format!("--preset: {other}"),
+            })?;
             let kernels = LoadOptions { isa, ..LoadOptions::default() }.kernels().map_err(|e| e.to_string())?;
             roofline::run(
                 kernels,
                 a.json,
+                a.json_file.as_deref(),
                 roofline::Plan {
                     quick: a.quick,
                     rounds: a.rounds.unwrap_or(if a.quick { 1 } else { 3 }),
                     sgemm: a.sgemm,
+                    preset,
                 },
             )
         })?,

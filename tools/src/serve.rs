@@ -25,9 +25,10 @@ pub struct ServeArgs {
     /// Kernel threads of one model's engine, as NAME=N (repeatable). Default: a pool of all cores per engine.
     #[arg(long = "threads", value_name = "NAME=N")]
     threads: Vec<String>,
-    /// Weight storage: f32, f16, bf16, int8 (weight-only, per output channel) or w8a8 (int8
-    /// weights and activations, integer dot products). Default: f32, or a directory's own dtype
-    /// if it was written by `inferneo convert`.
+    /// Weight storage: f32, f16, bf16, int8 (weight-only, per output channel), w8a8 (int8
+    /// weights and activations, integer dot products), w4a8 (4-bit weights in groups of 32,
+    /// int8 activations) or bf16dot (bf16 weights and activations, pairs summed in f32).
+    /// Default: f32, or a directory's own dtype if it was written by `inferneo convert`.
     #[arg(long)]
     dtype: Option<WeightDtype>,
     /// KV cache budget per model, in MB.

@@ -214,3 +214,19 @@ fn soak_sends_every_kind_and_passes_on_a_healthy_server() {
     let bad = inferneo(&["bench", "--model", &model, "--scenarios", "sok"]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("soak"));
 }
+
+/// `--scenarios batch` alone runs the engine without a server (one model in memory at a time):
+/// the batch figures and the engine's peak RSS, no server figures.
+#[test]
+fn batch_alone_runs_the_engine_without_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    // --quick's batch sizes: 1 and 2.
+    let v = bench(&model, &["--scenarios", "batch"], &dir.path().join("b.json"));
+    let batch = v["scenarios"]["batch"].as_array().unwrap();
+    assert_eq!(batch.iter().map(|b| b["batch"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2]);
+    assert!(batch.iter().all(|b| b["generated_tokens_per_s"].as_f64().unwrap() > 0.0), "{v}");
+    assert!(v["engine_peak_rss_mb"].as_f64().unwrap() > 10.0, "{v}");
+    assert!(v["server_peak_rss_mb"].is_null(), "no server ran: {v}");
+    assert!(v["scenarios"].as_object().unwrap().keys().eq(["batch"]), "{v}");
+}

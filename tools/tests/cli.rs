@@ -213,11 +213,14 @@ fn roofline_json_has_every_figure() {
         std::env::var("RAYON_NUM_THREADS").map_or(inferneo_kernels::default_threads(), |v| v.parse().unwrap());
     assert_eq!(v["threads"], threads);
     assert!(v["int_dot_peak_gops"].as_f64().unwrap() > 0.1 && v["int_dot_instruction"].is_string());
+    assert!(v["bf16_dot_peak_gflops"].as_f64().unwrap() > 0.1 && v["bf16_dot_instruction"].is_string());
     let rows = v["kernels"].as_array().unwrap();
     // int8 and w8a8 are measured at every M, like f32; w8a8 against the integer-dot peak, int8
     // against the FMA peak or, on the integer dot, a third of its peak.
     assert!(rows.iter().any(|r| r["dtype"] == "int8" && r["m"] == 32));
     assert!(rows.iter().any(|r| r["dtype"] == "w8a8" && r["m"] == 32));
+    assert!(rows.iter().any(|r| r["dtype"] == "bf16dot" && r["m"] == 32));
+    assert!(rows.iter().any(|r| r["dtype"] == "w4a8" && r["m"] == 32));
     let int8_roof =
         if Isa::from_env().ok().and_then(Kernels::for_isa).is_some_and(|k| {
             matches!(k.pack(&[0.0], Layout::KN, 1, 1, WeightDtype::Int8).panels(), Panels::IntDot { .. })
@@ -228,8 +231,9 @@ fn roofline_json_has_every_figure() {
         };
     for r in rows {
         let roof = match r["dtype"].as_str().unwrap() {
-            "w8a8" => "int_dot",
+            "w8a8" | "w4a8" => "int_dot",
             "int8" => int8_roof,
+            "bf16dot" => "bf16_dot",
             _ => "fma",
         };
         assert_eq!(r["compute_roof"], roof, "{r}");
@@ -256,6 +260,28 @@ fn roofline_rounds_and_the_sgemm_subset() {
         assert!(r["dtype"] == "f32" && r["m"] == 32 && r["streamed_seconds"].is_null(), "{r}");
     }
     fails(&["roofline", "--quick", "--rounds", "0"], "at least 1");
+}
+
+#[test]
+fn roofline_at_a_presets_shapes() {
+    // Default: the 124M shapes, and a decode step summed over its layers for every dtype.
+    let v: serde_json::Value = serde_json::from_str(&ok(&["roofline", "--quick", "--json"])).unwrap();
+    assert_eq!((v["preset"].as_str(), v["n_layer"].as_u64()), (Some("gpt2"), Some(12)));
+    let steps = v["decode_step"].as_array().unwrap();
+    assert_eq!(steps.len(), WeightDtype::ALL.len(), "{steps:?}");
+    for s in steps {
+        assert!(s["streamed_ms"].as_f64().unwrap() > 0.0 && s["bandwidth_bound_ms"].as_f64().unwrap() > 0.0, "{s}");
+    }
+    // Another preset: its widths set K and N (tiny: 64 wide, MLP 256, the GPT-2 vocabulary).
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("r.json");
+    let table = ok(&["roofline", "--quick", "--sgemm", "--preset", "tiny", "--json-file", file.to_str().unwrap()]);
+    assert!(table.contains("Shapes of tiny (2 layers x 64 wide)"), "{table}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let kn: Vec<(u64, u64)> =
+        v["kernels"].as_array().unwrap().iter().map(|r| (r["k"].as_u64().unwrap(), r["n"].as_u64().unwrap())).collect();
+    assert_eq!(kn, [(64, 192), (64, 64), (64, 256), (256, 64), (64, 50257)]);
+    fails(&["roofline", "--quick", "--preset", "gpt2-xxl"], "--preset: unknown preset 'gpt2-xxl'");
 }
 
 #[test]

@@ -9,6 +9,12 @@
 //! | MC (rows per block) | `MC_BYTES` / (4 K): 384 KiB of activations | same | L2 (512 KiB per core on Zen 3) |
 //! | one-row decode tile | 64 columns (4 panels) | 64 | keeps 8 FMA chains in flight; the panels stream from memory |
 //! | two-row decode tile | 32 columns (2 panels) | (row tiles) | as above |
+//!
+//! `w4a8` (`vpmaddubsw`): MR 4, NR 8 (one ymm: 8 columns x 4 k per unpacked weight vector), one-row
+//! tile 32 columns (4 panels). Within a group each accumulator has a 16-bit partner holding the
+//! group's running sums, so a tile needs two registers per output vector: 4 x 8 takes 8 of them,
+//! plus the two weight vectors a load unpacks into, the broadcasts and the nibble mask (a 4 x 16
+//! tile would need 16 for its accumulators alone).
 
 super::instantiate!(
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -45,4 +51,24 @@ pub(super) fn w8a8_table() -> super::QTable {
 /// the float kernels, dequantizing in the tile.
 fn int8_table() -> Option<super::Q24Table> {
     None
+}
+
+/// No bf16 dot product in AVX2: `bf16dot` widens the halves to f32 for the FMAs.
+pub(super) fn bf16dot_table() -> super::Bf16Table {
+    widened_bf16_table()
+}
+
+super::instantiate_w4!(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    dot: crate::simd::avx2::Avx2,
+    token:
+        // SAFETY: as for the table above: reachable only after `Avx2::detect()` succeeded.
+        unsafe { crate::simd::avx2::Avx2::assume() },
+    vecs: 1,
+    mr: 4,
+    decode_vecs: 4
+);
+
+pub(super) fn w4a8_table() -> super::W4Table {
+    w4_table()
 }

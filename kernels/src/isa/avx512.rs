@@ -9,6 +9,10 @@
 //! | MC (rows per block) | `MC_BYTES` / (4 K): 384 KiB of activations | same | same | L2 (2 MiB per core here) |
 //! | one-row decode tile | 128 columns (4 panels) | 128 | 96 (3 panels) | keeps 8 FMA chains in flight; the panels stream from memory |
 //! | two-row decode tile | 64 columns (2 panels) | (row tiles) | (row tiles) | as above |
+//!
+//! `w4a8` (VNNI `vpdpbusd`): MR 6, NR 32 (2 zmm), one-row tile 128 columns (4 panels). A group's
+//! 32-bit sums and the f32 accumulators take two registers per output vector: 6 x 2 x 2 = 24 of
+//! the 32 zmm, plus 4 unpacked weight vectors, the broadcast and the nibble mask.
 
 super::instantiate!(
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
@@ -56,5 +60,50 @@ pub(super) fn w8a8_table() -> super::QTable {
         q_table()
     } else {
         super::avx2::w8a8_table()
+    }
+}
+
+// The `bf16dot` tile of `vdpbf16ps`: 12 x 32, 24 accumulators + 2 weight vectors + 1 broadcast
+// pair word (as for f32, each instruction covering two k).
+super::instantiate_bf16!(
+    #[target_feature(enable = "avx512f,avx512bf16,avx2,fma,f16c")]
+    dot: crate::simd::avx512::Bf16Avx512,
+    token:
+        // SAFETY: `bf16dot_table` below hands these out only after `Bf16Avx512::detect()`
+        // succeeded.
+        unsafe { crate::simd::avx512::Bf16Avx512::assume() },
+    vecs: 2,
+    mr: 12,
+    decode_vecs: 8
+);
+
+/// `vdpbf16ps` where the CPU has AVX512-BF16; otherwise the same sums on FMAs over widened
+/// halves.
+pub(super) fn bf16dot_table() -> super::Bf16Table {
+    if crate::simd::avx512::Bf16Avx512::detect().is_some() {
+        pairs_bf16_table()
+    } else {
+        widened_bf16_table()
+    }
+}
+
+super::instantiate_w4!(
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    dot: crate::simd::avx512::Vnni512,
+    token:
+        // SAFETY: `w4a8_table` below hands these out only after `Vnni512::detect()` succeeded.
+        unsafe { crate::simd::avx512::Vnni512::assume() },
+    vecs: 2,
+    mr: 6,
+    decode_vecs: 8
+);
+
+/// VNNI where the CPU has it; otherwise the AVX2 `vpmaddubsw` kernels (and their panel width),
+/// which every AVX-512 CPU can run.
+pub(super) fn w4a8_table() -> super::W4Table {
+    if crate::simd::avx512::Vnni512::detect().is_some() {
+        w4_table()
+    } else {
+        super::avx2::w4a8_table()
     }
 }

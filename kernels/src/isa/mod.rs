@@ -6,7 +6,32 @@ pub mod avx2;
 pub mod avx512;
 pub mod scalar;
 
-use crate::{Attention, MatmulKn, MatmulQ, QFormat};
+use crate::{Attention, MatmulKn, MatmulQ, MatmulW4, QFormat, W4Format};
+
+/// Writes the `bf16dot` shims of a [`Bf16Dot`](crate::simd::Bf16Dot) token (`vdpbf16ps`) under
+/// the given attributes and a `pairs_bf16_table()` listing them.
+macro_rules! instantiate_bf16 {
+    ($(#[$attr:meta])* dot: $dot:ty, token: $token:expr, vecs: $c:literal, mr: $mr:literal, decode_vecs: $q1:literal) => {
+        $(#[$attr])*
+        fn matmul_pairs_bf16(a: &crate::MatmulKn, out: &mut [&mut [f32]]) {
+            crate::ops::matmul_bf16::matmul_bf16dot::<_, $c, $mr, $q1>(crate::ops::matmul_bf16::Pairs($token), a, out)
+        }
+        $(#[$attr])*
+        fn pairs_bf16_probe(iters: usize, seed: f32) -> f32 {
+            crate::ops::matmul_bf16::pair_probe(crate::ops::matmul_bf16::Pairs($token), iters, seed)
+        }
+
+        fn pairs_bf16_table() -> super::Bf16Table {
+            super::Bf16Table {
+                words: true,
+                matmul: matmul_pairs_bf16,
+                probe: pairs_bf16_probe,
+                name: <$dot as crate::simd::Bf16Dot>::NAME,
+            }
+        }
+    };
+}
+pub(crate) use instantiate_bf16;
 
 /// Function pointers for one ISA. Entries may be `#[target_feature]` functions, hence `unsafe fn`:
 /// calling one is sound only on a CPU with that ISA, which `dispatch.rs` checks before it hands a
@@ -49,6 +74,33 @@ pub struct Q24Table {
     pub matmul: unsafe fn(&MatmulQ, &mut [&mut [f32]]),
 }
 
+/// The `bf16dot` entries of one ISA.
+#[derive(Clone, Copy)]
+pub struct Bf16Table {
+    /// Whether `matmul` takes its activations as pair words (else as bf16-valued floats): see
+    /// `ops::matmul_bf16::PairReduce::WORDS`.
+    pub words: bool,
+    pub matmul: unsafe fn(&MatmulKn, &mut [&mut [f32]]),
+    /// `probe(iters, seed)`: see `ops::matmul_bf16::pair_probe`.
+    pub probe: unsafe fn(usize, f32) -> f32,
+    pub name: &'static str,
+}
+
+/// The `w4a8` entries of one ISA (`ops::matmul_w4`).
+#[derive(Clone, Copy)]
+pub struct W4Table {
+    /// How weights are packed for `matmul`.
+    pub format: W4Format,
+    /// Rows per register tile (and per block of packed activation words).
+    pub mr: usize,
+    /// Columns of the one-row (decode) tile.
+    pub decode_cols: usize,
+    pub name: &'static str,
+    /// `quantize(x, k, mr, words, scales)`: see `ops::matmul_w4::quantize_rows_w4`.
+    pub quantize: unsafe fn(&[f32], usize, usize, &mut [i32], &mut [f32]),
+    pub matmul: unsafe fn(&MatmulW4, &mut [&mut [f32]]),
+}
+
 #[derive(Clone, Copy)]
 pub struct Table {
     /// Columns per packed `kn` panel: the width of one register tile.
@@ -59,6 +111,8 @@ pub struct Table {
     pub kn_decode_cols: usize,
     pub matmul_kn: unsafe fn(&MatmulKn, &mut [&mut [f32]]),
     pub w8a8: QTable,
+    pub bf16dot: Bf16Table,
+    pub w4a8: W4Table,
     pub layernorm: LayerNormFn,
     pub gelu_new: unsafe fn(&mut [f32]),
     pub softmax: unsafe fn(&mut [f32]),
@@ -83,6 +137,24 @@ macro_rules! instantiate {
         $(#[$attr])*
         fn matmul_kn(a: &MatmulKn, out: &mut [&mut [f32]]) {
             ops::matmul::matmul_kn::<_, $c, $mr, $q1, $q2>($token, a, out)
+        }
+        $(#[$attr])*
+        fn matmul_widened_bf16(a: &MatmulKn, out: &mut [&mut [f32]]) {
+            ops::matmul_bf16::matmul_bf16dot::<_, $c, $mr, $q1>(ops::matmul_bf16::Widened($token), a, out)
+        }
+        $(#[$attr])*
+        fn widened_bf16_probe(iters: usize, seed: f32) -> f32 {
+            ops::matmul_bf16::pair_probe(ops::matmul_bf16::Widened($token), iters, seed)
+        }
+        /// `bf16dot` on f32 FMAs over widened halves (see `ops::matmul_bf16::Widened`).
+        #[allow(dead_code)]
+        fn widened_bf16_table() -> super::Bf16Table {
+            super::Bf16Table {
+                words: false,
+                matmul: matmul_widened_bf16,
+                probe: widened_bf16_probe,
+                name: "fma (bf16 widened)",
+            }
         }
         $(#[$attr])*
         fn layernorm(x: &[f32], g: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
@@ -141,6 +213,8 @@ macro_rules! instantiate {
                 kn_decode_cols: $q1 * <$simd as crate::simd::Simd>::LANES,
                 matmul_kn,
                 w8a8: w8a8_table(),
+                bf16dot: bf16dot_table(),
+                w4a8: w4a8_table(),
                 layernorm,
                 gelu_new,
                 softmax,
@@ -223,3 +297,32 @@ macro_rules! instantiate_q24 {
     };
 }
 pub(crate) use instantiate_q24;
+
+/// Writes the `w4a8` shims of one [`W4Dot`](crate::simd::W4Dot) token under the given
+/// attributes and a `w4_table()` listing them.
+macro_rules! instantiate_w4 {
+    ($(#[$attr:meta])* dot: $dot:ty, token: $token:expr, vecs: $c:literal, mr: $mr:literal, decode_vecs: $q1:literal) => {
+        $(#[$attr])*
+        fn quantize_rows_w4(x: &[f32], k: usize, mr: usize, words: &mut [i32], scales: &mut [f32]) {
+            use crate::simd::W4Dot;
+            crate::ops::matmul_w4::quantize_rows_w4($token.simd(), x, k, mr, words, scales)
+        }
+        $(#[$attr])*
+        fn matmul_w4(a: &crate::MatmulW4, out: &mut [&mut [f32]]) {
+            crate::ops::matmul_w4::matmul_w4::<_, $c, $mr, $q1>($token, a, out)
+        }
+
+        pub fn w4_table() -> super::W4Table {
+            use crate::simd::{Simd, W4Dot};
+            super::W4Table {
+                format: crate::W4Format { nr: $c * <<$dot as W4Dot>::S as Simd>::LANES },
+                mr: $mr,
+                decode_cols: $q1 * <<$dot as W4Dot>::S as Simd>::LANES,
+                name: <$dot as W4Dot>::NAME,
+                quantize: quantize_rows_w4,
+                matmul: matmul_w4,
+            }
+        }
+    };
+}
+pub(crate) use instantiate_w4;

@@ -30,3 +30,20 @@ pub(super) fn w8a8_table() -> super::QTable {
 fn int8_table() -> Option<super::Q24Table> {
     None
 }
+
+pub(super) fn bf16dot_table() -> super::Bf16Table {
+    widened_bf16_table()
+}
+
+// 4 x 16 (one panel of 16 one-lane "vectors"), as for w8a8.
+super::instantiate_w4!(
+    dot: crate::simd::scalar::Scalar,
+    token: crate::simd::scalar::Scalar,
+    vecs: 16,
+    mr: 4,
+    decode_vecs: 16
+);
+
+pub(super) fn w4a8_table() -> super::W4Table {
+    w4_table()
+}

@@ -59,7 +59,10 @@ pub fn matmul_kn<S: Simd, const C: usize, const MR: usize, const Q1: usize, cons
         Panels::F16(w) => kn_blocks::<S, f16, C, MR, Q1, Q2>(s, a, w, None, out),
         Panels::Bf16(w) => kn_blocks::<S, bf16, C, MR, Q1, Q2>(s, a, w, None, out),
         Panels::Int8 { q, scale } => kn_blocks::<S, i8, C, MR, Q1, Q2>(s, a, q, Some(scale), out),
-        Panels::IntDot { .. } => unreachable!("integer-dot weights go to the integer-dot kernels (matmul_q)"),
+        Panels::IntDot { .. } | Panels::W4 { .. } => {
+            unreachable!("integer-dot weights go to the integer-dot kernels (matmul_q, matmul_w4)")
+        }
+        Panels::Bf16Pairs(_) => unreachable!("bf16 pairs go to the pair kernels (matmul_bf16)"),
     }
 }
 
@@ -279,7 +282,7 @@ unsafe fn kn_step<S: Simd, E: Elem, const C: usize, const R: usize, const Q: usi
 /// Epilogue of one row of one panel: `gelu?(acc * scale + bias) (+ out)`, in that order for
 /// every element, vector or not.
 #[inline(always)]
-fn store_panel<S: Simd>(s: S, a: &MatmulKn, scale: Scales, out: &mut [f32], j: usize, acc: &[S::V]) {
+pub(super) fn store_panel<S: Simd>(s: S, a: &MatmulKn, scale: Scales, out: &mut [f32], j: usize, acc: &[S::V]) {
     let l = S::LANES;
     let col = a.col0 + j;
     let mut vals = [s.zero(); MAX_VECS];

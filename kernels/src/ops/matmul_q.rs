@@ -111,7 +111,7 @@ fn zero_rows_past(m: usize, mr: usize, len: usize, run: usize, words: &mut [i32]
 /// (`max |x| / qmax`; NaN if the row holds a NaN or an infinity, so that row's outputs are NaN
 /// as in an f32 product).
 #[inline(always)]
-fn quantize_row<S: Simd>(s: S, x: &[f32], qmax: f32, qf: &mut [f32]) -> f32 {
+pub(super) fn quantize_row<S: Simd>(s: S, x: &[f32], qmax: f32, qf: &mut [f32]) -> f32 {
     let l = S::LANES;
     // Whole vectors of the row, then the tail through the same vector code via a padded copy,
     // so every element sees the same arithmetic.

@@ -6,7 +6,9 @@
 pub mod attention;
 pub mod elementwise;
 pub mod matmul;
+pub mod matmul_bf16;
 pub mod matmul_q;
+pub mod matmul_w4;
 pub mod norm;
 
 use crate::simd::Simd;

@@ -1,6 +1,6 @@
 //! AVX2 + FMA [`Simd`] implementation (8 lanes of `f32` in a `__m256`).
 
-use super::{IntDot, Simd};
+use super::{IntDot, Simd, W4Dot};
 use std::arch::x86_64::*;
 
 /// Token proving the CPU supports AVX2, FMA and F16C (every AVX2 CPU has F16C).
@@ -58,6 +58,21 @@ impl Simd for Avx2 {
         // SAFETY: `s` holds 8 bf16 = 16 bytes (checked above); AVX2 proven by the token.
         unsafe {
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(s.as_ptr().cast()))))
+        }
+    }
+    #[inline(always)]
+    fn load_bf16_even(self, s: &[u32]) -> __m256 {
+        let s = &s[..8];
+        // SAFETY: `s` holds 8 words = 32 bytes (checked above); AVX2 proven by the token.
+        unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_loadu_si256(s.as_ptr().cast()))) }
+    }
+    #[inline(always)]
+    fn load_bf16_odd(self, s: &[u32]) -> __m256 {
+        let s = &s[..8];
+        // SAFETY: `s` holds 8 words = 32 bytes (checked above); AVX2 proven by the token.
+        unsafe {
+            let w = _mm256_loadu_si256(s.as_ptr().cast());
+            _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(0xFFFF_0000u32 as i32)))
         }
     }
     #[inline(always)]
@@ -186,5 +201,54 @@ impl IntDot for Avx2 {
     fn act_word(x: &[i8]) -> i32 {
         // Two i16 lanes, little-endian: what `vpmaddwd` pairs with a column's two k.
         (x[0] as i16 as u16 as u32 | ((x[1] as i16 as u16 as u32) << 16)) as i32
+    }
+}
+
+/// `vpmaddubsw` (unsigned weight nibbles times signed activation bytes, pairs summed to 16
+/// bits), the group's 16-bit sums added with `vpaddw`, then one `vpmaddwd` by ones per group
+/// widens them to 32 bits. Per 32 k and 8 columns that is 8 + 7 + 1 instructions, where
+/// `vpmaddwd` on widened pairs (as `w8a8` does) takes 16 multiplies and 16 adds: `vpmaddubsw`
+/// does twice the multiply-adds per instruction, and it cannot saturate here (a pair is at
+/// most `2 * 15 * 127 = 3810`, eight of them `30480 < 2^15`), which is why the weights are
+/// the unsigned operand and why a group is 8 steps.
+impl W4Dot for Avx2 {
+    type S = Avx2;
+    type W = __m256i;
+    type P = __m256i;
+    const NAME: &'static str = "avx2 vpmaddubsw";
+
+    #[inline(always)]
+    fn simd(self) -> Avx2 {
+        self
+    }
+    #[inline(always)]
+    fn pzero(self) -> __m256i {
+        // SAFETY: the token proves AVX2 is available.
+        unsafe { _mm256_setzero_si256() }
+    }
+    #[inline(always)]
+    fn load_w4(self, w: &[u8]) -> (__m256i, __m256i) {
+        let w = &w[..32];
+        // SAFETY: `w` holds 32 bytes (checked by the slice above); AVX2 proven by the token.
+        unsafe {
+            let v = _mm256_loadu_si256(w.as_ptr().cast());
+            let mask = _mm256_set1_epi8(0x0f);
+            // A 32-bit shift moves the next byte's low bits into each byte's top: the mask
+            // drops them.
+            (_mm256_and_si256(v, mask), _mm256_and_si256(_mm256_srli_epi32::<4>(v), mask))
+        }
+    }
+    #[inline(always)]
+    fn dot_w4(self, acc: __m256i, x: i32, w: __m256i) -> __m256i {
+        // SAFETY: the token proves AVX2 is available.
+        unsafe { _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, _mm256_set1_epi32(x))) }
+    }
+    #[inline(always)]
+    fn group_f32(self, acc: __m256i, corr: i32) -> __m256 {
+        // SAFETY: the token proves AVX2 is available.
+        unsafe {
+            let sum = _mm256_madd_epi16(acc, _mm256_set1_epi16(1));
+            _mm256_cvtepi32_ps(_mm256_sub_epi32(sum, _mm256_set1_epi32(corr)))
+        }
     }
 }

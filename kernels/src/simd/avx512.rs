@@ -1,6 +1,6 @@
 //! AVX-512F [`Simd`] implementation (16 lanes of `f32` in a `__m512`).
 
-use super::{IntDot, IntDot24, Simd};
+use super::{Bf16Dot, IntDot, IntDot24, Simd, W4Dot};
 use std::arch::x86_64::*;
 
 /// Token proving the CPU supports AVX-512F (and the AVX2/FMA/F16C it implies on every such CPU).
@@ -61,6 +61,21 @@ impl Simd for Avx512 {
         // SAFETY: `s` holds 16 bf16 = 32 bytes (checked above); AVX-512F proven by the token.
         unsafe {
             _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(s.as_ptr().cast()))))
+        }
+    }
+    #[inline(always)]
+    fn load_bf16_even(self, s: &[u32]) -> __m512 {
+        let s = &s[..16];
+        // SAFETY: `s` holds 16 words = 64 bytes (checked above); AVX-512F proven by the token.
+        unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_loadu_si512(s.as_ptr().cast()))) }
+    }
+    #[inline(always)]
+    fn load_bf16_odd(self, s: &[u32]) -> __m512 {
+        let s = &s[..16];
+        // SAFETY: `s` holds 16 words = 64 bytes (checked above); AVX-512F proven by the token.
+        unsafe {
+            let w = _mm512_loadu_si512(s.as_ptr().cast());
+            _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(0xFFFF_0000u32 as i32)))
         }
     }
     #[inline(always)]
@@ -264,5 +279,96 @@ impl IntDot24 for Vnni512 {
             }
         }
         super::digit_words_of(&q[n..], &mut out[n..]);
+    }
+}
+
+/// Token proving the CPU supports AVX512-BF16 (`vdpbf16ps`) on top of AVX-512F.
+#[derive(Clone, Copy, Debug)]
+pub struct Bf16Avx512 {
+    _private: (),
+}
+
+impl Bf16Avx512 {
+    /// Returns the token if the running CPU (and OS) support AVX-512F and AVX512-BF16.
+    pub fn detect() -> Option<Self> {
+        (Avx512::detect().is_some() && is_x86_feature_detected!("avx512bf16")).then_some(Bf16Avx512 { _private: () })
+    }
+
+    /// # Safety
+    /// The caller must have established that AVX-512F and AVX512-BF16 are available, e.g. by
+    /// running inside a `#[target_feature]` function only called after [`Bf16Avx512::detect`].
+    #[inline(always)]
+    pub unsafe fn assume() -> Self {
+        Bf16Avx512 { _private: () }
+    }
+}
+
+impl Bf16Dot for Bf16Avx512 {
+    type S = Avx512;
+    type W = __m512i;
+    const NAME: &'static str = "vdpbf16ps";
+
+    #[inline(always)]
+    fn simd(self) -> Avx512 {
+        // SAFETY: AVX512-BF16 implies AVX-512F (checked by `detect`).
+        unsafe { Avx512::assume() }
+    }
+    #[inline(always)]
+    fn load_pairs(self, w: &[u32]) -> __m512i {
+        let w = &w[..16];
+        // SAFETY: `w` holds 16 words = 64 bytes (checked above); AVX-512F proven by the token.
+        unsafe { _mm512_loadu_si512(w.as_ptr().cast()) }
+    }
+    #[inline(always)]
+    fn dot_pairs(self, acc: __m512, x: u32, w: __m512i) -> __m512 {
+        // SAFETY: the token proves AVX512-BF16; `__m512bh` and `__m512i` are both 64 bytes of
+        // plain bits, so the transmutes only retype them.
+        unsafe {
+            let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(x as i32));
+            let w: __m512bh = std::mem::transmute(w);
+            _mm512_dpbf16_ps(acc, x, w)
+        }
+    }
+}
+
+/// `vpdpbusd` with the weight nibbles as its unsigned operand and the activations signed: 64
+/// multiply-adds per instruction straight into 32-bit sums, so the only work beyond `w8a8`'s
+/// per 4 k is the unpacking (mask, shift, mask per two weight vectors).
+impl W4Dot for Vnni512 {
+    type S = Avx512;
+    type W = __m512i;
+    type P = __m512i;
+    const NAME: &'static str = "avx512-vnni vpdpbusd";
+
+    #[inline(always)]
+    fn simd(self) -> Avx512 {
+        self.f
+    }
+    #[inline(always)]
+    fn pzero(self) -> __m512i {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_setzero_si512() }
+    }
+    #[inline(always)]
+    fn load_w4(self, w: &[u8]) -> (__m512i, __m512i) {
+        let w = &w[..64];
+        // SAFETY: `w` holds 64 bytes (checked by the slice above); AVX-512F proven by the token.
+        unsafe {
+            let v = _mm512_loadu_si512(w.as_ptr().cast());
+            let mask = _mm512_set1_epi8(0x0f);
+            // A 32-bit shift moves the next byte's low bits into each byte's top: the mask
+            // drops them.
+            (_mm512_and_si512(v, mask), _mm512_and_si512(_mm512_srli_epi32::<4>(v), mask))
+        }
+    }
+    #[inline(always)]
+    fn dot_w4(self, acc: __m512i, x: i32, w: __m512i) -> __m512i {
+        // SAFETY: the token proves AVX-512 VNNI is available.
+        unsafe { _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(x)) }
+    }
+    #[inline(always)]
+    fn group_f32(self, acc: __m512i, corr: i32) -> __m512 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_set1_epi32(corr))) }
     }
 }

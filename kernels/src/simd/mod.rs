@@ -76,6 +76,52 @@ pub(crate) fn digit_words_of(q: &[f32], out: &mut [i32]) {
     }
 }
 
+/// The pair product of AVX512-BF16's `vdpbf16ps`: each f32 lane takes a word of two bf16
+/// weights (even k low, odd k high) and the same word of two activations for every lane, and
+/// adds `x_odd * w_odd`, then `x_even * w_even`: each product exact (8-bit significands), each
+/// sum rounded to nearest even (Intel's definition of the instruction).
+pub trait Bf16Dot: Copy {
+    /// The float side (epilogue) of the same ISA.
+    type S: Simd;
+    /// `LANES` pair words.
+    type W: Copy;
+    /// The instruction it reduces with, for reports.
+    const NAME: &'static str;
+
+    fn simd(self) -> Self::S;
+    /// Loads `LANES` pair words.
+    fn load_pairs(self, w: &[u32]) -> Self::W;
+    /// `acc + x_odd * w_odd + x_even * w_even` per lane, summed in that order, for the
+    /// activation pair word `x`.
+    fn dot_pairs(self, acc: <Self::S as Simd>::V, x: u32, w: Self::W) -> <Self::S as Simd>::V;
+}
+
+/// Integer dot products of unsigned 4-bit weights (`w4a8`, stored `q + 8` in `0..=15`, see
+/// `pack_w4.rs`) with signed int8 activations, over one group of 32 k at a time. Each lane is
+/// one column; every implementation computes the exact integer sum, so a group's dot product is
+/// the same on every ISA.
+pub trait W4Dot: Copy {
+    /// The float side (per-group scaling, epilogue) of the same ISA.
+    type S: Simd;
+    /// One unpacked weight vector: `LANES` columns x 4 k, unsigned bytes `[column][4]`.
+    type W: Copy;
+    /// A group's running sums (AVX2 keeps them as 16-bit pairs until the group ends).
+    type P: Copy;
+    /// The instructions it reduces with, for reports.
+    const NAME: &'static str;
+
+    fn simd(self) -> Self::S;
+    fn pzero(self) -> Self::P;
+    /// The two weight vectors packed in `LANES * 4` bytes: the low nibbles (the first 4-k
+    /// step), then the high nibbles (the next).
+    fn load_w4(self, w: &[u8]) -> (Self::W, Self::W);
+    /// `acc + sum_j w_j * x_j` per column over 4 k, `x` four int8 activations (little-endian)
+    /// for all lanes. At most 8 calls per group (32 k) on one `acc`.
+    fn dot_w4(self, acc: Self::P, x: i32, w: Self::W) -> Self::P;
+    /// The group's dot product per column, `acc - corr`, as f32 (exact: below 2^24).
+    fn group_f32(self, acc: Self::P, corr: i32) -> <Self::S as Simd>::V;
+}
+
 /// One SIMD register's worth of `f32` lanes and the operations kernels need.
 pub trait Simd: Copy {
     /// Number of `f32` lanes in [`Simd::V`].
@@ -93,6 +139,11 @@ pub trait Simd: Copy {
     fn load_bf16(self, s: &[half::bf16]) -> Self::V;
     /// Loads `LANES` signed bytes, converted to f32 (exact).
     fn load_i8(self, s: &[i8]) -> Self::V;
+    /// Loads `LANES` bf16 pair words (`Panels::Bf16Pairs`) and widens their low halves (the
+    /// even k) to f32: exact, a shift.
+    fn load_bf16_even(self, s: &[u32]) -> Self::V;
+    /// [`Simd::load_bf16_even`] for the high halves (the odd k): exact, a mask.
+    fn load_bf16_odd(self, s: &[u32]) -> Self::V;
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     fn sub(self, a: Self::V, b: Self::V) -> Self::V;
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;

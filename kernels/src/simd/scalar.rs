@@ -1,6 +1,6 @@
 //! One-lane [`Simd`] implementation: the portable fallback every machine can run.
 
-use super::{IntDot, Simd};
+use super::{IntDot, Simd, W4Dot};
 
 /// Token for plain scalar code; always available.
 #[derive(Clone, Copy, Debug, Default)]
@@ -33,6 +33,14 @@ impl Simd for Scalar {
     #[inline(always)]
     fn load_i8(self, s: &[i8]) -> f32 {
         s[0] as f32
+    }
+    #[inline(always)]
+    fn load_bf16_even(self, s: &[u32]) -> f32 {
+        f32::from_bits(s[0] << 16)
+    }
+    #[inline(always)]
+    fn load_bf16_odd(self, s: &[u32]) -> f32 {
+        f32::from_bits(s[0] & 0xFFFF_0000)
     }
     #[inline(always)]
     fn add(self, a: f32, b: f32) -> f32 {
@@ -119,5 +127,35 @@ impl IntDot for Scalar {
     #[inline(always)]
     fn act_word(x: &[i8]) -> i32 {
         i32::from_le_bytes([x[0] as u8, x[1] as u8, x[2] as u8, x[3] as u8])
+    }
+}
+
+impl W4Dot for Scalar {
+    type S = Scalar;
+    type W = [u8; 4];
+    type P = i32;
+    const NAME: &'static str = "scalar";
+
+    #[inline(always)]
+    fn simd(self) -> Scalar {
+        self
+    }
+    #[inline(always)]
+    fn pzero(self) -> i32 {
+        0
+    }
+    #[inline(always)]
+    fn load_w4(self, w: &[u8]) -> ([u8; 4], [u8; 4]) {
+        let w = &w[..4];
+        ([0, 1, 2, 3].map(|j| w[j] & 0x0f), [0, 1, 2, 3].map(|j| w[j] >> 4))
+    }
+    #[inline(always)]
+    fn dot_w4(self, acc: i32, x: i32, w: [u8; 4]) -> i32 {
+        let x = x.to_le_bytes();
+        acc + (0..4).map(|j| w[j] as i32 * x[j] as i8 as i32).sum::<i32>()
+    }
+    #[inline(always)]
+    fn group_f32(self, acc: i32, corr: i32) -> f32 {
+        (acc - corr) as f32
     }
 }

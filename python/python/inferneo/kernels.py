@@ -8,7 +8,9 @@
 
 Documented error against ``a @ b`` in float64 (relative to the largest |a @ b| of each product):
 f32 1e-5; f16 2e-3; bf16 1.6e-2; int8 (per-column scales) 1.6e-2; w8a8 (int8 activations too)
-3e-2 for well-scaled inputs.
+3e-2; bf16dot (activations rounded to bf16 too) 2.4e-2, for well-scaled inputs. w4a8 (4-bit
+weights, a scale per 32 k, int8 activations) has no documented bound here: about Q4_0's error
+(docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ._inferneo import PackedWeights
 
 __all__ = ["matmul", "pack", "attention", "roofline", "isa", "PackedWeights", "DTYPES"]
 
-DTYPES = ("f32", "f16", "bf16", "int8", "w8a8")
+DTYPES = ("f32", "f16", "bf16", "int8", "w8a8", "w4a8", "bf16dot")
 
 
 def _f32_2d(x: np.ndarray, name: str) -> np.ndarray:
@@ -58,10 +60,11 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_head: int, isa: Opt
     return _inferneo.kernels_attention(_f32_2d(q, "q"), _f32_2d(k, "k"), _f32_2d(v, "v"), n_head, isa)
 
 
-def roofline(quick: bool = True, rounds: Optional[int] = None, isa: Optional[str] = None) -> dict:
-    """This machine's roofline, as ``inferneo roofline --json`` prints it: read bandwidth, FMA
-    and integer-dot peaks, and every kernel at GPT-2 shapes against them."""
-    return json.loads(_inferneo.kernels_roofline_json(quick, rounds, isa))
+def roofline(quick: bool = True, rounds: Optional[int] = None, isa: Optional[str] = None, preset: str = "gpt2") -> dict:
+    """This machine's roofline, as ``inferneo roofline --json --preset PRESET`` prints it: read
+    bandwidth, FMA and integer-dot peaks, and every kernel at the preset's shapes (``"gpt2"``,
+    ``"gpt2-medium"``, ``"gpt2-large"``, ``"gpt2-xl"``, ...) against them."""
+    return json.loads(_inferneo.kernels_roofline_json(quick, rounds, isa, preset))
 
 
 def isa() -> str:

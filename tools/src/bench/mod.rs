@@ -39,7 +39,7 @@ pub struct BenchArgs {
     /// Local server only: a HuggingFace directory to serve (default: the embedded model).
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
-    /// Local server only: weight storage (f32, f16, bf16, int8, w8a8). Default: f32, or the
+    /// Local server only: weight storage (f32, f16, bf16, int8, w8a8, w4a8, bf16dot). Default: f32, or the
     /// model directory's own dtype if it was written by `inferneo convert`.
     #[arg(long)]
     dtype: Option<WeightDtype>,
@@ -213,10 +213,14 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
     let mut batch_rows = Vec::new();
     let mut server_rss = None;
     let mut soak_failure = None;
+    // The batch scenario runs the engine without HTTP: asked alone, no server is started, so
+    // the process holds one model at a time (a large model twice would not fit beside it).
+    let serve = a.url.is_some() || scenarios.iter().any(|s| *s != "batch");
     rt.block_on(async {
         // Our server in-process unless --url names one.
         let (url, stop) = match &a.url {
-            Some(u) => (u.clone(), None),
+            Some(u) => (Some(u.clone()), None),
+            None if !serve => (None, None),
             None => {
                 let spec = ModelSpec {
                     name: local_name.clone(),
@@ -239,19 +243,49 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
                 tokio::spawn(server.run(async {
                     let _ = rx.await;
                 }));
-                (format!("http://{addr}"), Some(tx))
+                (Some(format!("http://{addr}")), Some(tx))
             }
         };
-        let target = Target::parse(&url, &model_name, a.api_key.clone())?;
-        eprintln!(
-            "bench: {url}, model '{model_name}', {} prompt + {} generated tokens, seed {}",
-            a.prompt_tokens, a.max_tokens, a.seed
-        );
-        let driver = Driver { target, timeout, drain, seed: a.seed };
-        if !warmup.is_zero() {
-            driver.level("warmup", Load::Closed { clients: 1 }, warmup, &shape).await;
-        }
+        let driver = match &url {
+            Some(url) => {
+                let target = Target::parse(url, &model_name, a.api_key.clone())?;
+                eprintln!(
+                    "bench: {url}, model '{model_name}', {} prompt + {} generated tokens, seed {}",
+                    a.prompt_tokens, a.max_tokens, a.seed
+                );
+                let driver = Driver { target, timeout, drain, seed: a.seed };
+                if !warmup.is_zero() {
+                    driver.level("warmup", Load::Closed { clients: 1 }, warmup, &shape).await;
+                }
+                Some(driver)
+            }
+            None => {
+                eprintln!(
+                    "bench: the engine alone (no server), {} prompt + {} generated tokens",
+                    a.prompt_tokens, a.max_tokens
+                );
+                None
+            }
+        };
         for &scenario in &scenarios {
+            if scenario == "batch" {
+                server_rss = server_rss.or_else(|| if serve { report::peak_rss_mb(None) } else { None });
+                if a.url.is_some() {
+                    eprintln!("  batch: skipped (engine-level, needs the local model; not available with --url)");
+                    continue;
+                }
+                let w = throughput::Workload { prompt_tokens: a.prompt_tokens, max_tokens: a.max_tokens };
+                for &n in &batches {
+                    let model = inferneo_runtime::load(&source, &load).map_err(|e| e.to_string())?.model;
+                    let config =
+                        EngineConfig { limits: Limits { max_seqs: n.max(a.max_seqs), ..engine.limits }, ..engine };
+                    let f = tokio::task::block_in_place(|| throughput::measure(model, n, &w, config))?;
+                    eprintln!("  batch {n}: {:.1} tok/s, mean ITL {:.1} ms", f.tokens_per_s, f.mean_itl_ms);
+                    batch_rows.push(f);
+                }
+                continue;
+            }
+            let driver = driver.as_ref().expect("a server is there for every scenario but batch");
             let mut levels = Vec::new();
             match scenario {
                 "latency" => levels
@@ -301,22 +335,6 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
                         Err(e) => soak_failure = Some(e),
                     }
                 }
-                "batch" => {
-                    server_rss = server_rss.or_else(|| report::peak_rss_mb(None));
-                    if a.url.is_some() {
-                        eprintln!("  batch: skipped (engine-level, needs the local model; not available with --url)");
-                        continue;
-                    }
-                    let w = throughput::Workload { prompt_tokens: a.prompt_tokens, max_tokens: a.max_tokens };
-                    for &n in &batches {
-                        let model = inferneo_runtime::load(&source, &load).map_err(|e| e.to_string())?.model;
-                        let config =
-                            EngineConfig { limits: Limits { max_seqs: n.max(a.max_seqs), ..engine.limits }, ..engine };
-                        let f = tokio::task::block_in_place(|| throughput::measure(model, n, &w, config))?;
-                        eprintln!("  batch {n}: {:.1} tok/s, mean ITL {:.1} ms", f.tokens_per_s, f.mean_itl_ms);
-                        batch_rows.push(f);
-                    }
-                }
                 _ => unreachable!("checked above"),
             }
             if !levels.is_empty() {
@@ -345,8 +363,11 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
         (Some(_), None) => None,
         (Some(_), pid) => report::peak_rss_mb(pid),
         // In-process: this process's peak before the batch scenario's model copies.
-        (None, _) => server_rss.or_else(|| report::peak_rss_mb(None)),
+        (None, _) if serve => server_rss.or_else(|| report::peak_rss_mb(None)),
+        (None, _) => None,
     };
+    // Without a server: the process's peak is the engine's (one model, its KV pool, a batch).
+    let engine_rss = (!serve).then(|| report::peak_rss_mb(None)).flatten();
 
     for (scenario, levels) in &levels_by {
         println!("\n### {scenario}\n\n{}", report::table(levels));
@@ -368,7 +389,13 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
             );
         }
     }
-    println!("\nServer peak RSS: {}", rss.map_or("unknown (pass --server-pid)".into(), |m| format!("{m:.0} MB")));
+    match engine_rss {
+        Some(m) => println!("\nEngine peak RSS (no server): {m:.0} MB"),
+        None => println!(
+            "\nServer peak RSS: {}",
+            rss.map_or("unknown (pass --server-pid)".into(), |m| format!("{m:.0} MB"))
+        ),
+    }
 
     let doc = json!({
             "machine": report::machine(&kernels.isa().to_string()),
@@ -378,6 +405,7 @@ pub fn run(mut a: BenchArgs, isa: Option<Isa>) -> Result<(), String> {
                          "soak_s": a.soak, "production_rate": a.production_rate},
             "scenarios": results,
             "server_peak_rss_mb": rss,
+            "engine_peak_rss_mb": engine_rss,
             "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     });
     let mut result = match &a.json {
