@@ -70,9 +70,7 @@ fn panel_bits(p: &PackedKn) -> Vec<u32> {
             .chain(corr.iter().map(|&c| c as u32))
             .collect(),
         Panels::Bf16Pairs(v) => v.to_vec(),
-        Panels::W4 { q, scale, .. } => {
-            q.iter().map(|&x| x as u32).chain(scale.iter().map(|s| s.to_bits())).collect()
-        }
+        Panels::W4 { q, scale, .. } => q.iter().map(|&x| x as u32).chain(scale.iter().map(|s| s.to_bits())).collect(),
     }
 }
 
