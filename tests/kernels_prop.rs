@@ -355,10 +355,8 @@ proptest! {
                     Some(form) => {
                         let q = Quantized::quantize_kn_rows::<()>(form, k, n, step, |r| Ok(w[r.start * n..r.end * n].to_vec())).unwrap();
                         // Stored form, put back in column slices as a converted model loads.
-                        let Quantized::Q8 { q, scale } = q;
                         for c in slices(n) {
-                            let part = Quantized::Q8 { q: q[c.start * k..c.end * k].to_vec(), scale: scale[c.clone()].to_vec() };
-                            by_rows.put_quantized(c.start, &part);
+                            by_rows.put_quantized(c.start, &q.columns(k, c.clone()));
                         }
                     }
                 }

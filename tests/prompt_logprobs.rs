@@ -100,5 +100,14 @@ fn a_cached_prefix_is_recomputed_for_its_logprobs() {
     let plain = GenerateRequest { prompt, max_tokens: 1, ..GenerateRequest::default() };
     let h = engine.submit(plain).unwrap();
     while !matches!(h.events.recv().unwrap(), Event::Finished { .. }) {}
-    assert!(engine.stats().prefix_cache_hits > hits, "no prefix-cache hit for the third request");
+    // The engine publishes its counters after the step that sent `Finished`: wait (bounded) for
+    // that snapshot rather than read the one before it.
+    let hit = (0..200).any(|_| {
+        let hit = engine.stats().prefix_cache_hits > hits;
+        if !hit {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        hit
+    });
+    assert!(hit, "no prefix-cache hit for the third request");
 }

@@ -68,8 +68,7 @@ impl WeightDtype {
         match self {
             WeightDtype::F32 | WeightDtype::F16 | WeightDtype::Bf16 | WeightDtype::Bf16dot => None,
             WeightDtype::Int8 | WeightDtype::W8a8 => Some(QuantForm::Q8),
-            // Not stored by `inferneo convert` yet: packed from f32 at load (a slice at a time).
-            WeightDtype::W4a8 => None,
+            WeightDtype::W4a8 => Some(QuantForm::Q4),
         }
     }
 
@@ -275,10 +274,6 @@ impl PackedKn {
 /// bits of packing the whole matrix at once.
 pub struct PackBuilder {
     packed: PackedKn,
-    /// `w4a8` rows put so far (`[k, n]` f32): its groups run along k, so a `[k, n]` source is
-    /// quantized once every row is in. One matrix of the layers at a time (the large `wte` comes
-    /// as whole columns and is quantized as it arrives).
-    pending: Option<Vec<f32>>,
 }
 
 impl PackBuilder {
@@ -298,7 +293,7 @@ impl PackBuilder {
             WeightDtype::Bf16dot => Panels::Bf16Pairs(zeroed(n.div_ceil(nr) * nr * k.div_ceil(2))),
             WeightDtype::W8a8 | WeightDtype::W4a8 => unreachable!("checked above"),
         };
-        PackBuilder { packed: PackedKn { k, n, nr, panels }, pending: None }
+        PackBuilder { packed: PackedKn { k, n, nr, panels } }
     }
 
     /// Panels of an integer-dot kernel of format `f` (`[groups][nr][kq]`, k padded with zeros
@@ -309,12 +304,12 @@ impl PackBuilder {
         let padded = n.div_ceil(nr) * nr;
         let q = zeroed(padded * k.div_ceil(kq) * kq);
         let panels = Panels::IntDot { q, scale: vec![0.0; padded], corr: vec![0; padded], format: f, acts };
-        PackBuilder { packed: PackedKn { k, n, nr, panels }, pending: None }
+        PackBuilder { packed: PackedKn { k, n, nr, panels } }
     }
 
     /// Panels of `w4a8` weights in format `f`.
     pub fn w4(k: usize, n: usize, f: crate::W4Format) -> PackBuilder {
-        PackBuilder { packed: crate::pack_w4::empty_w4(k, n, f), pending: None }
+        PackBuilder { packed: crate::pack_w4::empty_w4(k, n, f) }
     }
 
     /// The dtype being packed.
@@ -325,14 +320,6 @@ impl PackBuilder {
     /// The whole matrix at once.
     pub fn put_matrix(&mut self, w: &[f32], layout: Layout) {
         let (k, n) = (self.packed.k, self.packed.n);
-        if self.dtype() == WeightDtype::W4a8 {
-            let f = match &self.packed.panels {
-                Panels::W4 { format, .. } => *format,
-                _ => unreachable!("w4a8 builders hold w4 panels"),
-            };
-            self.packed = PackedKn::pack_w4(&crate::W4Values::quantize(w, layout, k, n), f);
-            return;
-        }
         match (self.dtype().stored_form(), layout) {
             (Some(form), _) => self.put_quantized(0, &Quantized::quantize(form, w, layout, k, n)),
             (None, Layout::KN) => self.put_rows(0, w),
@@ -357,9 +344,6 @@ impl PackBuilder {
             Panels::F16(v) => place(v, k, nr, cols, krange, |kk, c| f16::from_f32(at(kk, c))),
             Panels::Bf16(v) => place(v, k, nr, cols, krange, |kk, c| bf16::from_f32(at(kk, c))),
             Panels::Bf16Pairs(v) => place_halves(v, k, nr, cols, krange, |kk, c| bf16_bits(at(kk, c))),
-            Panels::W4 { .. } => {
-                self.pending.get_or_insert_with(|| vec![0.0; k * n])[k0 * n..][..w.len()].copy_from_slice(w);
-            }
             _ => panic!("put_rows: {} weights are quantized per whole column", self.packed.dtype()),
         }
     }
@@ -384,10 +368,6 @@ impl PackBuilder {
             Panels::F16(v) => place(v, k, nr, range, 0..k, |kk, c| f16::from_f32(at(kk, c))),
             Panels::Bf16(v) => place(v, k, nr, range, 0..k, |kk, c| bf16::from_f32(at(kk, c))),
             Panels::Bf16Pairs(v) => place_halves(v, k, nr, range, 0..k, |kk, c| bf16_bits(at(kk, c))),
-            Panels::W4 { q, scale, format } => {
-                let values = crate::W4Values::quantize(w, Layout::NK, k, cols);
-                crate::pack_w4::place_w4_columns(q, scale, *format, k, c0, &values);
-            }
             _ => unreachable!("quantized dtypes returned above"),
         }
     }
@@ -399,7 +379,16 @@ impl PackBuilder {
         assert_eq!(dtype.stored_form(), Some(quantized.form()), "put_quantized: {dtype} weights from another form");
         let cols = quantized.cols();
         assert!(c0 + cols <= n, "put_quantized: columns {c0}..{} of {n}", c0 + cols);
-        let Quantized::Q8 { q: src, scale: src_scale } = quantized;
+        let (src, src_scale) = match quantized {
+            Quantized::Q8 { q, scale } => (q, scale),
+            Quantized::Q4(v) => {
+                assert_eq!(v.k(), k, "put_quantized: w4a8 values of k = {}, not {k}", v.k());
+                let Panels::W4 { q, scale, format } = &mut self.packed.panels else {
+                    unreachable!("w4a8 builders hold w4 panels")
+                };
+                return crate::pack_w4::place_w4_columns(q, scale, *format, k, c0, v);
+            }
+        };
         assert_eq!(src.len(), cols * k, "put_quantized: {} values are not {cols} columns of {k}", src.len());
         let range = c0..c0 + cols;
         match &mut self.packed.panels {
@@ -429,14 +418,11 @@ impl PackBuilder {
                     *corr = f.offset * src[i * k..][..k].iter().map(|&v| v as i32).sum::<i32>();
                 }
             }
-            _ => unreachable!("only the int8 dtypes have a stored form"),
+            _ => unreachable!("the int8 dtypes' panels hold the q8 form"),
         }
     }
 
-    pub fn finish(mut self) -> PackedKn {
-        if let Some(w) = self.pending.take() {
-            self.put_matrix(&w, Layout::KN);
-        }
+    pub fn finish(self) -> PackedKn {
         self.packed
     }
 }

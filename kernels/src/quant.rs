@@ -13,7 +13,7 @@
 //! quantizer in [`Quantized::quantize`] and [`Quantized::quantize_kn_rows`], and its placement
 //! in the panels of the dtype that uses it (`pack.rs`).
 
-use crate::Layout;
+use crate::{Layout, W4Values, W4_GROUP};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -24,6 +24,9 @@ use std::ops::Range;
 pub enum QuantForm {
     /// Symmetric int8, one f32 scale per output column (`max |w| / 127`).
     Q8,
+    /// `w4a8`'s 4-bit values in groups of [`W4_GROUP`] k, one f32 scale per group and column
+    /// ([`W4Values`]).
+    Q4,
 }
 
 impl QuantForm {
@@ -31,6 +34,7 @@ impl QuantForm {
     pub fn name(self) -> &'static str {
         match self {
             QuantForm::Q8 => "q8",
+            QuantForm::Q4 => "q4",
         }
     }
 }
@@ -41,12 +45,16 @@ pub enum Quantized {
     /// [`QuantForm::Q8`]: `q` is `[cols, k]` row-major (column `c`'s values at `q[c * k..][..k]`),
     /// `scale` one per column.
     Q8 { q: Vec<i8>, scale: Vec<f32> },
+    /// [`QuantForm::Q4`]: the columns as [`W4Values`] of `k` rows and `cols` columns (its own
+    /// layout: `[k, cols]` values, `[groups, cols]` scales).
+    Q4(W4Values),
 }
 
 impl Quantized {
     pub fn form(&self) -> QuantForm {
         match self {
             Quantized::Q8 { .. } => QuantForm::Q8,
+            Quantized::Q4(_) => QuantForm::Q4,
         }
     }
 
@@ -54,6 +62,7 @@ impl Quantized {
     pub fn cols(&self) -> usize {
         match self {
             Quantized::Q8 { scale, .. } => scale.len(),
+            Quantized::Q4(v) => v.n(),
         }
     }
 
@@ -81,13 +90,33 @@ impl Quantized {
                 }
                 Quantized::Q8 { q, scale }
             }
+            QuantForm::Q4 => Quantized::Q4(W4Values::quantize(w, layout, k, cols)),
+        }
+    }
+
+    /// Columns `cols` of these (`k` values each), as their own [`Quantized`].
+    pub fn columns(&self, k: usize, cols: Range<usize>) -> Quantized {
+        match self {
+            Quantized::Q8 { q, scale } => {
+                Quantized::Q8 { q: q[cols.start * k..cols.end * k].to_vec(), scale: scale[cols].to_vec() }
+            }
+            Quantized::Q4(v) => {
+                let n = v.n();
+                let pick = |a: &[f32], rows: usize| -> Vec<f32> {
+                    (0..rows).flat_map(|r| a[r * n..][cols.clone()].iter().copied()).collect()
+                };
+                let q: Vec<i8> = (0..k).flat_map(|r| v.q()[r * n..][cols.clone()].iter().copied()).collect();
+                let scale = pick(v.scale(), k.div_ceil(W4_GROUP));
+                Quantized::Q4(W4Values::new(k, cols.len(), q, scale).expect("columns of valid values"))
+            }
         }
     }
 
     /// [`Quantized::quantize`] of a `[k, n]` matrix read `step` rows at a time, so its f32
     /// values are never held whole: `rows(range)` returns those rows (`[range.len(), n]`). It
-    /// is called twice per slice, for the scales and then for the values, in order. Bitwise
-    /// equal to quantizing the whole matrix.
+    /// is called twice per slice for [`QuantForm::Q8`] (the column scales, then the values) and
+    /// once for [`QuantForm::Q4`] (whose slices are rounded up to whole groups of k), in order.
+    /// Bitwise equal to quantizing the whole matrix.
     pub fn quantize_kn_rows<E>(
         form: QuantForm,
         k: usize,
@@ -128,6 +157,19 @@ impl Quantized {
                 }
                 Ok(Quantized::Q8 { q, scale })
             }
+            QuantForm::Q4 => {
+                // Each slice is whole groups, and a group's values and scale depend on it alone.
+                let step = step.next_multiple_of(W4_GROUP);
+                let (mut q, mut scale) = (Vec::with_capacity(k * n), Vec::new());
+                for r in (0..k).step_by(step).map(|k0| k0..(k0 + step).min(k)) {
+                    let w = rows(r.clone())?;
+                    assert_eq!(w.len(), r.len() * n, "quantize_kn_rows: a slice is not {} x {n}", r.len());
+                    let v = W4Values::quantize(&w, Layout::KN, r.len(), n);
+                    q.extend_from_slice(v.q());
+                    scale.extend_from_slice(v.scale());
+                }
+                Ok(Quantized::Q4(W4Values::new(k, n, q, scale).expect("values of a quantizer")))
+            }
         }
     }
 
@@ -136,6 +178,10 @@ impl Quantized {
     pub fn dequantize(&self, k: usize, kk: usize, c: usize) -> f32 {
         match self {
             Quantized::Q8 { q, scale } => q[c * k + kk] as f32 * scale[c],
+            Quantized::Q4(v) => {
+                let n = v.n();
+                v.q()[kk * n + c] as f32 * v.scale()[kk / W4_GROUP * n + c]
+            }
         }
     }
 }
@@ -172,21 +218,39 @@ mod tests {
                     t[c * k + kk] = w[kk * n + c];
                 }
             }
-            let kn = Quantized::quantize(QuantForm::Q8, &w, Layout::KN, k, n);
-            assert_eq!(kn, Quantized::quantize(QuantForm::Q8, &t, Layout::NK, k, n));
-            for step in [1, 2, 7, 64] {
-                let mut calls = 0;
-                let sliced = Quantized::quantize_kn_rows::<()>(QuantForm::Q8, k, n, step, |r| {
-                    calls += 1;
-                    Ok(w[r.start * n..r.end * n].to_vec())
-                })
-                .unwrap();
-                assert_eq!(sliced, kn, "k {k} n {n} step {step}");
-                assert_eq!(calls, 2 * k.div_ceil(step));
+            for form in [QuantForm::Q8, QuantForm::Q4] {
+                let kn = Quantized::quantize(form, &w, Layout::KN, k, n);
+                assert_eq!(kn, Quantized::quantize(form, &t, Layout::NK, k, n));
+                for step in [1, 2, 7, 64] {
+                    let mut calls = 0;
+                    let sliced = Quantized::quantize_kn_rows::<()>(form, k, n, step, |r| {
+                        calls += 1;
+                        Ok(w[r.start * n..r.end * n].to_vec())
+                    })
+                    .unwrap();
+                    assert_eq!(sliced, kn, "{form:?} k {k} n {n} step {step}");
+                    let passes = if form == QuantForm::Q8 {
+                        2 * k.div_ceil(step)
+                    } else {
+                        k.div_ceil(step.next_multiple_of(32))
+                    };
+                    assert_eq!(calls, passes);
+                    // Column slices put back together are the whole.
+                    let mid = n / 2;
+                    let (a, b) = (kn.columns(k, 0..mid), kn.columns(k, mid..n));
+                    assert_eq!((a.cols(), b.cols()), (mid, n - mid));
+                    for c in 0..n {
+                        let part = if c < mid { (&a, c) } else { (&b, c - mid) };
+                        for kk in 0..k {
+                            assert_eq!(part.0.dequantize(k, kk, part.1).to_bits(), kn.dequantize(k, kk, c).to_bits());
+                        }
+                    }
+                }
             }
+            let kn = Quantized::quantize(QuantForm::Q8, &w, Layout::KN, k, n);
             // The largest magnitude of each column maps to +-127, and values round-trip
             // within half a step.
-            let Quantized::Q8 { q, scale } = &kn;
+            let Quantized::Q8 { q, scale } = &kn else { unreachable!("quantized as q8") };
             for c in 0..n {
                 let col = &q[c * k..][..k];
                 assert_eq!(col.iter().map(|v| v.unsigned_abs()).max(), Some(127), "column {c}");

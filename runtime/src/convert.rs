@@ -3,20 +3,23 @@
 //!
 //! The converted `model.safetensors` holds each matrix in its stored quantized form
 //! ([`inferneo_kernels::Quantized`]: ISA-independent; each ISA builds its panels from it at
-//! load) under `NAME.q8` (`I8`, `[n, k]`: each output column's `k` values contiguous) and
-//! `NAME.scale` (`F32`, `[n]`), and every other tensor (biases, layer norms, `wpe`) in f32 under
-//! its own name. Its `__metadata__` says what it is (`format` [`CONVERTED_FORMAT`], the dtype,
+//! load) under `NAME.q8` or `NAME.q4` and `NAME.scale`, one row per output column (the layouts:
+//! `weights.rs`), and every other tensor (biases, layer norms, `wpe`) in f32 under its own name. Its `__metadata__` says what it is (`format` [`CONVERTED_FORMAT`], the dtype,
 //! the layout version), so a reader never mistakes it for a checkpoint. The values are those the
 //! loader computes when it quantizes the f32 checkpoint itself, so a converted model's logits
 //! equal the checkpoint's loaded with the same dtype, bit for bit.
 //!
-//! A new quantized form (say group-wise 4-bit) adds its tensors to [`stored_tensors`] and
-//! [`write_values`], and its reader to `SafetensorsFile::get_quantized`.
+//! A new quantized form adds its shapes to `weights.rs` (`stored_values_shape`,
+//! `stored_scales_shape`), its bytes to `Conversion::write_values` and its reader to
+//! `SafetensorsFile::get_quantized`.
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::init::parameter_shapes;
-use crate::weights::{SafetensorsFile, WeightSource, CONVERTED_FORMAT, CONVERTED_VERSION, DTYPE_KEY, VERSION_KEY};
+use crate::weights::{
+    stored_scales_shape, stored_values_shape, SafetensorsFile, WeightSource, CONVERTED_FORMAT, CONVERTED_VERSION,
+    DTYPE_KEY, VERSION_KEY,
+};
 use inferneo_kernels::{Layout, QuantForm, Quantized, WeightDtype};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -81,12 +84,21 @@ fn matrix_dims(name: &str, shape: &[usize]) -> Option<(usize, usize)> {
 
 /// The tensors a matrix `name` of `[k, n]` is stored as in `form`, values first.
 fn stored_tensors(form: QuantForm, name: &str, k: usize, n: usize) -> Vec<Planned> {
-    match form {
-        QuantForm::Q8 => vec![
-            Planned { name: format!("{name}.{}", form.name()), dtype: "I8", shape: vec![n, k], bytes: n * k },
-            Planned { name: format!("{name}.scale"), dtype: "F32", shape: vec![n], bytes: n * 4 },
-        ],
-    }
+    let values = stored_values_shape(form, k, n).to_vec();
+    let scales = stored_scales_shape(form, k, n);
+    let dtype = match form {
+        QuantForm::Q8 => "I8",
+        QuantForm::Q4 => "U8",
+    };
+    vec![
+        Planned { name: format!("{name}.{}", form.name()), dtype, bytes: values.iter().product(), shape: values },
+        Planned {
+            name: format!("{name}.scale"),
+            dtype: "F32",
+            bytes: scales.iter().product::<usize>() * 4,
+            shape: scales,
+        },
+    ]
 }
 
 /// Fails unless `out` is free for a converted model: absent, or an empty directory.
@@ -179,9 +191,15 @@ impl Conversion {
             (VERSION_KEY, CONVERTED_VERSION.to_string()),
             (
                 "inferneo.layout",
-                "matrices as NAME.q8 (I8 [n, k], each output column's k values contiguous) and NAME.scale \
-                 (F32 [n]; weight = q * scale); other tensors F32 as in the checkpoint"
-                    .to_string(),
+                match self.form {
+                    QuantForm::Q8 => "matrices as NAME.q8 (I8 [n, k], each output column's k values contiguous) \
+                                      and NAME.scale (F32 [n]; weight = q * scale); other tensors F32 as in the checkpoint",
+                    QuantForm::Q4 => "matrices as NAME.q4 (U8 [n, ceil(k/2)]: per output column, values 2j and 2j+1 \
+                                      in the low and high nibble of byte j, stored q + 8) and NAME.scale (F32 \
+                                      [n, ceil(k/32)]: weight = q * scale of its group of 32 k); other tensors F32 \
+                                      as in the checkpoint",
+                }
+                .to_string(),
             ),
         ]);
         header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("strings serialise"));
@@ -239,6 +257,20 @@ impl Conversion {
                     w.write_all(bytemuck::cast_slice(q)).map_err(io)?;
                     *written += q.len();
                     scales.extend_from_slice(scale);
+                }
+                Quantized::Q4(v) => {
+                    // Column by column: nibble pairs along k, then the column's group scales.
+                    let (cols, groups) = (v.n(), k.div_ceil(inferneo_kernels::W4_GROUP));
+                    let mut bytes = vec![0u8; cols * k.div_ceil(2)];
+                    for (c, col) in bytes.chunks_exact_mut(k.div_ceil(2)).enumerate() {
+                        for kk in 0..k {
+                            let u = (v.q()[kk * cols + c] + 8) as u8;
+                            col[kk / 2] |= if kk % 2 == 1 { u << 4 } else { u };
+                        }
+                        scales.extend((0..groups).map(|g| v.scale()[g * cols + c]));
+                    }
+                    w.write_all(&bytes).map_err(io)?;
+                    *written += bytes.len();
                 }
             }
             Ok(())

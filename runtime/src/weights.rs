@@ -14,12 +14,15 @@
 //! ([`WeightSource::get_rows`]), so only a few MB of source are held at once.
 //!
 //! A file written by `inferneo convert` (`__metadata__` `format` = [`CONVERTED_FORMAT`]) holds
-//! its matrices quantized instead ([`WeightSource::quantized`]): `NAME.q8` (`I8`, `[n, k]`,
-//! each output column's values contiguous) and `NAME.scale` (`F32`, `[n]`) in place of the f32
-//! `NAME`; the vectors (biases, norms, `wpe`) stay f32 under their own names.
+//! its matrices quantized instead ([`WeightSource::quantized`]), each output column's values
+//! contiguous: int8 and w8a8 as `NAME.q8` (`I8`, `[n, k]`) and `NAME.scale` (`F32`, `[n]`);
+//! w4a8 as `NAME.q4` (`U8`, `[n, ceil(k / 2)]`: values `k = 2j` and `2j + 1` of a column in the
+//! low and high nibble of its byte `j`, each stored `+ 8`, so `0..=15`) and `NAME.scale` (`F32`,
+//! `[n, ceil(k / 32)]`, one per group of 32 k). The vectors (biases, norms, `wpe`) stay f32 under
+//! their own names.
 
 use crate::error::{Error, Result};
-use inferneo_kernels::{Layout, QuantForm, Quantized, WeightDtype};
+use inferneo_kernels::{Layout, QuantForm, Quantized, W4Values, WeightDtype, W4_GROUP};
 use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
@@ -115,7 +118,7 @@ fn dtype_size(dtype: &str) -> Option<u64> {
     match dtype {
         "F32" => Some(4),
         "F16" | "BF16" => Some(2),
-        "I8" => Some(1),
+        "I8" | "U8" => Some(1),
         _ => None,
     }
 }
@@ -311,21 +314,59 @@ impl WeightSource for SafetensorsFile {
         };
         assert!(cols.end <= n, "get_quantized: columns {cols:?} of {n}");
         let form = dtype.stored_form().expect("a converted file's dtype is quantized");
-        match form {
-            QuantForm::Q8 => {
-                let values = self.entry(&format!("{name}.{}", form.name()), &[n, k])?;
-                let scales = self.entry(&format!("{name}.scale"), &[n])?;
-                for (e, want) in [(values, "I8"), (scales, "F32")] {
-                    if e.dtype != want {
-                        return Err(bad(&self.path, format!("tensor '{}' is {}, not {want}", e.name, e.dtype)));
-                    }
-                }
-                let mut q = vec![0i8; cols.len() * k];
-                self.read(values, (cols.start * k) as u64, bytemuck::cast_slice_mut(&mut q))?;
-                let scale = self.read_f32(scales, cols)?;
-                Ok(Quantized::Q8 { q, scale })
+        let values = self.entry(&format!("{name}.{}", form.name()), &stored_values_shape(form, k, n))?;
+        let scales = self.entry(&format!("{name}.scale"), &stored_scales_shape(form, k, n))?;
+        let want = match form {
+            QuantForm::Q8 => "I8",
+            QuantForm::Q4 => "U8",
+        };
+        for (e, want) in [(values, want), (scales, "F32")] {
+            if e.dtype != want {
+                return Err(bad(&self.path, format!("tensor '{}' is {}, not {want}", e.name, e.dtype)));
             }
         }
+        let row = values.shape[1];
+        let mut bytes = vec![0u8; cols.len() * row];
+        self.read(values, (cols.start * row) as u64, &mut bytes)?;
+        let groups = scales.shape.get(1).copied().unwrap_or(1);
+        let scale = self.read_f32(scales, cols.start * groups..cols.end * groups)?;
+        match form {
+            QuantForm::Q8 => Ok(Quantized::Q8 { q: bytes.into_iter().map(|b| b as i8).collect(), scale }),
+            QuantForm::Q4 => {
+                // Stored column by column; `W4Values` holds `[k, cols]` values, `[groups, cols]` scales.
+                let c = cols.len();
+                let mut q = vec![0i8; k * c];
+                for (j, col) in bytes.chunks_exact(row).enumerate() {
+                    for kk in 0..k {
+                        let b = col[kk / 2];
+                        q[kk * c + j] = (if kk % 2 == 1 { b >> 4 } else { b & 0x0f }) as i8 - 8;
+                    }
+                }
+                let mut s = vec![0.0f32; groups * c];
+                for (j, col) in scale.chunks_exact(groups).enumerate() {
+                    col.iter().enumerate().for_each(|(g, &v)| s[g * c + j] = v);
+                }
+                W4Values::new(k, c, q, s)
+                    .map(Quantized::Q4)
+                    .map_err(|e| bad(&self.path, format!("tensor '{name}': {e}")))
+            }
+        }
+    }
+}
+
+/// The shape of a matrix's stored values in `form`: one row per output column.
+pub fn stored_values_shape(form: QuantForm, k: usize, n: usize) -> [usize; 2] {
+    match form {
+        QuantForm::Q8 => [n, k],
+        QuantForm::Q4 => [n, k.div_ceil(2)],
+    }
+}
+
+/// The shape of a matrix's stored scales in `form`.
+pub fn stored_scales_shape(form: QuantForm, k: usize, n: usize) -> Vec<usize> {
+    match form {
+        QuantForm::Q8 => vec![n],
+        QuantForm::Q4 => vec![n, k.div_ceil(W4_GROUP)],
     }
 }
 

@@ -54,7 +54,7 @@ enum Command {
     Detokenize(DetokenizeArgs),
     /// Write a HuggingFace-format GPT-2 directory with deterministic random weights.
     Init(InitArgs),
-    /// Write a model directory whose matrices are stored quantized (int8, w8a8): it loads with
+    /// Write a model directory whose matrices are stored quantized (int8, w8a8, w4a8): it loads with
     /// --model DIR, reading no f32 weights, and gives the logits of the source loaded with that dtype.
     Convert(ConvertArgs),
     /// Measure read bandwidth, FMA peak, and each kernel at a GPT-2 preset's shapes against that roofline.
@@ -238,8 +238,8 @@ struct ConvertArgs {
     /// HuggingFace GPT-2 directory with float weights (config.json, model.safetensors).
     #[arg(long, value_name = "SRC")]
     model: PathBuf,
-    /// Quantized dtype to store: int8 or w8a8 (the same stored weights; the dtype is the one the
-    /// directory serves by default).
+    /// Quantized dtype to store: int8, w8a8 (the same stored weights: a directory of either
+    /// serves both) or w4a8.
     #[arg(long)]
     dtype: WeightDtype,
     /// Output directory: new, or empty.
@@ -389,9 +389,12 @@ fn run(cli: Cli) -> CliResult {
 fn convert(a: ConvertArgs) -> CliResult {
     use inferneo_runtime::convert::{check_out, Conversion};
     if a.dtype.stored_form().is_none() {
+        let quantized: Vec<&str> =
+            WeightDtype::ALL.iter().filter(|d| d.stored_form().is_some()).map(|d| d.name()).collect();
         return Err(format!(
-            "--dtype {}: convert stores quantized weights only (int8 or w8a8); f32, f16 and bf16 are made from the checkpoint at load",
-            a.dtype
+            "--dtype {}: convert stores quantized weights only ({}); the float dtypes are made from the checkpoint at load",
+            a.dtype,
+            quantized.join(", ")
         ));
     }
     check_out(&a.out).map_err(|e| format!("--out: {e}"))?;

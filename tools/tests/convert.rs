@@ -22,7 +22,7 @@ fn converted_logits_equal_the_source_loaded_with_that_dtype() {
     let tmp = tempfile::tempdir().unwrap();
     let src = init(tmp.path(), "tiny", "src");
     let npy = tmp.path().join("l.npy");
-    for dtype in ["int8", "w8a8"] {
+    for dtype in ["int8", "w8a8", "w4a8"] {
         let out = tmp.path().join(format!("tiny-{dtype}"));
         let out_s = out.to_str().unwrap();
         ok(&["convert", "--model", &src, "--dtype", dtype, "--out", out_s]);
@@ -38,9 +38,10 @@ fn converted_logits_equal_the_source_loaded_with_that_dtype() {
         assert_eq!(meta["inferneo.dtype"], dtype);
         assert_eq!(meta["inferneo.version"], "1");
         let dtype_of = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, d)| d.as_str());
+        let (values, stored) = if dtype == "w4a8" { ("q4", "U8") } else { ("q8", "I8") };
         for m in ["wte.weight", "h.0.attn.c_attn.weight", "h.1.mlp.c_proj.weight"] {
             assert_eq!(dtype_of(m), None, "{m} kept as f32");
-            assert_eq!(dtype_of(&format!("{m}.q8")), Some("I8"), "{m}.q8");
+            assert_eq!(dtype_of(&format!("{m}.{values}")), Some(stored), "{m}.{values}");
             assert_eq!(dtype_of(&format!("{m}.scale")), Some("F32"), "{m}.scale");
         }
         assert_eq!(dtype_of("h.0.ln_1.weight"), Some("F32"));
@@ -50,9 +51,17 @@ fn converted_logits_equal_the_source_loaded_with_that_dtype() {
         let want = logits(&src, Some(dtype), &npy);
         assert_eq!(logits(out_s, None, &npy), want, "{dtype}: converted vs --dtype {dtype}");
         assert_eq!(logits(out_s, Some(dtype), &npy), want);
-        // int8 and w8a8 store the same weights, so either directory serves both.
-        let other = if dtype == "int8" { "w8a8" } else { "int8" };
-        assert_eq!(logits(out_s, Some(other), &npy), logits(&src, Some(other), &npy), "{dtype} dir as {other}");
+        // int8 and w8a8 store the same weights, so either directory serves both; w4a8 only itself.
+        match dtype {
+            "w4a8" => fails(
+                &["generate", "--model", out_s, "--dtype", "int8", "--tokens", "1,2", "--max-tokens", "1"],
+                "dtype int8 cannot be served from it: its weights were converted to w4a8",
+            ),
+            _ => {
+                let other = if dtype == "int8" { "w8a8" } else { "int8" };
+                assert_eq!(logits(out_s, Some(other), &npy), logits(&src, Some(other), &npy), "{dtype} dir as {other}");
+            }
+        }
         assert_ne!(logits(out_s, None, &npy), logits(&src, None, &npy), "quantized equal to f32?");
 
         // A float dtype cannot come back from quantized weights.
