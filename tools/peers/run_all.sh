@@ -16,8 +16,9 @@
 # Results: target/peers/results/*.json and table.md, charts: target/peers/charts/*.svg;
 # logs: target/peers/logs/.
 # Environment: PEERS_ONLY="ours hf ct2 llama" redoes a subset (its results replaced, the others
-# kept); PEERS_DTYPES="f32 int8 ..." sets our dtypes; PEERS_PYTHON picks the Python that makes
-# the venv (default python3).
+# kept); PEERS_DTYPES="f32 int8 ..." sets our dtypes; PEERS_QUANTS="f32 q8_0 ..." llama.cpp's
+# GGUF types (default f32 f16 q8_0 q4_0); PEERS_CT2="int8" CTranslate2's (default f32 int8);
+# PEERS_PYTHON picks the Python that makes the venv (default python3).
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -55,7 +56,8 @@ elif [ "$PRESET" = gpt2 ] || [ "$QUICK" = 1 ]; then
 else
   DTYPES="f32 f16 bf16 int8 w8a8 w4a8 bf16dot"
 fi
-QUANTS="f32 f16 q8_0 q4_0"
+QUANTS="${PEERS_QUANTS:-f32 f16 q8_0 q4_0}"
+CT2_TYPES="${PEERS_CT2:-f32 int8}"
 # A full run starts from a clean results directory; a subset (PEERS_ONLY) replaces only its own
 # results, so that it can redo the rows that a busy machine spoiled.
 if [ -z "${PEERS_ONLY:-}" ]; then
@@ -309,7 +311,7 @@ if wants ours; then for dt in $DTYPES; do OURS_UNITS+=("run_ours $dt"); done; fi
 if [ "$ALTERNATE" = 1 ]; then
   wants hf && PEER_UNITS+=("run_hf")
   if wants llama; then for q in $QUANTS; do PEER_UNITS+=("run_llama $q"); done; fi
-  if wants ct2; then PEER_UNITS+=("run_ct2 f32" "run_ct2 int8"); fi
+  if wants ct2; then for t in $CT2_TYPES; do PEER_UNITS+=("run_ct2 $t"); done; fi
   UNITS=()
   for ((i = 0; i < ${#OURS_UNITS[@]} || i < ${#PEER_UNITS[@]}; i++)); do
     [ $i -lt ${#OURS_UNITS[@]} ] && UNITS+=("${OURS_UNITS[$i]}")
@@ -317,7 +319,7 @@ if [ "$ALTERNATE" = 1 ]; then
   done
 else
   wants hf && PEER_UNITS+=("run_hf")
-  if wants ct2; then PEER_UNITS+=("run_ct2 f32" "run_ct2 int8"); fi
+  if wants ct2; then for t in $CT2_TYPES; do PEER_UNITS+=("run_ct2 $t"); done; fi
   wants llama && PEER_UNITS+=("run_llama $QUANTS")
   UNITS=("${OURS_UNITS[@]}" "${PEER_UNITS[@]}")
 fi
