@@ -172,9 +172,8 @@ fi
 if [ ! -s "$MODEL/model.safetensors" ]; then
   for dt in ${DTYPES:-f32}; do write_err "$RES/ours-$dt.json" "inferneo $dt" "no model directory: $NO_INF"; done
   for q in $QUANTS; do write_err "$RES/llama-$q.json" "llama.cpp llama-server $q" "no model directory: $NO_INF"; done
-  for s in hf:"HF transformers (torch eager)" ct2-f32:"CTranslate2 f32" ct2-int8:"CTranslate2 int8"; do
-    write_err "$RES/${s%%:*}.json" "${s#*:}" "no model directory: $NO_INF"
-  done
+  write_err "$RES/hf.json" "HF transformers (torch eager)" "no model directory: $NO_INF"
+  for t in $CT2_TYPES; do write_err "$RES/ct2-$t.json" "CTranslate2 $t" "no model directory: $NO_INF"; done
   "$PYSYS" "$HERE/compare.py" --results "$RES" --out "$RES/table.md" --preset "$PRESET"
   exit 1
 fi
