@@ -6,7 +6,9 @@ released during long calls.
 The CLI binary is `INFERNEO_BIN`, else `target/release/inferneo` of this checkout.
 """
 
+import _thread
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -153,12 +155,20 @@ def test_breaking_out_of_a_stream_frees_its_blocks(embedded):
     assert list(stream) == [] and time.time() - t0 < 1.0
 
 
-def test_an_interrupted_generation_frees_the_engines_blocks(embedded):
-    import _thread
+@pytest.fixture
+def ctrl_c():
+    """Presses Ctrl-C after a delay: `ctrl_c(seconds)`. Python's own SIGINT handler is installed
+    for the test, since a process started with SIGINT ignored (a background job of a
+    non-interactive shell, as under nohup or some CI runners) has none, and interrupt_main() then
+    does nothing."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield lambda delay: threading.Timer(delay, _thread.interrupt_main).start()
+    signal.signal(signal.SIGINT, old)
 
+
+def test_an_interrupted_generation_frees_the_engines_blocks(embedded, ctrl_c):
     engine = inferneo.Engine(embedded, max_seqs=2, kv_cache_mb=100)
-    timer = threading.Timer(0.5, _thread.interrupt_main)
-    timer.start()
+    ctrl_c(0.5)
     t0 = time.time()
     with pytest.raises(KeyboardInterrupt):
         engine.generate_many(["Once upon a time"], max_tokens=900)
@@ -169,10 +179,8 @@ def test_an_interrupted_generation_frees_the_engines_blocks(embedded):
         time.sleep(0.02)
 
 
-def test_ctrl_c_interrupts_a_generation_within_a_token(embedded):
-    import _thread
-
-    threading.Timer(0.3, _thread.interrupt_main).start()
+def test_ctrl_c_interrupts_a_generation_within_a_token(embedded, ctrl_c):
+    ctrl_c(0.3)
     t0 = time.time()
     with pytest.raises(KeyboardInterrupt):
         embedded.generate("Once", max_tokens=900)
