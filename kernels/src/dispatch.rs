@@ -142,8 +142,6 @@ impl Kernels {
         if let Panels::Bf16Pairs(_) = w.panels() {
             return self.product_bf16dot(x, norm, w, bias, out, dims, epilogue);
         }
-        let f = self.table.matmul_kn;
-        let w = w.panels();
         // Several rows: interleave them in blocks of MR (BLIS's packed A) once, shared by all
         // threads; the tile then reads one contiguous run of MR values per k.
         let mr = if m > 1 { balanced_tile(m, self.table.kn_mr) } else { 1 };
@@ -152,10 +150,30 @@ impl Kernels {
             Some(p) => (&p[..], if m > 1 { mr } else { 0 }),
             None => (x, 0),
         };
+        let rows = KnRows { x, row_len: k, x_mr };
+        self.kn_over_chunks(self.table.matmul_kn, rows, w.panels(), bias, out, dims, epilogue);
+    }
+
+    /// A float-layout tile kernel (`f32`, `f16`, `bf16` or `bf16dot`) over column chunks of
+    /// `out`, every thread reading the same prepared rows.
+    #[allow(clippy::too_many_arguments)]
+    fn kn_over_chunks(
+        &self,
+        f: unsafe fn(&MatmulKn, &mut [&mut [f32]]),
+        rows: KnRows,
+        w: &Panels,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        dims: Dims,
+        epilogue: Epilogue,
+    ) {
+        let Dims { m, k, n } = dims;
+        let KnRows { x, row_len, x_mr } = rows;
         let cuts = Cuts::for_product(m, self.table.kn_nr, self.table.kn_decode_cols, x_mr);
         for_chunks(&mut out[..m * n], dims, cuts, |c| {
-            // A chunk's rows start on a block of `x_mr` rows: block `row0 / x_mr` is at `row0 * k`.
-            let x = &x[c.row0 * k..];
+            // A chunk's rows start on a block of `x_mr` rows: block `row0 / x_mr` is at
+            // `row0 * row_len`.
+            let x = &x[c.row0 * row_len..];
             let a =
                 MatmulKn { x, x_mr, k, w, n, bias, col0: c.col0, gelu: epilogue.gelu, accumulate: epilogue.accumulate };
             // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
@@ -351,7 +369,7 @@ impl Kernels {
         dims: Dims,
         epilogue: Epilogue,
     ) {
-        let Dims { m, k, n } = dims;
+        let Dims { m, k, .. } = dims;
         let t = self.table.bf16dot;
         let mr = if m > 1 { balanced_tile(m, self.table.kn_mr) } else { 1 };
         let rows = self.pack_rows(&x[..m * k], k, mr, norm);
@@ -367,24 +385,17 @@ impl Kernels {
             }
         }
         drop(rows);
-        let x_mr = if m > 1 { mr } else { 0 };
-        let cuts = Cuts::for_product(m, self.table.kn_nr, self.table.kn_decode_cols, x_mr);
-        for_chunks(&mut out[..m * n], dims, cuts, |c| {
-            let a = MatmulKn {
-                x: &acts[c.row0 * per_row..],
-                x_mr,
-                k,
-                w: w.panels(),
-                n,
-                bias,
-                col0: c.col0,
-                gelu: epilogue.gelu,
-                accumulate: epilogue.accumulate,
-            };
-            // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
-            unsafe { (t.matmul)(&a, &mut c.rows) }
-        });
+        let rows = KnRows { x: &acts, row_len: per_row, x_mr: if m > 1 { mr } else { 0 } };
+        self.kn_over_chunks(t.matmul, rows, w.panels(), bias, out, dims, epilogue);
     }
+}
+
+/// The rows a float-layout tile kernel reads: `row_len` values a row, in blocks of `x_mr` rows
+/// interleaved (`x_mr > 0`), or one row after another (`x_mr == 0`).
+struct KnRows<'a> {
+    x: &'a [f32],
+    row_len: usize,
+    x_mr: usize,
 }
 
 /// One block of `mr` packed rows (`src`: `[k][mr]`) rounded to bf16 ([`bf16_bits`]) into `dst`:
@@ -432,22 +443,7 @@ impl Kernels {
         let groups = k.div_ceil(w.format.kq);
         // 24-bit activations are always in blocks (one row: a block of one).
         let mr = if m > 1 { balanced_tile(m, max_mr) } else { usize::from(run > 1) };
-        let len = m.div_ceil(mr.max(1)) * mr.max(1) * groups * run;
-        let mut words = Spare::take(&SPARE_WORDS, len);
-        let mut x_scale = vec![0.0f32; m];
-        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
-        let quantize =
-            |x: &[f32], words: &mut [i32], scales: &mut [f32]| unsafe { quantize_fn(x, k, mr, words, scales) };
-        if mr > 0 && pack_in_parallel(m * k) {
-            // Each block of `mr` rows is quantized and interleaved on its own (as the rows are
-            // packed for the float kernels).
-            let mut blocks: Vec<_> = words.chunks_mut(mr * groups * run).zip(x_scale.chunks_mut(mr)).collect();
-            team::for_each_mut(&mut blocks, |b, (words, scales)| {
-                quantize(&x[b * mr * k..][..scales.len() * k], words, scales)
-            });
-        } else {
-            quantize(x, &mut words, &mut x_scale);
-        }
+        let (words, x_scale) = quantize_rows(quantize_fn, &x[..m * k], dims, mr, groups * run);
         // Rows are split only in whole blocks of `mr` (one row never is: see `grid::chunk_shape`).
         for_chunks(&mut out[..m * n], dims, Cuts::for_product(m, w.format.nr, decode_cols, mr), |c| {
             let a = MatmulQ {
@@ -487,20 +483,7 @@ impl Kernels {
         let t = self.table.w4a8;
         let groups = k.div_ceil(crate::W4_GROUP);
         let mr = if m > 1 { balanced_tile(m, t.mr) } else { 0 };
-        let len = m.div_ceil(mr.max(1)) * mr.max(1) * groups * W4_RUN;
-        let mut words = Spare::take(&SPARE_WORDS, len);
-        let mut x_scale = vec![0.0f32; m];
-        // SAFETY: this table was built by `for_isa` only after the CPU was shown to support it.
-        let quantize =
-            |x: &[f32], words: &mut [i32], scales: &mut [f32]| unsafe { (t.quantize)(x, k, mr, words, scales) };
-        if mr > 0 && pack_in_parallel(m * k) {
-            let mut blocks: Vec<_> = words.chunks_mut(mr * groups * W4_RUN).zip(x_scale.chunks_mut(mr)).collect();
-            team::for_each_mut(&mut blocks, |b, (words, scales)| {
-                quantize(&x[b * mr * k..][..scales.len() * k], words, scales)
-            });
-        } else {
-            quantize(x, &mut words, &mut x_scale);
-        }
+        let (words, x_scale) = quantize_rows(t.quantize, &x[..m * k], dims, mr, groups * W4_RUN);
         for_chunks(&mut out[..m * n], dims, Cuts::for_product(m, t.format.nr, t.decode_cols, mr), |c| {
             let a = MatmulW4 {
                 x: &words[c.row0 * groups * W4_RUN..],
@@ -519,4 +502,33 @@ impl Kernels {
             unsafe { (t.matmul)(&a, &mut c.rows) }
         });
     }
+}
+
+/// The `m` rows of `x` (`[m, k]`) quantized by one of this ISA's row quantizers (`w8a8`, `int8`'s 24-bit
+/// form or `w4a8`): their words, `row_words` a row, interleaved in blocks of `mr` rows (`mr > 0`)
+/// or one row after another, and one scale a row. Rows are quantized once, shared by all threads;
+/// each block of `mr` rows on its own when the rows are many (as they are packed for the float
+/// kernels).
+fn quantize_rows(
+    quantize: unsafe fn(&[f32], usize, usize, &mut [i32], &mut [f32]),
+    x: &[f32],
+    Dims { m, k, .. }: Dims,
+    mr: usize,
+    row_words: usize,
+) -> (Spare<i32>, Vec<f32>) {
+    let len = m.div_ceil(mr.max(1)) * mr.max(1) * row_words;
+    let mut words = Spare::take(&SPARE_WORDS, len);
+    let mut x_scale = vec![0.0f32; m];
+    // SAFETY: the quantizer comes from a table built by `for_isa` only after the CPU was shown to
+    // support it.
+    let quantize = |x: &[f32], words: &mut [i32], scales: &mut [f32]| unsafe { quantize(x, k, mr, words, scales) };
+    if mr > 0 && pack_in_parallel(m * k) {
+        let mut blocks: Vec<_> = words.chunks_mut(mr * row_words).zip(x_scale.chunks_mut(mr)).collect();
+        team::for_each_mut(&mut blocks, |b, (words, scales)| {
+            quantize(&x[b * mr * k..][..scales.len() * k], words, scales)
+        });
+    } else {
+        quantize(x, &mut words, &mut x_scale);
+    }
+    (words, x_scale)
 }

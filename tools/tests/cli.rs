@@ -2,32 +2,18 @@
 
 use inferneo_kernels::{Isa, Kernels, Layout, Panels, WeightDtype};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn inferneo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_inferneo")).args(args).output().expect("run inferneo")
-}
+mod common;
+use common::fails;
 
+/// Runs `inferneo args`, which must succeed; its stdout.
 fn ok(args: &[&str]) -> String {
-    let out = inferneo(args);
-    assert!(out.status.success(), "inferneo {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Fails with a non-zero exit and a single-line message on stderr containing `needle`.
-fn fails(args: &[&str], needle: &str) {
-    let out = inferneo(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "inferneo {args:?} should fail");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("note:")).collect();
-    assert_eq!(lines.len(), 1, "inferneo {args:?}: expected a one-line error, got: {err}");
-    assert!(lines[0].contains(needle), "inferneo {args:?}: '{}' does not mention '{needle}'", lines[0]);
+    common::ok(args).0
 }
 
 fn tiny(dir: &Path) -> String {
-    let d = dir.join("tiny");
-    ok(&["init", "--preset", "tiny", "--seed", "3", "--out", d.to_str().unwrap()]);
-    d.to_str().unwrap().to_string()
+    common::init(dir, "tiny", "tiny")
 }
 
 /// Parses a little-endian f32 `.npy` written by `inferneo logits`.

@@ -77,32 +77,89 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize,
     scale: Scales,
     out: &mut [&mut [f32]],
 ) {
-    let m = out.len();
     let nr = C * S::LANES;
+    let walk =
+        Walk { nr, decode_cols: [Q1 / C * nr, Q2 / C * nr], x_mr: a.x_mr, budget_rows: MC_BYTES / (4 * a.k.max(1)) };
+    walk_tiles::<_, MR>(&KnTiles::<S, E, C, Q1, Q2> { s, a, w, scale }, walk, out)
+}
+
+/// The float tiles of one product: [`kn_tile`] at every height, over one panel or (decode) over
+/// `Q1 / C` or `Q2 / C` panels.
+struct KnTiles<'a, S, E, const C: usize, const Q1: usize, const Q2: usize> {
+    s: S,
+    a: &'a MatmulKn<'a>,
+    w: &'a [E],
+    scale: Scales<'a>,
+}
+
+impl<S: Simd, E: Elem, const C: usize, const Q1: usize, const Q2: usize> Tiles for KnTiles<'_, S, E, C, Q1, Q2> {
+    #[inline(always)]
+    fn tile(&self, out: &mut [&mut [f32]], rows: usize, at: At) {
+        let KnTiles { s, a, w, scale } = *self;
+        with_tile_rows!(rows, R => kn_tile::<S, E, C, R, C>(s, a, w, scale, out, at))
+    }
+
+    #[inline(always)]
+    fn decode(&self, out: &mut [&mut [f32]], rows: usize, at: At) {
+        let KnTiles { s, a, w, scale } = *self;
+        if rows == 1 {
+            kn_tile::<S, E, C, 1, Q1>(s, a, w, scale, out, at)
+        } else {
+            kn_tile::<S, E, C, 2, Q2>(s, a, w, scale, out, at)
+        }
+    }
+}
+
+/// A product's register tiles, as [`walk_tiles`] drives them. Each kernel body (float, integer
+/// dot, bf16 pairs, 4-bit) implements it with its tiles at constant heights, so the tiles are
+/// monomorphised inside the ISA's `#[target_feature]` function (as a closure would not be).
+pub(super) trait Tiles {
+    /// The tile of `rows` rows (at most the kernel's `MR`) from row `at.r0` over the one panel
+    /// at column `at.j`.
+    fn tile(&self, out: &mut [&mut [f32]], rows: usize, at: At);
+    /// The decode tile of `rows` rows (1, or 2 where [`Walk::decode_cols`] has a two-row tile)
+    /// over the several panels from column `at.j`.
+    fn decode(&self, out: &mut [&mut [f32]], rows: usize, at: At);
+}
+
+/// How [`walk_tiles`] cuts a product's output.
+#[derive(Clone, Copy)]
+pub(super) struct Walk {
+    /// Panel width in columns (`NR`).
+    pub nr: usize,
+    /// Columns one decode tile covers, for a block of one row and of two rows; 0 where the
+    /// kernel has no such tile (the block then goes through the panel tiles).
+    pub decode_cols: [usize; 2],
+    /// The activations' block height (0: rows one after another).
+    pub x_mr: usize,
+    /// Rows whose activations fit the L2 budget of one MC block.
+    pub budget_rows: usize,
+}
+
+/// The loops every product body shares (BLIS names): LOOP 3 cuts M into `MC`-row blocks whose
+/// activations stay in L2; LOOP 2 walks the packed panels (each read once per block, streaming
+/// from memory or L3); LOOP 1 runs the `MR x NR` register tile down the block while its panel is
+/// hot in L1/L2. A block of one or two rows first goes through the decode tiles where the
+/// kernel has them, and the panels they leave over through the panel tiles.
+#[inline(always)]
+pub(super) fn walk_tiles<T: Tiles, const MR: usize>(t: &T, walk: Walk, out: &mut [&mut [f32]]) {
+    let m = out.len();
     let width = out.first().map_or(0, |r| r.len());
-    let (mr, mc) = row_blocking::<MR>(a.x_mr, MC_BYTES / (4 * a.k.max(1)), m);
+    let (mr, mc) = row_blocking::<MR>(walk.x_mr, walk.budget_rows, m);
     for mc0 in (0..m).step_by(mc) {
         let mc_end = (mc0 + mc).min(m);
+        let block = mc_end - mc0;
         let mut j = 0;
         // Decode shapes (one or two rows) have too few accumulators to hide the FMA latency in
         // one panel; walk several panels at once instead (the order over k is unchanged).
-        match mc_end - mc0 {
-            1 => {
-                while j + Q1 / C * nr <= width {
-                    kn_tile::<S, E, C, 1, Q1>(s, a, w, scale, out, At { r0: mc0, j, ahead: LookAhead::Stream });
-                    j += Q1 / C * nr;
-                }
+        if let Some(&cols) = walk.decode_cols.get(block - 1).filter(|&&cols| cols > 0) {
+            while j + cols <= width {
+                t.decode(out, block, At { r0: mc0, j, ahead: LookAhead::Stream });
+                j += cols;
             }
-            2 => {
-                while j + Q2 / C * nr <= width {
-                    kn_tile::<S, E, C, 2, Q2>(s, a, w, scale, out, At { r0: mc0, j, ahead: LookAhead::Stream });
-                    j += Q2 / C * nr;
-                }
-            }
-            _ => {}
         }
-        let tiles = (mc_end - mc0).div_ceil(mr);
-        for j in (j..width).step_by(nr) {
+        let tiles = block.div_ceil(mr);
+        for j in (j..width).step_by(walk.nr) {
             let mut r0 = mc0;
             while r0 < mc_end {
                 let rows = (mc_end - r0).min(mr);
@@ -110,9 +167,8 @@ fn kn_blocks<S: Simd, E: Elem, const C: usize, const MR: usize, const Q1: usize,
                 // several share the fetch of the next panel, so memory is read evenly over the
                 // panel's whole compute instead of in a burst during its first tile. After a
                 // chunk's last panel, the next in memory is the next chunk's first, which this
-                // thread usually runs next (rayon splits the chunk range in order).
-                let at = At { r0, j, ahead: LookAhead::for_tile(r0 - mc0, mr, tiles) };
-                with_tile_rows!(rows, R => kn_tile::<S, E, C, R, C>(s, a, w, scale, out, at));
+                // thread usually runs next (the team splits the chunk range in order).
+                t.tile(out, rows, At { r0, j, ahead: LookAhead::for_tile(r0 - mc0, mr, tiles) });
                 r0 += rows;
             }
         }

@@ -13,7 +13,7 @@
 //! the epilogue (bias, GELU, residual) of `matmul.rs`, whatever M, the tile or the thread.
 //! Blocking (MC blocks, panels, register tiles, the one-row decode tile) is `matmul.rs`'s.
 
-use super::matmul::{row_blocking, store_panel, At, LookAhead};
+use super::matmul::{store_panel, walk_tiles, At, LookAhead, Tiles, Walk};
 use super::with_tile_rows;
 use crate::simd::{Bf16Dot, Simd};
 use crate::MatmulKn;
@@ -182,32 +182,32 @@ pub fn matmul_bf16dot<P: PairReduce, const C: usize, const MR: usize, const Q1: 
     out: &mut [&mut [f32]],
 ) {
     let crate::Panels::Bf16Pairs(w) = a.w else { unreachable!("matmul_bf16dot: weights are not bf16 pairs") };
-    let m = out.len();
     let nr = C * P::S::LANES;
-    let width = out.first().map_or(0, |r| r.len());
-    let per_row = act_len(P::WORDS, a.k);
-    let (mr, mc) = row_blocking::<MR>(a.x_mr, MC_BYTES / (4 * per_row.max(1)), m);
-    for mc0 in (0..m).step_by(mc) {
-        let mc_end = (mc0 + mc).min(m);
-        let mut j = 0;
-        if mc_end - mc0 == 1 {
-            // One row has too few accumulators to hide the FMA latency in one panel: walk
-            // several panels at once (the order over k is unchanged).
-            while j + Q1 / C * nr <= width {
-                pair_tile::<P, C, 1, Q1>(p, a, w, out, At { r0: mc0, j, ahead: LookAhead::Stream });
-                j += Q1 / C * nr;
-            }
-        }
-        let tiles = (mc_end - mc0).div_ceil(mr);
-        for j in (j..width).step_by(nr) {
-            let mut r0 = mc0;
-            while r0 < mc_end {
-                let rows = (mc_end - r0).min(mr);
-                let at = At { r0, j, ahead: LookAhead::for_tile(r0 - mc0, mr, tiles) };
-                with_tile_rows!(rows, R => pair_tile::<P, C, R, C>(p, a, w, out, at));
-                r0 += rows;
-            }
-        }
+    let budget_rows = MC_BYTES / (4 * act_len(P::WORDS, a.k).max(1));
+    let walk = Walk { nr, decode_cols: [Q1 / C * nr, 0], x_mr: a.x_mr, budget_rows };
+    walk_tiles::<_, MR>(&PairTiles::<P, C, Q1> { p, a, w }, walk, out)
+}
+
+/// The pair tiles of one product, as [`walk_tiles`] drives them.
+struct PairTiles<'a, P, const C: usize, const Q1: usize> {
+    p: P,
+    a: &'a MatmulKn<'a>,
+    w: &'a [u32],
+}
+
+impl<P: PairReduce, const C: usize, const Q1: usize> Tiles for PairTiles<'_, P, C, Q1> {
+    #[inline(always)]
+    fn tile(&self, out: &mut [&mut [f32]], rows: usize, at: At) {
+        let PairTiles { p, a, w } = *self;
+        with_tile_rows!(rows, R => pair_tile::<P, C, R, C>(p, a, w, out, at))
+    }
+
+    #[inline(always)]
+    fn decode(&self, out: &mut [&mut [f32]], _rows: usize, at: At) {
+        // One row has too few accumulators to hide the FMA latency in one panel: walk several
+        // panels at once (the order over k is unchanged).
+        let PairTiles { p, a, w } = *self;
+        pair_tile::<P, C, 1, Q1>(p, a, w, out, at)
     }
 }
 

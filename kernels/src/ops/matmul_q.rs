@@ -6,10 +6,11 @@
 //! bias, GELU, residual) runs in that order for every element. Batch invariance and
 //! cross-ISA equality of the integer sums follow.
 
-use super::matmul::{finish_panel, row_blocking, At, Finish, LookAhead, MAX_VECS};
+use super::matmul::{finish_panel, walk_tiles, At, Finish, LookAhead, Tiles, Walk, MAX_VECS};
 use super::with_tile_rows;
 use crate::simd::{IntDot, IntDot24, Simd};
 use crate::MatmulQ;
+use std::marker::PhantomData;
 
 /// Bytes of packed activation words kept resident in L2 while the panels pass by.
 const MC_BYTES: usize = 256 << 10;
@@ -153,29 +154,29 @@ pub fn matmul_q<D: IntDot, K: Acts<D>, const C: usize, const MR: usize, const Q1
     a: &MatmulQ,
     out: &mut [&mut [f32]],
 ) {
-    let m = out.len();
     let nr = C * D::S::LANES;
-    let width = out.first().map_or(0, |r| r.len());
-    let budget = MC_BYTES / (4 * K::RUN * a.groups.max(1));
-    let (mr, mc) = row_blocking::<MR>(a.x_mr, budget, m);
-    for mc0 in (0..m).step_by(mc) {
-        let mc_end = (mc0 + mc).min(m);
-        let mut j = 0;
-        if mc_end - mc0 == 1 {
-            while j + Q1 / C * nr <= width {
-                K::decode_tile::<C, Q1>(d, a, out, At { r0: mc0, j, ahead: LookAhead::Stream });
-                j += Q1 / C * nr;
-            }
-        }
-        let tiles = (mc_end - mc0).div_ceil(mr);
-        for j in (j..width).step_by(nr) {
-            let mut r0 = mc0;
-            while r0 < mc_end {
-                let rows = (mc_end - r0).min(mr);
-                K::tile::<C>(d, a, out, rows, At { r0, j, ahead: LookAhead::for_tile(r0 - mc0, mr, tiles) });
-                r0 += rows;
-            }
-        }
+    let budget_rows = MC_BYTES / (4 * K::RUN * a.groups.max(1));
+    let walk = Walk { nr, decode_cols: [Q1 / C * nr, 0], x_mr: a.x_mr, budget_rows };
+    let tiles = QTiles::<D, K, C, Q1> { d, a, acts: PhantomData };
+    walk_tiles::<_, MR>(&tiles, walk, out)
+}
+
+/// The integer tiles of one product, as [`walk_tiles`] drives them.
+struct QTiles<'a, D, K, const C: usize, const Q1: usize> {
+    d: D,
+    a: &'a MatmulQ<'a>,
+    acts: PhantomData<K>,
+}
+
+impl<D: IntDot, K: Acts<D>, const C: usize, const Q1: usize> Tiles for QTiles<'_, D, K, C, Q1> {
+    #[inline(always)]
+    fn tile(&self, out: &mut [&mut [f32]], rows: usize, at: At) {
+        K::tile::<C>(self.d, self.a, out, rows, at)
+    }
+
+    #[inline(always)]
+    fn decode(&self, out: &mut [&mut [f32]], _rows: usize, at: At) {
+        K::decode_tile::<C, Q1>(self.d, self.a, out, at)
     }
 }
 

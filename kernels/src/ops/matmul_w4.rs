@@ -8,7 +8,7 @@
 //! oracle `reference::matmul_w4a8` does the same operations in the same order, so every ISA
 //! matches it bit for bit, and no result depends on M, the tile or the thread split.
 
-use super::matmul::{finish_panel, row_blocking, At, Finish, LookAhead, MAX_VECS};
+use super::matmul::{finish_panel, walk_tiles, At, Finish, LookAhead, Tiles, Walk, MAX_VECS};
 use super::matmul_q::quantize_row;
 use crate::pack_w4::{group_bytes, W4_GROUP, W4_KQ, W4_OFFSET};
 use crate::simd::{Simd, W4Dot};
@@ -85,37 +85,35 @@ pub fn matmul_w4<D: W4Dot, const C: usize, const MR: usize, const Q1: usize>(
     out: &mut [&mut [f32]],
 ) {
     const { assert!(MR <= 6, "row_tile instantiates tiles of up to 6 rows") };
-    let m = out.len();
     let nr = C * D::S::LANES;
-    let width = out.first().map_or(0, |r| r.len());
-    let budget = MC_BYTES / (4 * W4_RUN * a.groups.max(1));
-    let (mr, mc) = row_blocking::<MR>(a.x_mr, budget, m);
-    for mc0 in (0..m).step_by(mc) {
-        let mc_end = (mc0 + mc).min(m);
-        let mut j = 0;
-        if mc_end - mc0 == 1 {
-            while j + Q1 / C * nr <= width {
-                w4_tile::<D, C, 1, Q1, false>(d, a, out, At { r0: mc0, j, ahead: LookAhead::Stream });
-                j += Q1 / C * nr;
-            }
+    let budget_rows = MC_BYTES / (4 * W4_RUN * a.groups.max(1));
+    let walk = Walk { nr, decode_cols: [Q1 / C * nr, 0], x_mr: a.x_mr, budget_rows };
+    walk_tiles::<_, MR>(&W4Tiles::<D, C, Q1> { d, a }, walk, out)
+}
+
+/// The 4-bit tiles of one product, as [`walk_tiles`] drives them.
+struct W4Tiles<'a, D, const C: usize, const Q1: usize> {
+    d: D,
+    a: &'a MatmulW4<'a>,
+}
+
+impl<D: W4Dot, const C: usize, const Q1: usize> Tiles for W4Tiles<'_, D, C, Q1> {
+    #[inline(always)]
+    fn tile(&self, out: &mut [&mut [f32]], rows: usize, at: At) {
+        let (d, a) = (self.d, self.a);
+        match rows {
+            6 => row_tile::<D, C, 6>(d, a, out, at),
+            5 => row_tile::<D, C, 5>(d, a, out, at),
+            4 => row_tile::<D, C, 4>(d, a, out, at),
+            3 => row_tile::<D, C, 3>(d, a, out, at),
+            2 => row_tile::<D, C, 2>(d, a, out, at),
+            _ => row_tile::<D, C, 1>(d, a, out, at),
         }
-        let tiles = (mc_end - mc0).div_ceil(mr);
-        for j in (j..width).step_by(nr) {
-            let mut r0 = mc0;
-            while r0 < mc_end {
-                let rows = (mc_end - r0).min(mr);
-                let at = At { r0, j, ahead: LookAhead::for_tile(r0 - mc0, mr, tiles) };
-                match rows {
-                    6 => row_tile::<D, C, 6>(d, a, out, at),
-                    5 => row_tile::<D, C, 5>(d, a, out, at),
-                    4 => row_tile::<D, C, 4>(d, a, out, at),
-                    3 => row_tile::<D, C, 3>(d, a, out, at),
-                    2 => row_tile::<D, C, 2>(d, a, out, at),
-                    _ => row_tile::<D, C, 1>(d, a, out, at),
-                }
-                r0 += rows;
-            }
-        }
+    }
+
+    #[inline(always)]
+    fn decode(&self, out: &mut [&mut [f32]], _rows: usize, at: At) {
+        w4_tile::<D, C, 1, Q1, false>(self.d, self.a, out, at)
     }
 }
 
