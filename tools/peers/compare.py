@@ -115,8 +115,10 @@ def load_cell(window, samples):
 
 def reference(row, ours_rows):
     """The inferneo row a peer is compared with: same mode, closest precision. CTranslate2's
-    int8 and llama.cpp's q8_0 quantize activations too, as our w8a8 does."""
-    want = {"int8": ("w8a8", "int8"), "q8_0": ("w8a8", "int8"), "q4_0": ("w4a8", "w8a8", "int8")}.get(row["dtype"], ())
+    int8 and llama.cpp's q8_0 quantize activations too, as our w8a8 does; a 16-bit peer is
+    compared with our 16-bit weights, which read the same bytes a token."""
+    want = {"int8": ("w8a8", "int8"), "q8_0": ("w8a8", "int8"), "q4_0": ("w4a8", "w8a8", "int8"),
+            "f16": ("f16", "bf16", "bf16dot")}.get(row["dtype"], ())
     for dtype in (*want, "f32"):
         for o in ours_rows:
             if o["mode"] == row["mode"] and o["dtype"] == dtype:
